@@ -1,0 +1,46 @@
+"""Embedders: the packaged MiniLM loads offline, the hashing one is deterministic, the cache works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from thalamus.router.embedders import CachedEmbedder, HashingEmbedder, MiniLMEmbedder
+
+
+class CountingEmbedder:
+    """A real embedder that counts how many texts reach it."""
+
+    def __init__(self) -> None:
+        self.inner = HashingEmbedder(32)
+        self.id, self.dim, self.seen = "counting-32", 32, 0
+
+    def embed(self, texts: list[str]) -> np.ndarray:  # type: ignore[override]
+        self.seen += len(texts)
+        return self.inner.embed(texts)
+
+
+def test_hashing_is_deterministic_and_normalised() -> None:
+    a = HashingEmbedder(64).embed(["hello world", "hello world", "other"])
+    assert a.shape == (3, 64) and a.dtype == np.float32
+    np.testing.assert_array_equal(a[0], a[1])
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+
+
+def test_cache_embeds_each_text_once(tmp_path: Path) -> None:
+    inner = CountingEmbedder()
+    cached = CachedEmbedder(inner, cache_dir=tmp_path)
+    first = cached.embed(["a", "b", "a"])
+    assert inner.seen == 2
+    second = CachedEmbedder(inner, cache_dir=tmp_path).embed(["b", "a", "c"])
+    assert inner.seen == 3
+    np.testing.assert_array_equal(first[1], second[0])
+    assert cached.embed([]).shape == (0, 32)
+
+
+def test_minilm_loads_offline_and_separates_topics() -> None:
+    emb = MiniLMEmbedder(progress=False)
+    v = emb.embed(["How do I sort a list in Python?", "Sorting lists in python", "The capital of France"])
+    assert v.shape == (3, 384)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3

@@ -1,0 +1,1 @@
+"""Thalamus: an LLM query router and model-selection gateway."""

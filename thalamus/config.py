@@ -1,0 +1,23 @@
+"""Process settings (environment variables prefixed THALAMUS_); never instantiated at import.
+
+THALAMUS_DATA_DIR    where named datasets live (default: ../shared/data beside the repo)
+THALAMUS_CACHE_DIR   embedding cache, prepared models, cached artifacts (default ~/.cache/thalamus)
+THALAMUS_SEED        default seed for splits and randomised routers (default 0)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="THALAMUS_", extra="ignore")
+
+    data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data")
+    cache_dir: Path = Field(default=Path.home() / ".cache" / "thalamus")
+    seed: int = 0

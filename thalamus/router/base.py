@@ -1,0 +1,202 @@
+"""The Router contract (scikit-learn conventions) and its save/load without pickle.
+
+``__init__`` stores hyperparameters only; ``fit(dataset)`` returns self and sets learned
+attributes whose names end in ``_``. Predictions come from features: prompt embeddings
+for most routers, raw texts for routers that read text themselves (``uses_embeddings =
+False``). ``route`` embeds once and applies the pure policy.
+
+Saving writes ``router.json`` (name, hyperparameters, JSON-able fitted attributes) and
+``arrays.npz`` (array-valued fitted attributes). A router whose state holds something else
+(a faiss index, boosters, torch weights) writes it in ``_save_extra`` / ``_load_extra`` in
+that library's own format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from thalamus.datasets.schema import RoutingDataset
+from thalamus.errors import DataError, NotFittedError
+from thalamus.router.embedders import Embedder, get_embedder
+from thalamus.router.policy import Decision, Knob, decide
+
+Features = np.ndarray | list[str]
+FORMAT_VERSION = 1
+
+
+class Router:
+    """Base class: subclasses implement ``_fit`` and ``_predict_quality`` (and may override cost)."""
+
+    name: ClassVar[str] = ""
+    uses_embeddings: ClassVar[bool] = True
+
+    def __init__(self, embedder: str = "minilm", seed: int = 0) -> None:
+        self.embedder = embedder
+        self.seed = seed
+
+    # -- hyperparameters -----------------------------------------------------------------
+    @classmethod
+    def param_names(cls) -> list[str]:
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                for p in inspect.signature(klass.__init__).parameters.values():  # type: ignore[misc]
+                    if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in names:
+                        names.append(p.name)
+        return names
+
+    def get_params(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in self.param_names()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- features ------------------------------------------------------------------------
+    def _embedder(self) -> Embedder:
+        return get_embedder(self.embedder)
+
+    def features(self, texts: Sequence[str]) -> Features:
+        if not self.uses_embeddings:
+            return list(texts)
+        return self._embedder().embed(list(texts))
+
+    # -- fitting -------------------------------------------------------------------------
+    def fit(self, dataset: RoutingDataset, features: Features | None = None) -> Self:
+        """Learn from a dataset; ``features`` may be passed to reuse embeddings already computed."""
+        if dataset.n_prompts == 0:
+            raise DataError(f"{dataset.name}: cannot fit a router on an empty dataset")
+        self.models_: list[str] = list(dataset.models)
+        if self.uses_embeddings:
+            self.embedder_id_: str = self._embedder().id
+        with np.errstate(invalid="ignore"):
+            mean_cost = np.nanmean(dataset.cost, axis=0)
+        self.mean_cost_: np.ndarray = np.nan_to_num(mean_cost, nan=float(np.nanmean(dataset.cost)))
+        # one scale for the lambda knob, fixed at fit time so decisions do not drift per batch
+        self.cost_scale_: float = float(self.mean_cost_.max()) or 1.0
+        X = features if features is not None else self.features(dataset.texts)
+        self._fit(X, dataset)
+        return self
+
+    def _fit(self, X: Features, dataset: RoutingDataset) -> None:
+        raise NotImplementedError
+
+    def check_fitted(self) -> None:
+        if not hasattr(self, "models_"):
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted: call fit(dataset) or Router.load(dir) first"
+            )
+
+    # -- prediction ----------------------------------------------------------------------
+    def predict_quality(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, n_models) predicted quality in [0, 1]."""
+        self.check_fitted()
+        return self.quality_from_features(self.features(texts))
+
+    def predict_cost(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, n_models) expected USD cost per call."""
+        self.check_fitted()
+        return self.cost_from_features(self.features(texts))
+
+    def quality_from_features(self, X: Features) -> np.ndarray:
+        self.check_fitted()
+        return np.clip(np.asarray(self._predict_quality(X), dtype=np.float64), 0.0, 1.0)
+
+    def cost_from_features(self, X: Features) -> np.ndarray:
+        self.check_fitted()
+        return np.asarray(self._predict_cost(X), dtype=np.float64)
+
+    def _predict_quality(self, X: Features) -> np.ndarray:
+        raise NotImplementedError
+
+    def _predict_cost(self, X: Features) -> np.ndarray:
+        """Default: each model's mean observed cost on the training prompts."""
+        return np.broadcast_to(self.mean_cost_, (len(X), len(self.models_))).copy()
+
+    def route(self, text: str, knob: Knob | None = None) -> Decision:
+        self.check_fitted()
+        X = self.features([text])
+        quality = self.quality_from_features(X)[0]
+        cost = self.cost_from_features(X)[0]
+        return decide(quality, cost, self.models_, knob or Knob(), cost_scale=self.cost_scale_)
+
+    # -- persistence ---------------------------------------------------------------------
+    def _fitted_attributes(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the artifact directory: router.json, arrays.npz and any library-format files."""
+        self.check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        state: dict[str, Any] = {}
+        for key, value in self._fitted_attributes().items():
+            if isinstance(value, np.ndarray):
+                arrays[key] = value
+            elif _jsonable(value):
+                state[key] = value
+            elif key not in self._extra_attributes():
+                raise TypeError(f"{type(self).__name__}.{key} is neither an array nor JSON; "
+                                "save it in _save_extra")
+        self._save_extra(directory)
+        np.savez(directory / "arrays.npz", **arrays)
+        meta = {"format": FORMAT_VERSION, "router": self.name, "params": self.get_params(), "state": state}
+        (directory / "router.json").write_text(json.dumps(meta, indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Router:
+        """Load any router's artifact; the registry picks the class named in router.json."""
+        from thalamus.router.registry import get_router_class
+
+        directory = Path(directory)
+        meta_path = directory / "router.json"
+        if not meta_path.exists():
+            raise DataError(f"{directory}: not a router artifact (no router.json); train one with "
+                            "`thalamus train ROUTER --data D --out DIR`")
+        meta = json.loads(meta_path.read_text())
+        klass = get_router_class(meta["router"]) if cls is Router else cls
+        router = klass(**meta["params"])
+        for key, value in meta["state"].items():
+            setattr(router, key, value)
+        with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
+            for key in npz.files:
+                setattr(router, key, npz[key])
+        router._load_extra(directory)
+        return router
+
+    def _extra_attributes(self) -> tuple[str, ...]:
+        """Fitted attributes saved by _save_extra rather than the generic path."""
+        return ()
+
+    def _save_extra(self, directory: Path) -> None:
+        return None
+
+    def _load_extra(self, directory: Path) -> None:
+        return None
+
+
+def artifact_version(directory: str | Path) -> str:
+    """A short content hash of an artifact directory: changes whenever any file does."""
+    h = hashlib.sha256()
+    for path in sorted(Path(directory).rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(directory).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

