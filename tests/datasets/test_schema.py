@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thalamus.datasets.schema import Price, PreferenceDataset, RoutingDataset
+from thalamus.datasets.schema import PreferenceDataset, Price, RoutingDataset
 from thalamus.errors import DataError
 
 

@@ -122,7 +122,14 @@ class Router:
 
     def route(self, text: str, knob: Knob | None = None) -> Decision:
         self.check_fitted()
-        X = self.features([text])
+        return self.route_features(self.features([text]), knob)
+
+    def route_features(self, X: Features, knob: Knob | None = None) -> Decision:
+        """The decision for one prompt given its features (a batch of one): ``route`` after embedding.
+
+        Online routers override this to explore; the replay simulator calls it directly.
+        """
+        self.check_fitted()
         quality = self.quality_from_features(X)[0]
         cost = self.cost_from_features(X)[0]
         return decide(quality, cost, self.models_, knob or Knob(), cost_scale=self.cost_scale_)
@@ -147,7 +154,7 @@ class Router:
                 raise TypeError(f"{type(self).__name__}.{key} is neither an array nor JSON; "
                                 "save it in _save_extra")
         self._save_extra(directory)
-        np.savez(directory / "arrays.npz", **arrays)
+        np.savez(directory / "arrays.npz", allow_pickle=False, **arrays)
         meta = {"format": FORMAT_VERSION, "router": self.name, "params": self.get_params(), "state": state}
         (directory / "router.json").write_text(json.dumps(meta, indent=1))
         return directory

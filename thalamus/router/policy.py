@@ -112,7 +112,7 @@ def utility(quality: np.ndarray, cost: np.ndarray, knob: Knob, models: Sequence[
         scale = cost_scale if cost_scale else float(np.nanmax(cost)) or 1.0
         return (1 - knob.value) * quality - knob.value * cost / scale
     # threshold: the strong model wins by the margin it must beat
-    if len(models) != 2 or knob.strong not in models:
+    if len(models) != 2 or knob.strong is None or knob.strong not in models:
         raise ConfigError("a 'threshold' knob needs exactly two models and knob.strong naming one of them")
     s = list(models).index(knob.strong)
     out = np.zeros_like(quality)
@@ -168,7 +168,7 @@ def calibrate(quality: np.ndarray, cost: np.ndarray, models: Sequence[str], *,
     if (strong_share is None) == (mean_cost is None):
         raise ConfigError("calibrate needs exactly one target: strong_share or mean_cost")
     if strong_share is not None:
-        if strong not in models:
+        if strong is None or strong not in models:
             raise ConfigError(f"calibrate: strong model {strong!r} is not one of {list(models)}")
         if not 0 <= strong_share <= 1:
             raise ConfigError(f"calibrate: strong_share must be in [0, 1], got {strong_share}")
