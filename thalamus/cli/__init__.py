@@ -21,6 +21,12 @@ AREAS = ("data", "evaluate", "train", "gateway", "serving")
 def build_app() -> typer.Typer:
     app = typer.Typer(no_args_is_help=True, add_completion=False,
                       help="Thalamus: LLM query router and model-selection gateway.")
+
+    @app.callback()
+    def _root() -> None:
+        """Thalamus: LLM query router and model-selection gateway."""
+        # a callback keeps subcommands named even while only one area is registered
+
     for area in AREAS:
         try:
             module = importlib.import_module(f"thalamus.cli.{area}")
