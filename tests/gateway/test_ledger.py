@@ -1,0 +1,94 @@
+"""The ledger: numbered migrations, batched writes that lose nothing, export for re-training."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import openai
+import pandas as pd
+import sqlalchemy as sa
+from conftest import GatewayFactory
+from gwhelpers import ledger_rows
+
+from thalamus.datasets.schema import RoutingDataset
+from thalamus.gateway.ledger import MIGRATIONS, Ledger, LedgerWriter
+
+
+def test_migrations_are_numbered_and_upgrade_in_place(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = sa.create_engine(url)
+    from thalamus.gateway.ledger import _m001_initial, schema_version
+
+    with engine.begin() as conn:  # a ledger left at version 1 by an older release
+        schema_version.create(conn)
+        _m001_initial(conn)
+        conn.execute(schema_version.insert().values(version=1, applied_at=time.time()))
+    engine.dispose()
+    ledger = Ledger(url)
+    assert ledger.version() == len(MIGRATIONS) == 2
+    with ledger.engine.connect() as conn:
+        indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("feedback")}
+        versions = conn.execute(sa.text("SELECT version FROM schema_version ORDER BY version")).scalars().all()
+    assert "ix_feedback_request_id" in indexes and versions == [1, 2]
+    assert Ledger(url).migrate() == 2  # idempotent
+
+
+def test_writer_batches_and_drains_on_close(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'w.sqlite'}")
+
+    async def run() -> LedgerWriter:
+        writer = LedgerWriter(ledger, flush_ms=10_000, batch_rows=64)  # only size or close flushes
+        writer.start()
+        for i in range(150):
+            writer.submit({"id": f"r{i}", "created_at": time.time(), "status": 200, "knob": {"kind": "wtp"}})
+        await asyncio.sleep(0.2)
+        assert 128 <= ledger.count() < 150  # two full batches written, the rest still queued
+        await writer.close()
+        return writer
+
+    writer = asyncio.run(run())
+    assert ledger.count() == 150 and writer.written == 150 and writer.failed_batches == 0
+
+
+def test_200_concurrent_requests_leave_200_rows(make_gateway: GatewayFactory, dataset: RoutingDataset) -> None:
+    gw = make_gateway()
+
+    async def run() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0) as client:
+            async def one(i: int) -> str:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="auto" if i % 2 else "weak", stream=i % 3 == 0,
+                    messages=[{"role": "user", "content": dataset.texts[i % dataset.n_prompts]}])
+                if i % 3 == 0:
+                    async for _ in raw.parse():  # type: ignore[attr-defined]
+                        pass
+                return raw.headers["x-thalamus-request-id"]
+
+            return list(await asyncio.gather(*[one(i) for i in range(200)]))
+
+    ids = asyncio.run(run())
+    gw.stop()  # shutdown drains the writer
+    rows = ledger_rows(gw.ledger_path, 200, timeout=1)  # type: ignore[attr-defined]
+    assert len(rows) == 200 and set(rows["id"]) == set(ids)
+    assert (rows["status"] == 200).all() and rows["cost_usd"].gt(0).all()
+
+
+def test_export_is_a_routing_dataset(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'e.sqlite'}")
+    ledger.insert_rows([
+        {"id": "a", "created_at": 1.0, "chosen_model": "strong", "prompt_text": "p1", "cost_usd": 0.01,
+         "cost_estimated": False, "router": "best"},
+        {"id": "b", "created_at": 2.0, "chosen_model": "weak", "prompt_text": "p2", "cost_usd": 0.0001,
+         "cost_estimated": True, "router": "best"},
+        {"id": "c", "created_at": 3.0, "chosen_model": "weak", "prompt_text": "p3", "cost_usd": 0.0001},
+    ])
+    ledger.add_feedback("a", 1.0, "good", "user", None)
+    ledger.add_feedback("b", 0.0, "bad", "user", None)
+    ledger.add_feedback("b", 0.5, None, "judge", "meh")
+    ds = ledger.export()
+    out = RoutingDataset.from_parquet(ds.to_parquet(tmp_path / "logged.parquet"))
+    assert out.models == ["strong", "weak"] and out.texts == ["p1", "p2"] and out.cost_estimated
+    assert out.quality[0, 0] == 1.0 and out.quality[1, 1] == 0.25 and pd.isna(out.quality[0, 1])
+    assert out.cost[1, 1] == 0.0001

@@ -1,0 +1,160 @@
+"""Thin HTTP handlers: read the request, call the service, write an OpenAI-shaped response.
+
+Every error leaves as ``{"error": {"message", "type", "param", "code"}}`` with its status;
+FastAPI's own validation and HTTP errors are converted to the same shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from thalamus.gateway.ledger import Ledger
+from thalamus.gateway.protocol import RequestError, error_body, parse_json_body
+from thalamus.gateway.service import GatewayService
+
+_LABELS = {"good": 1.0, "bad": 0.0}
+
+
+def _service(request: Request) -> GatewayService:
+    service: GatewayService = request.app.state.service
+    return service
+
+
+def error_response(exc: RequestError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to exceed ``limit`` (declared or streamed)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return None
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def chat_completions(request: Request) -> Response:
+    service = _service(request)
+    raw = await _read_capped(request, service.config.server.max_body_bytes)
+    if raw is None:
+        size = int(request.headers.get("content-length") or 0) or service.config.server.max_body_bytes + 1
+        return error_response(service.reject(service.new_call(), service.too_large(size)))
+    result = await service.chat(raw, request.headers.get("authorization"))
+    if result.stream is not None:
+        return StreamingResponse(result.stream, media_type="text/event-stream", headers=result.headers)
+    return JSONResponse(result.body, status_code=result.status, headers=result.headers)
+
+
+async def list_models(request: Request) -> dict[str, Any]:
+    service = _service(request)
+    service.authorize(request.headers.get("authorization"))
+    now = int(time.time())
+    data: list[dict[str, Any]] = [{"id": name, "object": "model", "created": now, "owned_by": "thalamus:backend"}
+                                  for name in service.backends]
+    for name, loaded in service.routers.items():
+        data.append({"id": f"router:{name}", "object": "model", "created": now, "owned_by": "thalamus:router",
+                     "aliases": loaded.config.aliases, "models": list(loaded.servable),
+                     "routellm": f"router-{name}-THRESHOLD" if loaded.config.strong else None})
+        data.extend({"id": alias, "object": "model", "created": now, "owned_by": "thalamus:router",
+                     "alias_of": f"router:{name}"} for alias in loaded.config.aliases)
+    return {"object": "list", "data": data}
+
+
+def _feedback_fields(body: dict[str, Any]) -> tuple[str, float, str | None]:
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise RequestError(400, "'request_id' is required (the x-thalamus-request-id header)", param="request_id")
+    label, score = body.get("label"), body.get("score")
+    if score is None and label is None:
+        raise RequestError(400, "give 'score' in [0, 1] or 'label' good/bad", param="score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1):
+        raise RequestError(400, "'score' must be a number in [0, 1]", param="score")
+    if label is not None and label not in _LABELS:
+        raise RequestError(400, "'label' must be 'good' or 'bad'", param="label")
+    value = float(score) if score is not None else _LABELS[str(label)]
+    return request_id, value, label
+
+
+async def post_feedback(request: Request) -> JSONResponse:
+    service = _service(request)
+    service.authorize(request.headers.get("authorization"))
+    body = parse_json_body(await request.body())
+    request_id, score, label = _feedback_fields(body)
+    for key in ("source", "comment"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise RequestError(400, f"'{key}' must be a string", param=key)
+    await service.writer.flush()  # the request's row may still be queued
+    ledger: Ledger = request.app.state.ledger
+    if not await asyncio.to_thread(ledger.has_request, request_id):
+        raise RequestError(404, f"unknown request_id {request_id!r}", param="request_id", code="request_not_found")
+    fid = await asyncio.to_thread(ledger.add_feedback, request_id, score, label, body.get("source"),
+                                  body.get("comment"))
+    return JSONResponse({"id": fid, "object": "feedback", "request_id": request_id, "score": score})
+
+
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def readyz(request: Request) -> JSONResponse:
+    service: GatewayService | None = getattr(request.app.state, "service", None)
+    if service is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    try:
+        await asyncio.to_thread(request.app.state.ledger.count)
+    except Exception as exc:  # any database failure means not ready
+        return JSONResponse({"status": "ledger unavailable", "error": str(exc)}, status_code=503)
+    if service.writer.failed_batches:
+        return JSONResponse({"status": "ledger writes failing", "failed_batches": service.writer.failed_batches},
+                            status_code=503)
+    return JSONResponse({"status": "ready", "routers": sorted(service.routers),
+                         "backends": len(service.backends)})
+
+
+async def _request_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(x) for x in first.get("loc", ()))
+    return JSONResponse(error_body(f"{param}: {first.get('msg', 'invalid request')}", "invalid_request_error",
+                                   param), status_code=400)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(error_body(f"internal gateway error: {type(exc).__name__}", "server_error"),
+                        status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    """Attach the routes and error handlers."""
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/feedback", post_feedback, methods=["POST"])
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/readyz", readyz, methods=["GET"])
+    app.add_exception_handler(RequestError, _request_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled)

@@ -1,0 +1,85 @@
+"""The gateway's FastAPI app: ``create_app(config)``; its lifespan owns routers, backends and ledger.
+
+Nothing is created at import: loading a router artifact, opening the ledger and building
+the backends happen when the app starts, and the ledger writer drains on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from thalamus.config import Settings
+from thalamus.errors import ConfigError
+from thalamus.gateway.api import install
+from thalamus.gateway.backends import Backend, make_backends
+from thalamus.gateway.config import GatewayConfig
+from thalamus.gateway.ledger import Ledger, LedgerWriter
+from thalamus.gateway.service import GatewayService, LoadedRouter
+
+log = logging.getLogger("thalamus.gateway")
+
+
+def ledger_url(config: GatewayConfig, settings: Settings | None = None) -> str:
+    """The configured ledger URL, or a SQLite file under the cache dir."""
+    if config.ledger.url:
+        return config.ledger.url
+    return f"sqlite:///{(settings or Settings()).cache_dir / 'ledger.sqlite'}"
+
+
+def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
+    from thalamus.router.base import Router, artifact_version
+
+    loaded: dict[str, LoadedRouter] = {}
+    backends = {b.name for b in config.backends}
+    for name, rc in config.routers.items():
+        if not Path(rc.artifact).is_dir():
+            raise ConfigError(f"routers.{name}.artifact: {rc.artifact} is not a directory; train a router "
+                              "and save it there")
+        router = Router.load(rc.artifact)
+        servable = tuple(m for m in router.models_ if m in backends)
+        if not servable:
+            raise ConfigError(f"routers.{name}: none of the router's models {router.models_} is a backend")
+        for key in ("strong", "weak"):
+            pair_model = getattr(rc, key)
+            if pair_model is not None and pair_model not in router.models_:
+                raise ConfigError(f"routers.{name}.{key}: {pair_model!r} is not one of the router's models")
+        missing = sorted(set(router.models_) - backends)
+        if missing:
+            log.warning("router %s: models without a backend are never chosen: %s", name, missing)
+        loaded[name] = LoadedRouter(name, router, artifact_version(rc.artifact), rc, servable)
+    return loaded
+
+
+def create_app(config: GatewayConfig, settings: Settings | None = None,
+               backends: dict[str, Backend] | None = None) -> FastAPI:
+    """The gateway app. ``backends`` is the seam for callers that bring their own Backend objects."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        routers = load_routers(config)
+        for loaded in routers.values():  # load embedders now, once, not under the first requests' race
+            await asyncio.to_thread(loaded.router.route, "Thalamus warm-up.", loaded.default_knob())
+        ledger = Ledger(ledger_url(config, settings))
+        writer = LedgerWriter(ledger, config.ledger.flush_ms, config.ledger.batch_rows)
+        writer.start()
+        app.state.ledger = ledger
+        owned = backends or make_backends(config.backends)
+        app.state.service = GatewayService(config, routers, owned, writer)
+        try:
+            yield
+        finally:
+            for backend in owned.values():
+                await backend.aclose()
+            await writer.close()
+            ledger.close()
+
+    app = FastAPI(title="Thalamus gateway", lifespan=lifespan)
+    app.state.config = config
+    install(app)
+    return app

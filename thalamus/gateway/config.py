@@ -1,0 +1,224 @@
+"""The gateway's YAML configuration, validated by pydantic; every error names the key at fault.
+
+A config lists backends (what can be called and what it costs), routers (artifact dirs,
+default knobs, aliases), the fallback policy, the ledger, auth and server limits. Backend
+fields left out are filled from ``thalamus.catalog`` when the backend name is catalogued.
+``load_config`` turns pydantic's errors into one ConfigError such as
+``thalamus.yaml: backends[2].timeout: Input should be a valid number``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from thalamus.catalog import lookup
+from thalamus.errors import ConfigError
+from thalamus.router.policy import Knob
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackendConfig(_Strict):
+    """One callable model. ``model`` is a litellm model id (``openai/<name>`` + ``api_base`` for
+    any OpenAI-compatible server); ``api_key_env`` names the environment variable holding the key.
+    ``provider: openai-compatible`` skips litellm and relays the body directly to ``api_base``."""
+
+    name: str = Field(min_length=1)
+    provider: Literal["litellm", "openai-compatible"] = "litellm"
+    model: str | None = None
+    api_base: str | None = None
+    api_key_env: str | None = None
+    input_per_m: float | None = Field(default=None, ge=0)
+    output_per_m: float | None = Field(default=None, ge=0)
+    timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    context_window: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _fill_from_catalog(self) -> BackendConfig:
+        entry = lookup(self.name)
+        if entry is not None:
+            self.model = self.model or entry.litellm_model
+            self.api_key_env = self.api_key_env or (None if self.api_base else entry.api_key_env)
+            self.input_per_m = entry.price.input_per_m if self.input_per_m is None else self.input_per_m
+            self.output_per_m = entry.price.output_per_m if self.output_per_m is None else self.output_per_m
+            self.context_window = self.context_window or entry.context_window
+        if self.model is None:
+            raise ValueError(f"backend {self.name!r} is not in the catalog: set its litellm 'model' id")
+        if self.provider == "openai-compatible" and not self.api_base:
+            raise ValueError(f"backend {self.name!r}: provider 'openai-compatible' needs 'api_base'")
+        return self
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class KnobConfig(_Strict):
+    """A router's default knob; per-request ``routing`` fields override it."""
+
+    kind: Literal["wtp", "lambda", "threshold"] = "lambda"
+    value: float = 0.5
+    strong: str | None = None
+    max_cost: float | None = Field(default=None, ge=0)
+    allowed: list[str] | None = None
+    excluded: list[str] = Field(default_factory=list)
+
+    def to_knob(self) -> Knob:
+        return Knob(kind=self.kind, value=self.value, strong=self.strong, max_cost=self.max_cost,
+                    allowed=tuple(self.allowed) if self.allowed is not None else None,
+                    excluded=tuple(self.excluded))
+
+
+class RouterConfig(_Strict):
+    """A trained router artifact. ``strong``/``weak`` enable RouteLLM's ``router-NAME-THRESHOLD`` names."""
+
+    artifact: Path
+    knob: KnobConfig = Field(default_factory=KnobConfig)
+    aliases: list[str] = Field(default_factory=list)
+    strong: str | None = None
+    weak: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> RouterConfig:
+        if (self.strong is None) != (self.weak is None):
+            raise ValueError("set both 'strong' and 'weak' (a RouteLLM two-model pair) or neither")
+        return self
+
+
+class FallbackConfig(_Strict):
+    """``order: score`` falls back in the router's score order; ``list`` uses ``models``.
+    ``models`` also follows a concrete (passthrough) backend when set."""
+
+    order: Literal["score", "list"] = "score"
+    models: list[str] = Field(default_factory=list)
+    max_candidates: int = Field(default=3, ge=1)
+    context_model: str | None = None
+    backoff_s: float = Field(default=0.1, ge=0)
+
+
+class LedgerConfig(_Strict):
+    url: str | None = None  # None: sqlite file ledger.sqlite under Settings().cache_dir
+    store_prompts: bool = False
+    flush_ms: int = Field(default=50, gt=0)
+    batch_rows: int = Field(default=500, gt=0)
+
+
+class ApiKeyConfig(_Strict):
+    id: str = Field(min_length=1)
+    key: str | None = None
+    key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKeyConfig:
+        if (self.key is None) == (self.key_env is None):
+            raise ValueError("give exactly one of 'key' or 'key_env'")
+        return self
+
+    def secret(self) -> str | None:
+        return self.key if self.key is not None else os.environ.get(self.key_env or "")
+
+
+class AuthConfig(_Strict):
+    enabled: bool = False
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    backends: list[BackendConfig] = Field(min_length=1)
+    routers: dict[str, RouterConfig] = Field(default_factory=dict)
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+
+    @field_validator("backends")
+    @classmethod
+    def _unique_backends(cls, value: list[BackendConfig]) -> list[BackendConfig]:
+        names = [b.name for b in value]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate backend names {sorted(dup)}")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        known = {b.name for b in self.backends}
+        for i, name in enumerate(self.fallback.models):
+            _need(name in known, f"fallback.models[{i}]", f"unknown backend {name!r}")
+        if self.fallback.context_model is not None:
+            _need(self.fallback.context_model in known, "fallback.context_model",
+                  f"unknown backend {self.fallback.context_model!r}")
+        taken = set(known)
+        for rname, router in self.routers.items():
+            for field in ("strong", "weak"):
+                value = getattr(router, field)
+                _need(value is None or value in known, f"routers.{rname}.{field}", f"unknown backend {value!r}")
+            for j, name in enumerate(router.knob.allowed or []):
+                _need(name in known, f"routers.{rname}.knob.allowed[{j}]", f"unknown backend {name!r}")
+            for j, alias in enumerate(router.aliases):
+                _need(alias not in taken, f"routers.{rname}.aliases[{j}]",
+                      f"{alias!r} is already a backend name or another alias")
+                taken.add(alias)
+        if self.auth.enabled:
+            _need(bool(self.auth.keys), "auth.keys", "auth is enabled but no keys are configured")
+        return self
+
+    def backend(self, name: str) -> BackendConfig:
+        return next(b for b in self.backends if b.name == name)
+
+
+def _need(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}: {message}")
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def config_from_dict(data: Any, source: str = "config") -> GatewayConfig:
+    """Validate a parsed config; raise ConfigError naming the source and the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with a 'backends' key")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = _format_loc(tuple(p for p in err["loc"] if p not in ("function-after",)))
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {loc + ': ' if loc else ''}{msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    config = config_from_dict(data, str(path))
+    for name, router in config.routers.items():
+        if not router.artifact.is_absolute():
+            router.artifact = (path.parent / router.artifact).resolve()
+        del name
+    return config

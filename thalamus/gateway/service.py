@@ -1,0 +1,339 @@
+"""The request flow of the gateway, in one place.
+
+1. check auth and size, parse the body; resolve the ``model`` field to a concrete backend
+   (passthrough), a router (``router:NAME`` or an alias) or a RouteLLM name
+   (``router-NAME-THRESHOLD``)
+2. routing text from the messages (protocol.routing_text)
+3. decision = router.route(text, knob) in a worker thread (sync CPU work)
+4. call the chosen backend; retry retryable failures with exponential backoff, then fall back
+   in the router's score order (or the configured list); a stream falls back only before
+   its first byte; a context-length error goes to ``fallback.context_model`` when set
+5. one ledger row per request, submitted to the batched writer, whatever the outcome
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from thalamus.datasets.schema import stable_hash
+from thalamus.errors import ConfigError
+from thalamus.gateway import protocol as p
+from thalamus.gateway.backends import Backend, UpstreamError
+from thalamus.gateway.config import GatewayConfig, RouterConfig
+from thalamus.gateway.ledger import LedgerWriter
+from thalamus.router.base import Router
+from thalamus.router.policy import Decision, Knob, allowed_mask, decide
+
+T = TypeVar("T")
+ROUTELLM_NAME = re.compile(r"^router-(?P<name>.+)-(?P<threshold>[0-9]*\.?[0-9]+)$")
+
+
+@dataclass
+class LoadedRouter:
+    """A router artifact loaded for serving, restricted to the configured backends."""
+
+    name: str
+    router: Router
+    version: str
+    config: RouterConfig
+    servable: tuple[str, ...]
+
+    def default_knob(self) -> Knob:
+        knob = self.config.knob.to_knob()
+        if knob.allowed is None and len(self.servable) < len(self.router.models_):
+            knob = Knob(knob.kind, knob.value, knob.strong, knob.max_cost, self.servable, knob.excluded)
+        return knob
+
+
+@dataclass
+class Target:
+    """What the ``model`` field resolved to."""
+
+    backend: str | None = None
+    router: LoadedRouter | None = None
+    threshold: float | None = None  # RouteLLM form
+
+
+@dataclass
+class ChatResult:
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any] | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+
+@dataclass
+class Call:
+    """The state of one request as it moves through the flow; becomes its ledger row."""
+
+    row: dict[str, Any]
+    started: float = field(default_factory=time.perf_counter)
+    decision: Decision | None = None
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+class GatewayService:
+    """Owns nothing: the app's lifespan hands it config, routers, backends and the ledger writer."""
+
+    def __init__(self, config: GatewayConfig, routers: dict[str, LoadedRouter],
+                 backends: dict[str, Backend], writer: LedgerWriter) -> None:
+        self.config = config
+        self.routers = routers
+        self.backends = backends
+        self.writer = writer
+        self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
+        self._keys = {k.secret(): k.id for k in config.auth.keys}
+        # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
+        self._ids = random.Random(uuid.uuid4().int)
+
+    # -- 1. admission ---------------------------------------------------------------------
+    def new_call(self, api_key_id: str | None = None) -> Call:
+        return Call(row={"id": f"thl-{self._ids.getrandbits(128):032x}", "created_at": time.time(),
+                         "api_key_id": api_key_id, "status": 0, "fallback_chain": [], "probability": None})
+
+    def authorize(self, authorization: str | None) -> str | None:
+        """The API key id, or None when auth is off; 401 for a missing or unknown key."""
+        if not self.config.auth.enabled:
+            return None
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        for secret, key_id in self._keys.items():
+            if secret and token and hmac.compare_digest(secret, token):
+                return key_id
+        raise p.RequestError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                             code="invalid_api_key", type_="authentication_error")
+
+    def reject(self, call: Call, error: p.RequestError) -> p.RequestError:
+        """Ledger row for a request that ends in an error response."""
+        call.row.update(status=error.status, error_type=error.code or error.type)
+        self.finish(call)
+        return error
+
+    def finish(self, call: Call) -> None:
+        call.row.setdefault("finished_at", time.time())
+        call.row.setdefault("total_ms", call.elapsed_ms())
+        self.writer.submit(call.row)
+
+    def resolve(self, model: str) -> Target:
+        if model in self.backends:
+            return Target(backend=model)
+        name = model.removeprefix("router:")
+        if model.startswith("router:") and name in self.routers:
+            return Target(router=self.routers[name])
+        if model in self.aliases:
+            return Target(router=self.aliases[model])
+        m = ROUTELLM_NAME.match(model)
+        if m and m["name"] in self.routers and self.routers[m["name"]].config.strong:
+            return Target(router=self.routers[m["name"]], threshold=float(m["threshold"]))
+        raise p.RequestError(404, f"model {model!r} is not a configured backend, router or alias; "
+                             "GET /v1/models lists them", param="model", code="model_not_found")
+
+    # -- entry point ----------------------------------------------------------------------
+    async def chat(self, raw: bytes, authorization: str | None) -> ChatResult:
+        call = self.new_call()
+        try:
+            call.row["api_key_id"] = self.authorize(authorization)
+            if len(raw) > self.config.server.max_body_bytes:
+                raise self.too_large(len(raw))
+            body = p.parse_json_body(raw)
+            p.validate_chat(body)
+            call.row.update(requested_model=body["model"], stream=bool(body.get("stream")))
+            return await self._chat(call, body)
+        except p.RequestError as exc:
+            raise self.reject(call, exc) from None
+        except Exception as exc:  # never crash: answer 500 and still write the row
+            raise self.reject(call, p.RequestError(500, f"internal gateway error: {type(exc).__name__}: {exc}",
+                                                   type_="server_error", code="internal_error")) from exc
+
+    def too_large(self, size: int) -> p.RequestError:
+        return p.RequestError(413, f"request body of {size} bytes is over the limit of "
+                              f"{self.config.server.max_body_bytes} bytes (server.max_body_bytes)",
+                              code="request_too_large")
+
+    async def _chat(self, call: Call, body: dict[str, Any]) -> ChatResult:
+        target = self.resolve(body["model"])
+        overrides = p.parse_routing(body.pop("routing", None))
+        text = p.routing_text(body["messages"])
+        call.row["prompt_hash"] = stable_hash(text)
+        if self.config.ledger.store_prompts:
+            call.row["prompt_text"] = text
+        candidates = await self._candidates(call, target, overrides, text)
+        if body.get("stream"):
+            return await self._stream(call, body, candidates)
+        return await self._complete(call, body, candidates)
+
+    # -- 2-3. routing ---------------------------------------------------------------------
+    async def _candidates(self, call: Call, target: Target, overrides: p.RoutingOverrides,
+                          text: str) -> list[str]:
+        fallback = self.config.fallback
+        if target.router is None:
+            assert target.backend is not None
+            call.row["chosen_model"] = target.backend
+            return _unique([target.backend, *fallback.models])
+        loaded = target.router
+        try:
+            knob = overrides.apply(loaded.default_knob())
+            t0 = time.perf_counter()
+            decision = await asyncio.to_thread(self._route, loaded, text, knob, target.threshold)
+            call.row["routing_ms"] = (time.perf_counter() - t0) * 1000
+        except ConfigError as exc:
+            raise p.RequestError(400, str(exc), param="routing", code="invalid_routing") from None
+        call.decision = decision
+        call.row.update(router=loaded.name, artifact_version=loaded.version, knob=_knob_dict(decision.knob),
+                        candidates={m: {"quality": q, "cost": c} for m, q, c in zip(
+                            decision.models, decision.predicted_quality, decision.expected_cost, strict=True)},
+                        chosen_model=decision.model, probability=decision.probability)
+        order = [decision.model, *(fallback.models if fallback.order == "list" else _fallback_order(decision))]
+        candidates = _unique([m for m in order if m in self.backends])[: fallback.max_candidates]
+        if decision.model not in self.backends:
+            raise p.RequestError(400, f"the router chose {decision.model!r}, which has no configured backend; "
+                                 "restrict routing.allowed to backends", param="routing.allowed")
+        return candidates
+
+    @staticmethod
+    def _route(loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
+        router = loaded.router
+        if threshold is None:
+            return router.route(text, knob)
+        strong, weak = loaded.config.strong, loaded.config.weak
+        assert strong is not None and weak is not None
+        X = router.features([text])
+        quality, cost = router.quality_from_features(X)[0], router.cost_from_features(X)[0]
+        cols = [router.models_.index(strong), router.models_.index(weak)]
+        pair_knob = Knob("threshold", threshold, strong=strong)
+        return decide(quality[cols], cost[cols], [strong, weak], pair_knob,
+                      cost_scale=getattr(router, "cost_scale_", None))
+
+    # -- 4. calling, retries, fallbacks ---------------------------------------------------
+    async def _attempt_all(self, call: Call, candidates: list[str],
+                           fn: Callable[[Backend], Awaitable[T]]) -> tuple[str, T]:
+        chain: list[dict[str, Any]] = call.row["fallback_chain"]
+        queue, used_context = list(candidates), False
+        while queue:
+            name = queue.pop(0)
+            backend = self.backends[name]
+            for attempt in range(backend.config.max_retries + 1):
+                try:
+                    return name, await fn(backend)
+                except UpstreamError as exc:
+                    chain.append({"model": name, "attempt": attempt + 1, "status": exc.status, "error": exc.code})
+                    if exc.kind == "client":
+                        raise p.RequestError(exc.status, f"upstream {name}: {exc.message}",
+                                             code=exc.code) from None
+                    if exc.kind == "context":
+                        queue, used_context = self._context_fallback(name, exc, used_context), True
+                        break
+                    if attempt < backend.config.max_retries:
+                        await asyncio.sleep(self.config.fallback.backoff_s * 2**attempt)
+        tried = ", ".join(f"{c['model']} ({c['status']} {c['error']})" for c in chain)
+        raise p.RequestError(502, f"all backends failed; tried: {tried}", type_="upstream_error",
+                             code="all_backends_failed")
+
+    def _context_fallback(self, name: str, exc: UpstreamError, used: bool) -> list[str]:
+        larger = self.config.fallback.context_model
+        if larger is None or used or larger == name:
+            raise p.RequestError(400, f"upstream {name}: {exc.message}", param="messages",
+                                 code="context_length_exceeded")
+        return [larger]
+
+    async def _complete(self, call: Call, body: dict[str, Any], candidates: list[str]) -> ChatResult:
+        name, response = await self._attempt_all(call, candidates, lambda b: b.complete(body))
+        call.row["ttft_ms"] = call.elapsed_ms()
+        response["model"] = name
+        self._account(call, name, body, response.get("usage"), "".join(
+            str((c.get("message") or {}).get("content") or "") for c in response.get("choices", [])))
+        call.row["status"] = 200
+        self.finish(call)
+        return ChatResult(200, self._headers(call, name), body=response)
+
+    async def _stream(self, call: Call, body: dict[str, Any], candidates: list[str]) -> ChatResult:
+        async def open_stream(backend: Backend) -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None]:
+            iterator = backend.stream(body).__aiter__()
+            try:
+                return iterator, await iterator.__anext__()
+            except StopAsyncIteration:
+                return iterator, None
+
+        name, (iterator, first) = await self._attempt_all(call, candidates, open_stream)
+        call.row["ttft_ms"] = call.elapsed_ms()
+        return ChatResult(200, self._headers(call, name),
+                          stream=self._relay(call, name, body, iterator, first))
+
+    async def _relay(self, call: Call, name: str, body: dict[str, Any],
+                     iterator: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None) -> AsyncIterator[bytes]:
+        usage: dict[str, Any] | None = None
+        parts: list[str] = []
+        call.row.update(status=499, error_type="client_disconnected")
+        try:
+            chunk = first
+            while chunk is not None:
+                chunk["model"] = name
+                usage = chunk.get("usage") or usage
+                parts.extend(str((c.get("delta") or {}).get("content") or "") for c in chunk.get("choices", []))
+                yield p.sse(chunk)
+                chunk = await anext(iterator, None)
+            yield p.SSE_DONE
+            call.row.update(status=200, error_type=None)
+        except UpstreamError as exc:  # after the first byte there is no fallback: report in-stream
+            call.row.update(status=502, error_type=exc.code)
+            yield p.sse(p.error_body(f"upstream {name} failed mid-stream: {exc.message}", "upstream_error"))
+        finally:
+            self._account(call, name, body, usage, "".join(parts))
+            self.finish(call)
+            closer = getattr(iterator, "aclose", None)
+            if closer is not None:  # release the upstream connection if the client went away
+                await closer()
+
+    # -- 5. accounting --------------------------------------------------------------------
+    def _account(self, call: Call, name: str, body: dict[str, Any], usage: dict[str, Any] | None,
+                 text: str) -> None:
+        cfg = self.config.backend(name)
+        estimated = not usage or usage.get("prompt_tokens") is None
+        if estimated:
+            prompt_tokens, completion_tokens = p.estimate_prompt_tokens(body["messages"]), p.estimate_tokens(text)
+        else:
+            assert usage is not None
+            prompt_tokens, completion_tokens = int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)
+        cost = (prompt_tokens * (cfg.input_per_m or 0.0) + completion_tokens * (cfg.output_per_m or 0.0)) / 1e6
+        call.row.update(chosen_model=name, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                        cost_usd=cost, cost_estimated=estimated)
+
+    def _headers(self, call: Call, name: str) -> dict[str, str]:
+        headers = {"x-thalamus-request-id": call.row["id"], "x-thalamus-model": name,
+                   "x-thalamus-router": call.row.get("router") or "none"}
+        decision = call.decision
+        if decision is not None and name in decision.models:
+            i = decision.models.index(name)
+            headers["x-thalamus-predicted-quality"] = f"{decision.predicted_quality[i]:.6g}"
+            headers["x-thalamus-expected-cost"] = f"{decision.expected_cost[i]:.6g}"
+        return headers
+
+
+def _fallback_order(decision: Decision) -> list[str]:
+    """The other candidates in score order, within the knob's allowed set and budget."""
+    mask = allowed_mask(decision.models, decision.knob)
+    budget = decision.knob.max_cost
+    return [m for m in decision.score_order()
+            if mask[decision.models.index(m)]
+            and (budget is None or decision.expected_cost[decision.models.index(m)] <= budget)]
+
+
+def _unique(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def _knob_dict(knob: Knob) -> dict[str, Any]:
+    return {"kind": knob.kind, "value": None if not np.isfinite(knob.value) else knob.value,
+            "strong": knob.strong, "max_cost": knob.max_cost,
+            "allowed": list(knob.allowed) if knob.allowed is not None else None, "excluded": list(knob.excluded)}
