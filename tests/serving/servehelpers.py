@@ -1,0 +1,71 @@
+"""Helpers of the serving tests: tiny model folders, a real uvicorn server on loopback, configs."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from openai.types.chat import ChatCompletionMessageParam
+from prometheus_client.parser import text_string_to_metric_families
+
+from thalamus.serving.app import create_app
+from thalamus.serving.config import ServingConfig
+from thalamus.serving.models import TINY_MOE_ARCHS, smollm2_tokenizer
+
+
+def make_broken(out: Path) -> None:
+    """A dense model whose embedding table is smaller than its tokenizer: every forward pass fails."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tokenizer = smollm2_tokenizer()
+    config = LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def tiny_config(tiny_dir: Path, **overrides: Any) -> ServingConfig:
+    models = [{"name": f"tiny-{arch}", "path": str(tiny_dir / f"tiny-{arch}")} for arch in TINY_MOE_ARCHS]
+    models.append({"name": "broken", "path": str(tiny_dir / "broken")})
+    raw: dict[str, Any] = {"memory_budget": "1GiB", "batch_window_ms": 30, "max_batch_size": 8,
+                           "default_max_tokens": 16, "models": models}
+    raw.update(overrides)
+    return ServingConfig.from_dict(raw)
+
+
+@contextlib.contextmanager
+def serve(config: ServingConfig) -> Iterator[str]:
+    """Run the real app under uvicorn on 127.0.0.1 (ephemeral port) in a thread; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("local server did not start within 30 s")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+
+
+def ask(text: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": text}]
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``, from Prometheus text."""
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())

@@ -1,0 +1,178 @@
+"""HTTP handlers of the local server: thin, OpenAI-shaped, generation handed to the model's worker thread."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from thalamus.serving.batching import QueueSink
+from thalamus.serving.config import ServingConfig
+from thalamus.serving.engine import Finished, Job, SamplingParams
+from thalamus.serving.metrics import ServingMetrics
+from thalamus.serving.pool import LoadedModel, ModelPool
+from thalamus.serving.protocol import ChatRequest, ServingError, chunk_body, completion_body, new_id, usage
+
+router = APIRouter()
+
+
+@dataclass
+class ServingState:
+    config: ServingConfig
+    pool: ModelPool
+    metrics: ServingMetrics
+
+
+def _state(request: Request) -> ServingState:
+    state: ServingState = request.app.state.serving
+    return state
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> dict[str, Any]:
+    pool = _state(request).pool
+    return {"status": "ok", "loaded_models": sorted(pool.loaded), "used_bytes": pool.used_bytes(),
+            "memory_budget": pool.config.memory_budget}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(_state(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    pool = _state(request).pool
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "thalamus-local",
+             "loaded": name in pool.loaded} for name in sorted(pool.specs)]
+    return {"object": "list", "data": data}
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse | StreamingResponse:
+    state = _state(request)
+    label = body.model if body.model in state.pool.specs else "unknown"
+    stack = AsyncExitStack()
+    try:
+        model = await stack.enter_async_context(state.pool.lease(body.model))
+        job, sink = _submit(state, model, body)
+        if body.stream:
+            first = await _next_event(sink, job, body.model)
+            response: JSONResponse | StreamingResponse = StreamingResponse(
+                _stream(state, body, job, sink, first, stack), media_type="text/event-stream")
+            return response
+        async with stack:
+            return JSONResponse(await _collect(state, body, job, sink))
+    except ServingError as exc:
+        await stack.aclose()
+        state.metrics.requests.labels(label, str(exc.status)).inc()
+        raise
+
+
+def _prompt_ids(model: LoadedModel, body: ChatRequest) -> list[int]:
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    tokenizer = model.tokenizer
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True)
+        except Exception as exc:  # jinja raises for roles or orders a template does not accept
+            raise ServingError(400, f"model '{body.model}' chat template rejected the messages: {exc}",
+                               param="messages") from exc
+        return list(encoded["input_ids"])
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    return list(tokenizer(text)["input_ids"])
+
+
+def _budget(state: ServingState, model: LoadedModel, body: ChatRequest, n_prompt: int) -> int:
+    context = model.context_length
+    if n_prompt >= context:
+        raise ServingError(400, f"The prompt is {n_prompt} tokens long but model '{body.model}' has a "
+                                f"context length of {context} tokens", param="messages",
+                           code="context_length_exceeded")
+    asked = body.token_budget()
+    if asked is not None and n_prompt + asked > context:
+        field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ServingError(400, f"{field}={asked} plus the {n_prompt}-token prompt exceeds model "
+                                f"'{body.model}' context length of {context} tokens", param=field,
+                           code="context_length_exceeded")
+    return asked if asked is not None else min(state.config.default_max_tokens, context - n_prompt)
+
+
+def _submit(state: ServingState, model: LoadedModel, body: ChatRequest) -> tuple[Job, QueueSink]:
+    import asyncio
+
+    ids = _prompt_ids(model, body)
+    params = SamplingParams(max_tokens=_budget(state, model, body, len(ids)), temperature=body.temperature,
+                            top_p=body.top_p, stop=body.stops(), seed=body.seed,
+                            ignore_eos=body.ignore_eos)
+    sink = QueueSink(asyncio.get_running_loop())
+    job = Job(ids, params, sink)
+    model.worker.submit(job)
+    return job, sink
+
+
+async def _next_event(sink: QueueSink, job: Job, model: str) -> tuple[str, Any]:
+    try:
+        kind, value = await sink.queue.get()
+    except BaseException:
+        job.cancelled = True  # the client went away; the engine drops the request at its next token
+        raise
+    if kind == "error":
+        raise ServingError(500, f"generation failed for model '{model}': {type(value).__name__}: {value}",
+                           type_="server_error", code="generation_failed")
+    return kind, value
+
+
+def _extra(result: Finished) -> dict[str, Any] | None:
+    return {"expert_load": result.expert_load} if result.expert_load else None
+
+
+async def _collect(state: ServingState, body: ChatRequest, job: Job, sink: QueueSink) -> dict[str, Any]:
+    parts: list[str] = []
+    while True:
+        kind, value = await _next_event(sink, job, body.model)
+        if kind == "delta":
+            parts.append(value)
+            continue
+        result: Finished = value
+        _account(state, body.model, result)
+        return completion_body(new_id(), body.model, "".join(parts), result.finish_reason,
+                               usage(result.prompt_tokens, result.completion_tokens), _extra(result))
+
+
+def _account(state: ServingState, model: str, result: Finished) -> None:
+    state.metrics.record_finish(model, result)
+    state.metrics.requests.labels(model, "200").inc()
+
+
+def _sse(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body)}\n\n"
+
+
+async def _stream(state: ServingState, body: ChatRequest, job: Job, sink: QueueSink, first: tuple[str, Any],
+                  stack: AsyncExitStack) -> AsyncIterator[str]:
+    cid, name = new_id(), body.model
+    async with stack:
+        yield _sse(chunk_body(cid, name, {"role": "assistant", "content": ""}))
+        kind, value = first
+        try:
+            while kind == "delta":
+                yield _sse(chunk_body(cid, name, {"content": value}))
+                kind, value = await _next_event(sink, job, name)
+        except ServingError as exc:
+            state.metrics.requests.labels(name, str(exc.status)).inc()
+            yield _sse(exc.body())
+            return
+        result: Finished = value
+        _account(state, name, result)
+        yield _sse(chunk_body(cid, name, {}, result.finish_reason, extra=_extra(result)))
+        if body.stream_options and body.stream_options.include_usage:
+            yield _sse(chunk_body(cid, name, {}, usage_=usage(result.prompt_tokens, result.completion_tokens),
+                                  with_choice=False))
+        yield "data: [DONE]\n\n"

@@ -1,0 +1,98 @@
+"""Settings of the local server, read from a YAML file (``thalamus serve-local --config local.yaml``).
+
+The server owns a fixed list of models by name; a request naming anything else gets a 404. Sizes accept
+plain bytes or strings such as ``"2GiB"`` / ``"500MB"``, since a memory budget is easier to read that way.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from thalamus.errors import ConfigError
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+SOURCES = ("smollm2",)
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """``1073741824``, ``"1GiB"``, ``"1.5 GB"`` -> bytes."""
+    if isinstance(value, int | float):
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"{value!r} is not a size; use bytes or a number with KB/MB/GB/KiB/MiB/GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+class ModelSpec(BaseModel):
+    """One servable model: a local Hugging Face folder (``path``) or a prepared ``source``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: Path | None = None
+    source: str | None = None
+    dtype: str = "float32"
+    context_length: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> ModelSpec:
+        if (self.path is None) == (self.source is None):
+            raise ValueError(f"model {self.name!r}: give exactly one of 'path' or 'source'")
+        if self.source is not None and self.source not in SOURCES:
+            raise ValueError(f"model {self.name!r}: unknown source {self.source!r}; known: {SOURCES}")
+        if self.path is not None:
+            self.path = self.path.expanduser()
+        return self
+
+
+class ServingConfig(BaseModel):
+    """Everything ``serve-local`` needs; see examples/local.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+    memory_budget: int = Field(default=4 * 2**30, gt=0, description="bytes of model weights kept loaded")
+    batching: bool = True
+    batch_window_ms: float = Field(default=5.0, ge=0)
+    max_batch_size: int = Field(default=8, ge=1)
+    default_max_tokens: int = Field(default=256, ge=1)
+    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (None: torch's)")
+    models: list[ModelSpec]
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_bytes(value)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ServingConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model names: {dupes}")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> ServingConfig:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read serving config: {exc}") from exc
+        return cls.from_dict(raw or {}, origin=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], origin: str = "config") -> ServingConfig:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{origin}: key {key!r}: {first['msg']}") from exc

@@ -1,0 +1,196 @@
+"""The model pool: models load on first use and stay while they fit a memory budget (bytes of weights).
+
+A model's size is estimated from its safetensors headers before loading, so a model that can never fit
+is refused (503) without touching memory. To make room, the least recently used idle models are unloaded;
+models serving requests are never evicted, so when only they stand in the way the request gets a 503 to
+retry. Loading happens in a worker thread; requests for models already loaded never wait on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thalamus.serving.batching import BatchWorker
+from thalamus.serving.config import ModelSpec, ServingConfig
+from thalamus.serving.engine import Engine
+from thalamus.serving.metrics import ServingMetrics
+from thalamus.serving.models import prepare_smollm2
+from thalamus.serving.moe import MoeInfo, moe_info
+from thalamus.serving.protocol import ServingError
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    tokenizer: Any
+    engine: Engine
+    worker: BatchWorker
+    context_length: int
+    bytes: int
+    moe: MoeInfo | None
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    in_use: int = 0
+
+
+def _safetensors_numels(path: Path) -> list[tuple[int, str]]:
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    out = []
+    for name, info in header.items():
+        if name != "__metadata__":
+            numel = 1
+            for dim in info["shape"]:
+                numel *= int(dim)
+            out.append((numel, info["dtype"]))
+    return out
+
+
+def estimate_bytes(folder: Path, dtype: str) -> int:
+    """Bytes the weights in ``folder`` take once loaded as ``dtype`` ("auto": as stored)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return sum(p.stat().st_size for p in folder.glob("*.bin"))
+    total = 0
+    for file in files:
+        for numel, stored in _safetensors_numels(file):
+            width = _DTYPE_BYTES.get(dtype, 0) if stored in ("F32", "F16", "BF16") else 0
+            total += numel * (width or _DTYPE_BYTES.get(stored, 4))
+    return total
+
+
+class ModelPool:
+    """Loads, serves and evicts the configured models under ``config.memory_budget`` bytes."""
+
+    def __init__(self, config: ServingConfig, metrics: ServingMetrics, cache_dir: Path | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.cache_dir = cache_dir
+        self.specs = {spec.name: spec for spec in config.models}
+        self.loaded: dict[str, LoadedModel] = {}
+        self._lock = asyncio.Lock()
+        metrics.budget_bytes.set(config.memory_budget)
+
+    def used_bytes(self) -> int:
+        return sum(m.bytes for m in self.loaded.values())
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[LoadedModel]:
+        """The loaded model, held (not evictable) until the block ends."""
+        model = await self.get(name)
+        model.in_use += 1
+        try:
+            yield model
+        finally:
+            model.in_use -= 1
+            model.last_used = time.monotonic()
+
+    async def get(self, name: str) -> LoadedModel:
+        if name not in self.specs:
+            raise ServingError(404, f"The model '{name}' does not exist on this server; "
+                                    f"served models: {', '.join(sorted(self.specs))}",
+                               param="model", code="model_not_found")
+        if name in self.loaded:
+            return self.loaded[name]
+        async with self._lock:
+            if name not in self.loaded:
+                await self._load(self.specs[name])
+            return self.loaded[name]
+
+    async def _load(self, spec: ModelSpec) -> None:
+        started = time.perf_counter()
+        folder = await asyncio.to_thread(self._folder, spec)
+        need = await asyncio.to_thread(estimate_bytes, folder, spec.dtype)
+        evicted = await self._make_room(spec.name, need)
+        try:
+            model = await asyncio.to_thread(self._build, spec, folder)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ServingError(500, f"model '{spec.name}' failed to load from {folder}: {exc}",
+                               type_="server_error", code="model_load_failed") from exc
+        self.loaded[spec.name] = model
+        elapsed = time.perf_counter() - started
+        self.metrics.load_seconds.labels(spec.name).observe(elapsed)
+        if evicted:
+            self.metrics.switch_seconds.labels(spec.name).observe(elapsed)
+        self._publish()
+
+    def _folder(self, spec: ModelSpec) -> Path:
+        if spec.source == "smollm2":
+            return prepare_smollm2(self.cache_dir)
+        assert spec.path is not None
+        if not (spec.path / "config.json").is_file():
+            raise ServingError(500, f"model '{spec.name}': {spec.path} is not a Hugging Face model folder "
+                                    "(no config.json)", type_="server_error", code="model_load_failed")
+        return spec.path
+
+    async def _make_room(self, name: str, need: int) -> list[str]:
+        budget = self.config.memory_budget
+        if need > budget:
+            raise ServingError(503, f"model '{name}' needs {need} bytes but the server's memory budget is "
+                                    f"{budget} bytes; raise memory_budget or serve a smaller model",
+                               type_="server_error", code="model_too_large")
+        evicted: list[str] = []
+        idle = sorted((m for m in self.loaded.values() if m.in_use == 0), key=lambda m: m.last_used)
+        while self.used_bytes() + need > budget and idle:
+            victim = idle.pop(0)
+            await self._unload(victim.spec.name)
+            self.metrics.evictions.labels(victim.spec.name).inc()
+            evicted.append(victim.spec.name)
+        if self.used_bytes() + need > budget:
+            busy = ", ".join(sorted(self.loaded))
+            raise ServingError(503, f"model '{name}' needs {need} bytes; {self.used_bytes()} of the "
+                                    f"{budget}-byte budget are held by models serving requests ({busy}); "
+                                    "retry later", type_="server_error", code="pool_busy")
+        return evicted
+
+    async def _unload(self, name: str) -> None:
+        started = time.perf_counter()
+        model = self.loaded.pop(name)
+        await asyncio.to_thread(model.worker.stop)
+        model.engine.close()
+        del model
+        gc.collect()
+        self.metrics.unload_seconds.labels(name).observe(time.perf_counter() - started)
+        self.metrics.model_bytes.remove(name)
+        self._publish()
+
+    def _build(self, spec: ModelSpec, folder: Path) -> LoadedModel:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        context = spec.context_length or getattr(model.config, "max_position_embeddings", None) \
+            or tokenizer.model_max_length
+        moe = moe_info(model)
+        engine = Engine(model, tokenizer, int(context), moe)
+        size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        worker = BatchWorker(engine, spec.name,
+                             self.config.batch_window_ms / 1000 if self.config.batching else 0.0,
+                             self.config.max_batch_size if self.config.batching else 1,
+                             on_batch=self.metrics.batch_size.labels(spec.name).observe)
+        return LoadedModel(spec, tokenizer, engine, worker, int(context), size, moe)
+
+    def _publish(self) -> None:
+        self.metrics.loaded_models.set(len(self.loaded))
+        self.metrics.pool_bytes.set(self.used_bytes())
+        for name, model in self.loaded.items():
+            self.metrics.model_bytes.labels(name).set(model.bytes)
+
+    async def close(self) -> None:
+        for name in list(self.loaded):
+            await self._unload(name)
