@@ -46,8 +46,12 @@ def read_json(path: Path) -> Any:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """JSON Lines split on '\\n' only: str.splitlines would also cut at U+2028 / U+0085 inside values."""
-    rows: list[dict[str, Any]] = []
-    text = require_file(path).read_text(encoding="utf-8")
+    return [row for _, row in parse_jsonl(path, require_file(path).read_text(encoding="utf-8"))]
+
+
+def parse_jsonl(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(1-based line number, object) for every non-blank line; errors name the file and line."""
+    rows: list[tuple[int, dict[str, Any]]] = []
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -57,7 +61,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from exc
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
+        rows.append((lineno, row))
     return rows
 
 

@@ -28,7 +28,6 @@ JSONL file, header = line 1; ``row N`` of a Parquet table) and the column at fau
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from thalamus.datasets.common import parse_jsonl
 from thalamus.datasets.schema import RoutingDataset, stable_hash
 from thalamus.errors import DataError
 
@@ -83,24 +83,13 @@ def _read_csv(path: Path) -> Table:
 
 
 def _read_jsonl(path: Path) -> Table:
-    rows: list[dict[str, Any]] = []
-    lines: list[str] = []
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc})") from exc
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-        lines.append(f"line {lineno}")
-    return Table(path, pd.DataFrame(rows, dtype=object), lines)
+    parsed = parse_jsonl(path, text)
+    return Table(path, pd.DataFrame([row for _, row in parsed], dtype=object),
+                 [f"line {lineno}" for lineno, _ in parsed])
 
 
 def _read_table(path: Path) -> Table:
