@@ -7,12 +7,12 @@ loads any router. Helpers live in gwhelpers.py (this folder is on sys.path for i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gwhelpers import base_config, synthetic_dataset
+from gwhelpers import GatewayFactory, base_config, synthetic_dataset
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.app import create_app
@@ -20,8 +20,6 @@ from thalamus.gateway.config import config_from_dict
 from thalamus.gateway.replay import create_replay_app
 from thalamus.gateway.server import ThreadedServer
 from thalamus.router.baselines import BestSingleRouter
-
-GatewayFactory = Callable[..., ThreadedServer]
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,9 @@ import pandas as pd
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.ledger import Ledger
+from thalamus.gateway.server import ThreadedServer
+
+GatewayFactory = Callable[..., ThreadedServer]  # the make_gateway fixture's type
 
 MODELS = ["strong", "mid", "weak"]
 PRICES = {"strong": (10.0, 30.0), "mid": (1.0, 2.0), "weak": (0.1, 0.2)}

@@ -9,8 +9,7 @@ from pathlib import Path
 import openai
 import pandas as pd
 import sqlalchemy as sa
-from conftest import GatewayFactory
-from gwhelpers import ledger_rows
+from gwhelpers import GatewayFactory, ledger_rows
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.ledger import MIGRATIONS, Ledger, LedgerWriter

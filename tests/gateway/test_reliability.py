@@ -8,8 +8,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import GatewayFactory
-from gwhelpers import ledger_rows, row_for
+from gwhelpers import GatewayFactory, ledger_rows, row_for
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.server import ThreadedServer

@@ -7,8 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import GatewayFactory
-from gwhelpers import ledger_rows
+from gwhelpers import GatewayFactory, ledger_rows
 from typer.testing import CliRunner
 
 from thalamus.cli import build_app

@@ -76,9 +76,13 @@ class Router:
         self.models_: list[str] = list(dataset.models)
         if self.uses_embeddings:
             self.embedder_id_: str = self._embedder().id
-        with np.errstate(invalid="ignore"):
-            mean_cost = np.nanmean(dataset.cost, axis=0)
-        self.mean_cost_: np.ndarray = np.nan_to_num(mean_cost, nan=float(np.nanmean(dataset.cost)))
+        seen = np.isfinite(dataset.cost)
+        total = np.where(seen, dataset.cost, 0.0)
+        # a model never priced gets the mean of the others; a dataset with no costs at all
+        # (allowed by the user formats) routes on quality alone, with every cost 0
+        fill = float(total.sum() / seen.sum()) if seen.any() else 0.0
+        counts = seen.sum(axis=0)
+        self.mean_cost_: np.ndarray = np.where(counts > 0, total.sum(axis=0) / np.maximum(counts, 1), fill)
         # one scale for the lambda knob, fixed at fit time so decisions do not drift per batch
         self.cost_scale_: float = float(self.mean_cost_.max()) or 1.0
         X = features if features is not None else self.features(dataset.texts)
