@@ -44,3 +44,29 @@ def test_beats_per_model_means_on_real_data(data_dir: Path) -> None:
     pred = XGBRouter(n_estimators=30, embedder="hashing").fit(train, features=Xtr).quality_from_features(Xte)
     constant = np.broadcast_to(np.nanmean(train.quality, axis=0), pred.shape)
     assert brier(pred, test.quality) < brier(constant, test.quality)
+
+
+def test_one_prompt_at_a_time_goes_through_the_flat_forest_with_the_same_numbers(tmp_path: Path) -> None:
+    ds, X = graded()
+    router = XGBRouter(n_estimators=60, max_depth=5, embedder="hashing").fit(ds, features=X)
+    batch = router.quality_from_features(X)  # 120 rows > FLAT_MAX_ROWS: xgboost itself
+    singles = np.vstack([router.quality_from_features(X[i : i + 1]) for i in range(len(X))])
+    np.testing.assert_allclose(singles, batch, atol=1e-6)
+    loaded = Router.load(router.save(tmp_path / "x"))
+    np.testing.assert_allclose(loaded.quality_from_features(X[:5]), batch[:5], atol=1e-6)
+
+
+def test_flat_forest_matches_xgboost_with_missing_values_and_identity_link() -> None:
+    import xgboost as xgb
+
+    from thalamus.router.forest import FlatForest
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 6)).astype(np.float32)
+    X[rng.random(X.shape) < 0.1] = np.nan  # missing values take the saved default direction
+    y = np.nan_to_num(X[:, 0]) * 2 + rng.normal(size=300)
+    boosters = [xgb.train({"objective": obj, "max_depth": 6, "nthread": 1, "seed": 0},
+                          xgb.DMatrix(X, label=label), 30)
+                for obj, label in (("reg:squarederror", y), ("binary:logistic", (y > 0).astype(float)))]
+    expected = np.c_[[b.inplace_predict(X) for b in boosters]].T
+    np.testing.assert_allclose(FlatForest(boosters).predict(X), expected, atol=1e-5)

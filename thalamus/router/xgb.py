@@ -18,8 +18,10 @@ import numpy as np
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError
 from thalamus.router.base import Features, Router
+from thalamus.router.forest import FlatForest
 
 BOOSTER_DIR = "boosters"
+FLAT_MAX_ROWS = 64  # up to this many rows the numpy forest is faster; larger batches go to xgboost
 
 
 def is_binary(values: np.ndarray) -> bool:
@@ -75,11 +77,21 @@ class XGBRouter(Router):
             dtrain = xgb.DMatrix(emb[seen], label=y[seen], nthread=self.n_jobs)
             boosters.append(xgb.train(self._booster_params(binary), dtrain, self.n_estimators))
         self.boosters_: list[Any] = boosters
+        self._flatten()
         self.kinds_: list[str] = kinds
         self.quality_mean_: np.ndarray = fallback  # used for models without a booster
 
+    def _flatten(self) -> None:
+        trained = [b for b in self.boosters_ if b is not None]
+        self._forest = FlatForest(trained) if trained else None
+        self._trained = [j for j, b in enumerate(self.boosters_) if b is not None]
+
     def _predict_quality(self, X: Features) -> np.ndarray:
         emb = np.asarray(X, dtype=np.float32)
+        if self._forest is not None and len(emb) <= FLAT_MAX_ROWS:  # skip xgboost's per-call overhead
+            out = np.tile(self.quality_mean_, (len(emb), 1))
+            out[:, self._trained] = self._forest.predict(emb)
+            return out
         out = np.empty((len(emb), len(self.models_)))
         for j, booster in enumerate(self.boosters_):
             if booster is None:
@@ -112,3 +124,4 @@ class XGBRouter(Router):
             else:
                 boosters.append(None)
         self.boosters_ = boosters
+        self._flatten()
