@@ -16,9 +16,7 @@ half of the replay is >= 90% of the supervised kNN's. Embeddings: MiniLM, from t
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+from bench_report import command, utc_now, write
 
 from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset, hash_fraction
@@ -192,15 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     result = run(seeds, mults, args.out)
     plots = [args.out.name + ("" if m == mults[0] else f"_wtp{m:g}x") + ".png" for m in mults]
     report = {
-        "command": " ".join([".venv/bin/python", "benchmarks/bandit_replay.py",
-                             *(argv if argv is not None else sys.argv[1:])]),
-        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seeds": seeds, "wtp_mults": mults,
+        "command": command("bandit_replay.py", argv),
+        "finished": utc_now(), "seeds": seeds, "wtp_mults": mults,
         "reference": {"router": "knn", **REFERENCE_PARAMS}, "target_ratio": TARGET_RATIO, "plots": plots,
         **result, "aggregate": aggregate(result["runs"]),
     }
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write(args.out, report, markdown(report))
     return 0
 
 

@@ -20,10 +20,8 @@ targeted. The machine's load average is recorded at the start and at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["THALAMUS_EMBED_CACHE"] = "0"  # routing must embed fresh; training features use an explicit cache
 
 import numpy as np
+from bench_report import command, utc_now, write
 
 from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset
@@ -243,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.dataset, routers, args.n, args.batch, args.bert_train_prompts)
     load_end = load_average()
     report = {
-        "command": " ".join([".venv/bin/python", "benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]),
-        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dataset": args.dataset,
+        "command": command("speed.py", argv),
+        "finished": utc_now(), "dataset": args.dataset,
         "n": args.n, "batch": args.batch,
         "routers": routers, "bert_train_prompts": args.bert_train_prompts, "knob": {"kind": "lambda", "value": 0.5},
         "embedding": "minilm, fresh (THALAMUS_EMBED_CACHE=0)", "cpu_count": os.cpu_count(),
@@ -252,10 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_start": load_start, "load_end": load_end, "load_note": load_note(load_start, load_end),
         "results": results, "checks": checks(results),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write(args.out, report, markdown(report))
     return 0
 
 
