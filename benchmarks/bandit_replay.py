@@ -28,6 +28,7 @@ from bench_report import command, utc_now, write
 
 from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset, hash_fraction
+from thalamus.eval.plots import save_figure
 from thalamus.eval.replay import ReplayResult, replay, rewards
 from thalamus.router.embedders import get_embedder
 from thalamus.router.registry import make_router
@@ -96,10 +97,7 @@ def plot(results: dict[str, ReplayResult], path: Path, title: str) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def run(seeds: list[int], mults: list[float], out: Path) -> dict[str, Any]:

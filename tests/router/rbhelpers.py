@@ -29,3 +29,34 @@ def split(ds: RoutingDataset, X: np.ndarray, test_every: int = 3) -> tuple[Routi
 def brier(pred: np.ndarray, truth: np.ndarray) -> float:
     seen = ~np.isnan(truth)
     return float(np.mean((pred[seen] - truth[seen]) ** 2))
+
+
+FILLER = ("please", "tell", "me", "about", "the", "history", "of", "a", "small", "town", "river",
+          "bridge", "winter", "garden", "quickly", "explain", "why", "how", "someone", "would")
+
+
+def word_dataset(n: int = 240, seed: int = 0, filler: int = 6, tagged: bool = True,
+                 unobserved_every: int = 0) -> RoutingDataset:
+    """Model 'alpha' answers prompts that mention 'giraffe'; 'beta' those that mention 'volcano'.
+
+    ``filler`` random words around the key word; ``tagged`` appends ``#i`` so texts are unique
+    (untagged texts can repeat and get ids ``p{i}``); every ``unobserved_every``-th row has
+    beta's outcome unobserved (NaN).
+    """
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    texts, quality = [], []
+    for i in range(n):
+        key = "giraffe" if i % 2 == 0 else "volcano"
+        words = list(rng.choice(FILLER, size=filler))
+        words.insert(int(rng.integers(0, filler + 1)), key)
+        texts.append(" ".join(words) + (f" #{i}" if tagged else ""))
+        quality.append([1.0, 0.0] if key == "giraffe" else [0.0, 1.0])
+    q = np.array(quality)
+    if unobserved_every:
+        q[::unobserved_every, 1] = np.nan
+    prompts = pd.DataFrame({"text": texts})
+    if not tagged:
+        prompts.insert(0, "prompt_id", [f"p{i}" for i in range(n)])
+    return RoutingDataset("words", prompts, ["alpha", "beta"], q, np.tile([0.002, 0.001], (n, 1)))

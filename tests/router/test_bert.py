@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from rbhelpers import word_dataset as words
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError
@@ -14,24 +14,10 @@ from thalamus.router.base import Router
 from thalamus.router.bert import BertRouter
 from thalamus.router.registry import make_router
 
-FILLER = ("please", "tell", "me", "about", "the", "history", "of", "a", "small", "town", "river",
-          "bridge", "winter", "garden", "quickly", "explain", "why", "how", "someone", "would")
-
 
 def word_dataset(n: int, seed: int) -> RoutingDataset:
-    """Model 'alpha' answers prompts about giraffes; 'beta' those about volcanoes."""
-    rng = np.random.default_rng(seed)
-    texts, quality = [], []
-    for i in range(n):
-        key = "giraffe" if i % 2 == 0 else "volcano"
-        words = list(rng.choice(FILLER, size=5))
-        words.insert(int(rng.integers(0, 6)), key)
-        texts.append(" ".join(words))
-        quality.append([1.0, 0.0] if key == "giraffe" else [0.0, 1.0])
-    q = np.array(quality)
-    q[::7, 1] = np.nan  # some outcomes unobserved: masked, not learned as failures
-    prompts = pd.DataFrame({"prompt_id": [f"p{i}" for i in range(n)], "text": texts})
-    return RoutingDataset("words", prompts, ["alpha", "beta"], q, np.tile([0.002, 0.001], (n, 1)))
+    """Five filler words around the key word, repeated texts allowed, some beta outcomes unobserved."""
+    return words(n, seed, filler=5, tagged=False, unobserved_every=7)
 
 
 def tiny_bert(**params: object) -> BertRouter:

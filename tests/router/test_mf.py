@@ -7,30 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from rbhelpers import FILLER, word_dataset
 
 from thalamus.datasets.schema import PreferenceDataset, RoutingDataset
 from thalamus.errors import ConfigError, NotFittedError
 from thalamus.router.base import Router
 from thalamus.router.mf import MFRouter
 from thalamus.router.registry import make_router
-
-FILLER = ("please", "tell", "me", "about", "the", "history", "of", "a", "small", "town", "river",
-          "bridge", "winter", "garden", "quickly", "explain", "why", "how", "someone", "would")
-
-
-def word_dataset(n: int = 240, seed: int = 0) -> RoutingDataset:
-    """Model 'alpha' answers prompts that mention 'giraffe'; 'beta' those that mention 'volcano'."""
-    rng = np.random.default_rng(seed)
-    texts, quality = [], []
-    for i in range(n):
-        key = "giraffe" if i % 2 == 0 else "volcano"
-        words = list(rng.choice(FILLER, size=6))
-        words.insert(int(rng.integers(0, 7)), key)
-        texts.append(" ".join(words) + f" #{i}")
-        quality.append([1.0, 0.0] if key == "giraffe" else [0.0, 1.0])
-    prompts = pd.DataFrame({"text": texts})
-    return RoutingDataset("words", prompts, ["alpha", "beta"], np.array(quality),
-                          np.tile([0.002, 0.001], (n, 1)))
 
 
 def vote_dataset(n: int = 120, seed: int = 1) -> PreferenceDataset:

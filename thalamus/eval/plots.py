@@ -19,6 +19,18 @@ import numpy as np
 Result = Mapping[str, Any]
 
 
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out ``fig``, write it as a PNG (creating the folder) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_dataset(results: Sequence[Result], path: str | Path) -> Path:
     """Write the PNG for one dataset's results (every router on that dataset) to ``path``."""
     import matplotlib
@@ -45,12 +57,7 @@ def plot_dataset(results: Sequence[Result], path: str | Path) -> Path:
     pareto.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if two:
         _pgr_panel(axes[0][1], results)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _hull_line(hull: Mapping[str, Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:

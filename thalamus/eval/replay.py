@@ -88,6 +88,8 @@ class ReplayResult:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from thalamus.eval.plots import save_figure
+
         steps = np.arange(1, self.n_steps + 1)
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
         ax1.plot(steps, np.cumsum(self.oracle_reward), label="per-query oracle", color="black", ls="--")
@@ -101,12 +103,7 @@ class ReplayResult:
         for ax in (ax1, ax2):
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, dpi=110)
 
 
 def rewards(quality: np.ndarray, cost: np.ndarray, wtp: float) -> np.ndarray:
