@@ -2,7 +2,9 @@
 
 THALAMUS_DATA_DIR    where named datasets live (default: ../shared/data beside the repo)
 THALAMUS_CACHE_DIR   embedding cache, prepared models, cached artifacts (default ~/.cache/thalamus)
-THALAMUS_SEED        default seed for splits and randomised routers (default 0)
+THALAMUS_SEED        seed of `thalamus demo` (its split and held-out sample; default 0); eval/train take --seed
+THALAMUS_EMBED_CACHE 0 turns the on-disk embedding cache off (default 1)
+THALAMUS_TORCH_THREADS  torch threads for mf/bert training and inference (default 2)
 """
 
 from __future__ import annotations

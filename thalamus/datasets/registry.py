@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from thalamus.datasets import alpaca, common, dcrouter, routellm, routerbench, routerdc, schema
+from thalamus.datasets import alpaca, common, dcrouter, pricing, routellm, routerbench, routerdc, schema
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.datasets.user_format import SUFFIXES, read_user_file
 from thalamus.errors import DataError, UnknownNameError
@@ -86,7 +86,7 @@ def source_key(spec: DatasetSpec, data_dir: Path) -> str:
             if path.is_file():
                 st = path.stat()
                 digest.update(f"{path.relative_to(data_dir)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    for module_file in sorted({inspect.getfile(spec.loader), common.__file__, schema.__file__}):
+    for module_file in sorted({inspect.getfile(spec.loader), common.__file__, schema.__file__, pricing.__file__}):
         digest.update(Path(module_file).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -116,7 +116,7 @@ def evaluate(router_name: str, dataset: str | Path | RoutingDataset, params: Map
 
 
 def score(ev: EvalSet, pred: Predictions, budgets: Sequence[float] = ()) -> dict[str, Any]:
-    """Every metric of DESIGN.md section 8 for one router's predictions on ``ev``.
+    """Every metric of ../shared/DESIGN.md section 8 for one router's predictions on ``ev``.
 
     ``gap_closed`` uses the hull's best quality (``quality_at_max``). With two models every
     curve ends at the strong model, so there quality_at_max >= Q_strong and AIQ / gap closed

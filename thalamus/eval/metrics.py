@@ -1,4 +1,4 @@
-"""Routing metrics, defined once (DESIGN.md section 8) as pure numpy functions.
+"""Routing metrics, defined once (../shared/DESIGN.md section 8) as pure numpy functions.
 
 Everything here works on the observed outcome matrices of an evaluated prompt set:
 ``quality`` and ``cost`` of shape (n_prompts, n_models), with every entry observed. The

@@ -7,6 +7,7 @@ FastAPI's own validation and HTTP errors are converted to the same shape.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from thalamus.gateway.protocol import RequestError, error_body, parse_json_body
 from thalamus.gateway.service import GatewayService
 
 _LABELS = {"good": 1.0, "bad": 0.0}
+FEEDBACK_FLUSH_WAIT_S = 2.0  # how long feedback waits for a still-queued request row
 
 
 def _service(request: Request) -> GatewayService:
@@ -90,13 +92,19 @@ def _feedback_fields(body: dict[str, Any]) -> tuple[str, float, str | None]:
 async def post_feedback(request: Request) -> JSONResponse:
     service = _service(request)
     service.authorize(request.headers.get("authorization"))
-    body = parse_json_body(await request.body())
+    raw = await _read_capped(request, service.config.server.max_body_bytes)
+    if raw is None:
+        raise service.too_large(int(request.headers.get("content-length") or 0))
+    body = parse_json_body(raw)
     request_id, score, label = _feedback_fields(body)
     for key in ("source", "comment"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise RequestError(400, f"'{key}' must be a string", param=key)
-    await service.writer.flush()  # the request's row may still be queued
     ledger: Ledger = request.app.state.ledger
+    if not await asyncio.to_thread(ledger.has_request, request_id):
+        # the request's row may still be queued: wait for the writer, bounded (it may never idle under load)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(service.writer.flush(), FEEDBACK_FLUSH_WAIT_S)
     if not await asyncio.to_thread(ledger.has_request, request_id):
         raise RequestError(404, f"unknown request_id {request_id!r}", param="request_id", code="request_not_found")
     fid = await asyncio.to_thread(ledger.add_feedback, request_id, score, label, body.get("source"),
@@ -113,7 +121,7 @@ async def readyz(request: Request) -> JSONResponse:
     if service is None:
         return JSONResponse({"status": "starting"}, status_code=503)
     try:
-        await asyncio.to_thread(request.app.state.ledger.count)
+        await asyncio.to_thread(request.app.state.ledger.ping)
     except Exception as exc:  # any database failure means not ready
         return JSONResponse({"status": "ledger unavailable", "error": str(exc)}, status_code=503)
     if service.writer.failed_batches:

@@ -143,6 +143,11 @@ class Ledger:
                 comment=comment))
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
+    def ping(self) -> None:
+        """A round trip to the database (readiness probe), independent of the ledger's size."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(1))
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(requests)).scalar() or 0)

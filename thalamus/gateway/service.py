@@ -1,6 +1,6 @@
 """The request flow of the gateway, in one place.
 
-1. check auth and size, parse the body; resolve the ``model`` field to a concrete backend
+1. (api.py caps the body size) check auth, parse the body; resolve the ``model`` field to a concrete backend
    (passthrough), a router (``router:NAME`` or an alias) or a RouteLLM name
    (``router-NAME-THRESHOLD``)
 2. routing text from the messages (protocol.routing_text)
@@ -144,8 +144,6 @@ class GatewayService:
         call = self.new_call()
         try:
             call.row["api_key_id"] = self.authorize(authorization)
-            if len(raw) > self.config.server.max_body_bytes:
-                raise self.too_large(len(raw))
             body = p.parse_json_body(raw)
             p.validate_chat(body)
             call.row.update(requested_model=body["model"], stream=bool(body.get("stream")))
@@ -298,7 +296,7 @@ class GatewayService:
     # -- 5. accounting --------------------------------------------------------------------
     def _account(self, call: Call, name: str, body: dict[str, Any], usage: dict[str, Any] | None,
                  text: str) -> None:
-        cfg = self.config.backend(name)
+        cfg = self.backends[name].config
         estimated = not usage or usage.get("prompt_tokens") is None
         if estimated:
             prompt_tokens, completion_tokens = p.estimate_prompt_tokens(body["messages"]), p.estimate_tokens(text)

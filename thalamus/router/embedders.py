@@ -71,7 +71,9 @@ class MiniLMEmbedder:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("THALAMUS_CACHE_DIR", Path.home() / ".cache" / "thalamus"))
+    from thalamus.config import Settings
+
+    return Settings().cache_dir
 
 
 class CachedEmbedder:
@@ -86,6 +88,7 @@ class CachedEmbedder:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=120)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # no fsync per insert; a crash only costs re-embedding
         self._db.execute("CREATE TABLE IF NOT EXISTS vec (embedder TEXT, hash TEXT, v BLOB, "
                          "PRIMARY KEY (embedder, hash))")
 

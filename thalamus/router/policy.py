@@ -126,12 +126,13 @@ def choose(quality: np.ndarray, cost: np.ndarray, knob: Knob, models: Sequence[s
     quality = np.atleast_2d(quality)
     cost = np.atleast_2d(cost)
     score = utility(quality, cost, knob, models, cost_scale)
-    score = np.where(allowed_mask(models, knob), score, -np.inf)
+    allowed = allowed_mask(models, knob)
+    score = np.where(allowed, score, -np.inf)
     if knob.max_cost is not None:
         over = cost > knob.max_cost
         # if every allowed model is over budget, fall back to the cheapest allowed one
-        all_over = np.all(over | ~allowed_mask(models, knob), axis=1, keepdims=True)
-        cheapest = np.where(allowed_mask(models, knob), cost, np.inf).argmin(axis=1)
+        all_over = np.all(over | ~allowed, axis=1, keepdims=True)
+        cheapest = np.where(allowed, cost, np.inf).argmin(axis=1)
         score = np.where(over & ~all_over, -np.inf, score)
         forced = all_over[:, 0]
         choice = score.argmax(axis=1)

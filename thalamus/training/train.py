@@ -1,8 +1,9 @@
 """``train(router_name, params, dataset)``: embed once, optionally tune by CV, fit, save an artifact.
 
 The artifact directory holds the router's own files (router.json, arrays.npz, library
-files) plus ``training.json``: dataset, rows, parameters, tuning scores, fit time and
-the artifact's content version, so a served router can be traced back to its training.
+files) plus ``training.json``: dataset, rows, parameters, tuning scores and fit time. The
+artifact's content version (a hash over every file, ``training.json`` included) is returned in
+``TrainResult``, so a served router can be traced back to its training.
 """
 
 from __future__ import annotations
