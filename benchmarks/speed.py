@@ -8,7 +8,7 @@ MiniLM embedding (the on-disk embedding cache is switched off for routing with
 ``THALAMUS_EMBED_CACHE=0``, so every routed prompt goes through the transformer), and
 ``predict`` is ``router.route_features(x, knob)`` on the already-computed embedding (prediction
 plus policy, the part after embedding). ``embed`` alone is timed too. Batched throughput is one
-batch of ``--batch`` prompts: fresh embedding + ``quality_from_features`` + ``cost_from_features``
+batch of ``--batch`` prompts: fresh embedding + ``predict_from_features``
 + the vectorised policy, and the same without the embedding. ``bert`` reads raw text, so its
 ``predict`` is its whole model and equals ``total`` minus Python overhead; it is fitted with a
 small config (1 epoch, max_seq_length 128, ``--bert-train-prompts`` prompts) and reported, not
@@ -97,7 +97,7 @@ def batched_seconds(router: Router, texts: list[str], X: np.ndarray, embed_s: fl
     is timed once (``embed_s``) and added; bert embeds nothing and is timed as it runs.
     """
     def predict(features: Any) -> None:
-        q, c = router.quality_from_features(features), router.cost_from_features(features)
+        q, c = router.predict_from_features(features)
         choose(q, c, KNOB, router.models_, cost_scale=router.cost_scale_)
 
     t0 = time.perf_counter()
@@ -186,8 +186,8 @@ def markdown(report: dict[str, Any]) -> str:
         "- total = `router.route(text, knob)`: fresh embedding + prediction + policy.",
         "- predict = `router.route_features(x, knob)` on the precomputed embedding: prediction + policy "
         "(bert reads text, so its predict is the whole fine-tuned encoder).",
-        f"- batch = one batch of {report['batch']} prompts through embedding + `quality_from_features` + "
-        "`cost_from_features` + vectorised policy; 'w/o emb.' skips the embedding. The batch's fresh MiniLM "
+        f"- batch = one batch of {report['batch']} prompts through embedding + `predict_from_features` + "
+        "vectorised policy; 'w/o emb.' skips the embedding. The batch's fresh MiniLM "
         "embedding is the same work for every embedding router, so it is timed once and added to each "
         "router's predict time; bert's batch is timed end to end.",
         f"- MiniLM embedding alone, one query: p50 {emb['p50_ms']:.2f} ms, p99 {emb['p99_ms']:.2f} ms; "

@@ -119,6 +119,9 @@ def test_prediction_shapes_and_ranges(fitted: Any) -> None:
     assert quality.shape == cost.shape == (len(texts), len(MODELS))
     assert np.isfinite(quality).all() and (quality >= 0).all() and (quality <= 1).all()
     assert np.isfinite(cost).all() and (cost >= 0).all()
+    joint = router.predict_from_features(router.features(texts))  # one pass gives the same numbers
+    np.testing.assert_array_equal(joint[0], quality)
+    np.testing.assert_array_equal(joint[1], cost)
     decision = router.route(texts[0], Knob("lambda", 0.3))
     assert decision.model in MODELS and 0 < decision.probability <= 1
 

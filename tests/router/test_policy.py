@@ -59,6 +59,18 @@ def test_threshold_two_models() -> None:
         choose(Q, C, knob, MODELS)
 
 
+def test_threshold_on_an_allowed_pair_of_many_models() -> None:
+    models = ["gpt4", "other", "mix"]  # "other" would win on quality but is not in the pair
+    q = np.array([[0.9, 1.0, 0.2], [0.5, 1.0, 0.45]])
+    c = np.array([[0.1, 0.0, 0.01], [0.1, 0.0, 0.01]])
+    knob = Knob("threshold", 0.3, strong="gpt4", allowed=("gpt4", "mix"))
+    assert choose(q, c, knob, models).tolist() == [0, 2]
+    d = decide(q[1], c[1], models, knob)
+    assert d.model == "mix" and d.predicted_quality == [0.5, 1.0, 0.45]
+    with pytest.raises(ConfigError, match="exactly two"):
+        choose(q, c, Knob("threshold", 0.3, strong="gpt4", allowed=("other", "mix")), models)
+
+
 def test_decision_fields_and_fallback_order() -> None:
     d = decide(Q[0], C[0], MODELS, Knob("lambda", 0.0))
     assert (d.model, d.quality, d.cost, d.probability) == ("best", 0.9, 0.1, 1.0)

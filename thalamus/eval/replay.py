@@ -185,7 +185,7 @@ def _reference_rewards(name: str, params: dict[str, Any], router: Router, stream
             train = _concat(warm, train)
             X = np.vstack([warm_features, X])
         ref = make_router(name, **{"embedder": router.embedder, "seed": seed, **params}).fit(train, features=X)
-        pred_q, pred_c = ref.quality_from_features(features[test]), ref.cost_from_features(features[test])
+        pred_q, pred_c = ref.predict_from_features(features[test])
         picks = choose(pred_q, pred_c, knob, stream.models, cost_scale=ref.cost_scale_)
         out[test] = all_rewards[test][np.arange(test.sum()), picks]
     return out

@@ -52,7 +52,8 @@ class SweepPoint:
 def predict(router: Router, X: Features) -> Predictions:
     """Predicted quality and scaled predicted cost of a fitted router on features ``X``."""
     scale = float(getattr(router, "cost_scale_", 1.0)) or 1.0
-    return Predictions(router.quality_from_features(X), router.cost_from_features(X) / scale)
+    quality, cost = router.predict_from_features(X)
+    return Predictions(quality, cost / scale)
 
 
 def lambda_grid(n: int = 145, span: float = 1e6) -> np.ndarray:

@@ -32,7 +32,7 @@ from thalamus.gateway.backends import Backend, UpstreamError
 from thalamus.gateway.config import GatewayConfig, RouterConfig
 from thalamus.gateway.ledger import LedgerWriter
 from thalamus.router.base import Router
-from thalamus.router.policy import Decision, Knob, allowed_mask, decide
+from thalamus.router.policy import Decision, Knob, allowed_mask
 
 T = TypeVar("T")
 ROUTELLM_NAME = re.compile(r"^router-(?P<name>.+)-(?P<threshold>[0-9]*\.?[0-9]+)$")
@@ -201,17 +201,11 @@ class GatewayService:
 
     @staticmethod
     def _route(loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
-        router = loaded.router
-        if threshold is None:
-            return router.route(text, knob)
-        strong, weak = loaded.config.strong, loaded.config.weak
-        assert strong is not None and weak is not None
-        X = router.features([text])
-        quality, cost = router.quality_from_features(X)[0], router.cost_from_features(X)[0]
-        cols = [router.models_.index(strong), router.models_.index(weak)]
-        pair_knob = Knob("threshold", threshold, strong=strong)
-        return decide(quality[cols], cost[cols], [strong, weak], pair_knob,
-                      cost_scale=getattr(router, "cost_scale_", None))
+        if threshold is not None:  # RouteLLM form: the configured strong/weak pair of a many-model router
+            strong, weak = loaded.config.strong, loaded.config.weak
+            assert strong is not None and weak is not None
+            knob = Knob("threshold", threshold, strong=strong, allowed=(strong, weak))
+        return loaded.router.route(text, knob)
 
     # -- 4. calling, retries, fallbacks ---------------------------------------------------
     async def _attempt_all(self, call: Call, candidates: list[str],

@@ -125,29 +125,31 @@ class LinearBanditRouter(Router):
         return int(model)
 
     # -- posterior -----------------------------------------------------------------------
-    def _posterior(self, X: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Posterior mean quality, mean cost and quality std-dev factor sqrt(z A^-1 z), each (n, m)."""
-        Z = self.context(X)
+    def _posterior_mean(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean quality (clipped to [0, 1]) and cost (>= 0), each (n, m), for contexts Z."""
         theta_q = np.einsum("mpq,mq->mp", self.A_inv_, self.b_quality_)
         theta_c = np.einsum("mpq,mq->mp", self.A_inv_, self.b_cost_)
-        width = np.sqrt(np.maximum(np.einsum("np,mpq,nq->nm", Z, self.A_inv_, Z), 0.0))
-        return Z @ theta_q.T, Z @ theta_c.T, width
+        return np.clip(Z @ theta_q.T, 0.0, 1.0), np.maximum(Z @ theta_c.T, 0.0)
+
+    def _predict(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
+        return self._posterior_mean(self.context(X))
 
     def _predict_quality(self, X: Features) -> np.ndarray:
-        return self._posterior(X)[0]
+        return self._predict(X)[0]
 
     def _predict_cost(self, X: Features) -> np.ndarray:
-        return np.maximum(self._posterior(X)[1], 0.0)
+        return self._predict(X)[1]
 
     # -- acting --------------------------------------------------------------------------
     def route_features(self, X: Features, knob: Knob | None = None) -> Decision:
         self.check_fitted()
         knob = knob or Knob("wtp", self.wtp_)
-        mean_q, mean_c, width = self._posterior(X)
-        cost = np.maximum(mean_c[0], 0.0)
-        scored, probability = self._explore(X, np.clip(mean_q[0], 0, 1), cost, width[0], knob)
+        Z = self.context(X)[:1]
+        mean_q, cost = (a[0] for a in self._posterior_mean(Z))
+        width = np.sqrt(np.maximum(np.einsum("p,mpq,q->m", Z[0], self.A_inv_, Z[0]), 0.0))  # sqrt(z A^-1 z)
+        scored, probability = self._explore(X, mean_q, cost, width, knob)
         decision = decide(scored.tolist(), cost.tolist(), self.models_, knob, cost_scale=self.cost_scale_)
-        return replace(decision, predicted_quality=np.clip(mean_q[0], 0, 1).tolist(),
+        return replace(decision, predicted_quality=mean_q.tolist(),
                        probability=probability(decision.index),
                        extra={**decision.extra, "explored_quality": float(scored[decision.index])})
 

@@ -32,7 +32,8 @@ FORMAT_VERSION = 1
 
 
 class Router:
-    """Base class: subclasses implement ``_fit`` and ``_predict_quality`` (and may override cost)."""
+    """Base class: subclasses implement ``_fit`` and ``_predict_quality`` (and may override cost,
+    or ``_predict`` where quality and cost share work)."""
 
     name: ClassVar[str] = ""
     uses_embeddings: ClassVar[bool] = True
@@ -117,6 +118,15 @@ class Router:
         self.check_fitted()
         return np.asarray(self._predict_cost(X), dtype=np.float64)
 
+    def predict_from_features(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
+        """(quality, cost), each (n, n_models): both predictions from one pass over the features."""
+        self.check_fitted()
+        quality, cost = self._predict(X)
+        return np.clip(np.asarray(quality, dtype=np.float64), 0.0, 1.0), np.asarray(cost, dtype=np.float64)
+
+    def _predict(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
+        return self._predict_quality(X), self._predict_cost(X)
+
     def _predict_quality(self, X: Features) -> np.ndarray:
         raise NotImplementedError
 
@@ -133,10 +143,8 @@ class Router:
 
         Online routers override this to explore; the replay simulator calls it directly.
         """
-        self.check_fitted()
-        quality = self.quality_from_features(X)[0]
-        cost = self.cost_from_features(X)[0]
-        return decide(quality, cost, self.models_, knob or Knob(), cost_scale=self.cost_scale_)
+        quality, cost = self.predict_from_features(X)
+        return decide(quality[0], cost[0], self.models_, knob or Knob(), cost_scale=self.cost_scale_)
 
     # -- persistence ---------------------------------------------------------------------
     def _fitted_attributes(self) -> dict[str, Any]:

@@ -89,7 +89,6 @@ class KNNRouter(Router):
         self._check_params()
         emb = normalise(np.asarray(X))
         self.index_: Any = self._build_index(emb)
-        self._last_search: tuple[bytes, np.ndarray, np.ndarray] | None = None  # a refit forgets it
         self.train_quality_: np.ndarray = np.asarray(dataset.quality, dtype=np.float64)
         self.train_cost_: np.ndarray = np.asarray(dataset.cost, dtype=np.float64)
         with np.errstate(invalid="ignore"):
@@ -112,28 +111,31 @@ class KNNRouter(Router):
     def neighbours(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, row indices) of the k nearest training prompts, each (n, k)."""
         self.check_fitted()
-        q = normalise(np.asarray(X))
-        key = q.tobytes()
-        cached = getattr(self, "_last_search", None)
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]  # route() asks for quality then cost: search once
         k = min(self.k, int(self.index_.ntotal))
-        sims, idx = self.index_.search(q, k)
-        self._last_search = (key, sims, idx)
+        sims, idx = self.index_.search(normalise(np.asarray(X)), k)
         return sims, idx
 
-    def _aggregate(self, X: Features, table: np.ndarray, prior_mean: np.ndarray, prior: float) -> np.ndarray:
+    def _weights(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbour weights (zero where HNSW returned fewer than k hits) and safe row indices."""
         sims, idx = self.neighbours(X)
-        valid = idx >= 0  # HNSW may return fewer than k hits
-        w = neighbour_weights(sims, self.weighting, self.temperature) * valid
-        values = table[np.where(valid, idx, 0)]
-        return masked_weighted_mean(values, w, prior_mean, prior)
+        valid = idx >= 0
+        return neighbour_weights(sims, self.weighting, self.temperature) * valid, np.where(valid, idx, 0)
+
+    def _quality(self, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return masked_weighted_mean(self.train_quality_[rows], w, self.quality_mean_, self.prior)
+
+    def _cost(self, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return masked_weighted_mean(self.train_cost_[rows], w, self.mean_cost_, 0.0)
+
+    def _predict(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
+        w, rows = self._weights(X)  # one search for both
+        return self._quality(w, rows), self._cost(w, rows)
 
     def _predict_quality(self, X: Features) -> np.ndarray:
-        return self._aggregate(X, self.train_quality_, self.quality_mean_, self.prior)
+        return self._quality(*self._weights(X))
 
     def _predict_cost(self, X: Features) -> np.ndarray:
-        return self._aggregate(X, self.train_cost_, self.mean_cost_, 0.0)
+        return self._cost(*self._weights(X))
 
     # -- persistence ---------------------------------------------------------------------
     def _extra_attributes(self) -> tuple[str, ...]:

@@ -31,8 +31,9 @@ class Knob:
 
     kind="wtp": value is USD per unit of quality (larger = more quality).
     kind="lambda": value in [0, 1] weighs normalised cost (0 = pure quality, 1 = cheapest).
-    kind="threshold": two models only; value is the minimum predicted quality margin of the
-    strong model (``strong``) over the other for the strong one to be chosen.
+    kind="threshold": two models only (the router's, or two named in ``allowed``); value is the
+    minimum predicted quality margin of the strong model (``strong``) over the other for the
+    strong one to be chosen.
     ``max_cost`` caps the expected cost of a request; ``allowed`` / ``excluded`` restrict models.
     """
 
@@ -111,12 +112,15 @@ def utility(quality: np.ndarray, cost: np.ndarray, knob: Knob, models: Sequence[
     if knob.kind == "lambda":
         scale = cost_scale if cost_scale else float(np.nanmax(cost)) or 1.0
         return (1 - knob.value) * quality - knob.value * cost / scale
-    # threshold: the strong model wins by the margin it must beat
-    if len(models) != 2 or knob.strong is None or knob.strong not in models:
-        raise ConfigError("a 'threshold' knob needs exactly two models and knob.strong naming one of them")
+    # threshold: the strong model wins by the margin it must beat over the other of the pair
+    pair = [m for m in models if knob.allowed is None or m in knob.allowed]
+    if len(pair) != 2 or knob.strong not in pair:
+        raise ConfigError("a 'threshold' knob needs exactly two models (the router's, or two in knob.allowed) "
+                          "and knob.strong naming one of them")
     s = list(models).index(knob.strong)
+    w = list(models).index(pair[1 - pair.index(knob.strong)])
     out = np.zeros_like(quality)
-    out[:, s] = quality[:, s] - quality[:, 1 - s] - knob.value
+    out[:, s] = quality[:, s] - quality[:, w] - knob.value
     return out - 1e-12 * cost  # at exactly the threshold the cheaper model wins
 
 
