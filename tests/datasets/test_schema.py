@@ -61,9 +61,16 @@ def test_own_split_wins_and_kfold_partitions() -> None:
     ds.prompts["split"] = ["train"] * 7 + ["test"] * 3
     train, test = ds.train_test()
     assert (len(train), len(test)) == (7, 3)
-    folds = list(make(50).kfold(5))
+    ds.prompts["split"] = ["train"] * 5 + ["val"] * 2 + ["test"] * 3  # val rows train; the test rows stay
+    train, test = ds.train_test()
+    assert (train.texts, test.texts) == (ds.texts[:7], ds.texts[7:])
+    big = make(50)
+    folds = list(big.kfold(5))
     seen = sorted(t for _, test in folds for t in test.texts)
-    assert seen == sorted(make(50).texts)
+    assert seen == sorted(big.texts)
+    ids = big.fold_ids(5)
+    expected = [[t for t, f in zip(big.texts, ids, strict=True) if f == i] for i in range(5)]
+    assert [test.texts for _, test in folds] == expected
 
 
 def test_select_models_and_summary() -> None:

@@ -151,26 +151,34 @@ class RoutingDataset:
             prices={m: p for m, p in self.prices.items() if m in models},
         )
 
+    def complete_mask(self) -> np.ndarray:
+        """True for prompts where every model's quality and cost are observed."""
+        return ~(np.isnan(self.quality).any(axis=1) | np.isnan(self.cost).any(axis=1))
+
     def complete_rows(self) -> RoutingDataset:
         """Only prompts where every model's quality and cost are observed."""
-        ok = ~(np.isnan(self.quality).any(axis=1) | np.isnan(self.cost).any(axis=1))
-        return self.subset(ok)
+        return self.subset(self.complete_mask())
 
     # -- splits --------------------------------------------------------------------------
     def train_test(self, test_size: float = 0.3, seed: int = 0) -> tuple[RoutingDataset, RoutingDataset]:
-        """The dataset's own split when every row has one, else a split by stable prompt hash."""
+        """The dataset's own split when every row has one (``val`` rows join train: routers hold
+        out their own validation data), else a split by stable prompt hash."""
         split = self.prompts["split"]
-        if split.isin(["train", "test"]).all() and split.eq("test").any() and split.eq("train").any():
+        if split.isin(["train", "val", "test"]).all() and split.eq("test").any() and not split.eq("test").all():
             is_test = split.eq("test").to_numpy()
         else:
             is_test = np.array([hash_fraction(t, seed) < test_size for t in self.texts])
         return (self.subset(~is_test, f"{self.name}[train]"), self.subset(is_test, f"{self.name}[test]"))
 
+    def fold_ids(self, k: int, seed: int = 0) -> np.ndarray:
+        """The fold (0..k-1) of every prompt, fixed by its text hash."""
+        return np.array([int(hash_fraction(t, seed) * k) for t in self.texts])
+
     def kfold(self, k: int = 5, seed: int = 0) -> Iterator[tuple[RoutingDataset, RoutingDataset]]:
         """k (train, test) pairs; a prompt's fold is fixed by its text hash."""
         if k < 2:
             raise DataError(f"kfold needs k >= 2, got {k}")
-        fold = np.array([int(hash_fraction(t, seed) * k) for t in self.texts])
+        fold = self.fold_ids(k, seed)
         for i in range(k):
             yield (self.subset(fold != i, f"{self.name}[fold{i}-train]"),
                    self.subset(fold == i, f"{self.name}[fold{i}-test]"))

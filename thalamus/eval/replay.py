@@ -125,7 +125,7 @@ def replay(router: Router, stream: RoutingDataset, features: np.ndarray, *,
     features = np.asarray(features)
     if len(features) != stream.n_prompts:
         raise DataError(f"{stream.name}: {len(features)} feature rows for {stream.n_prompts} prompts")
-    complete = ~(np.isnan(stream.quality).any(axis=1) | np.isnan(stream.cost).any(axis=1))
+    complete = stream.complete_mask()
     stream, features = stream.subset(complete), features[complete]
     if stream.n_prompts == 0:
         raise DataError(f"{stream.name}: no fully observed prompts to replay")

@@ -44,14 +44,19 @@ class Router:
 
     # -- hyperparameters -----------------------------------------------------------------
     @classmethod
-    def param_names(cls) -> list[str]:
-        names: list[str] = []
+    def param_defaults(cls) -> dict[str, Any]:
+        """Every hyperparameter (the __init__ arguments along the class chain) with its default."""
+        defaults: dict[str, Any] = {}
         for klass in cls.__mro__:
             if "__init__" in vars(klass):
                 for p in inspect.signature(klass.__init__).parameters.values():  # type: ignore[misc]
-                    if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in names:
-                        names.append(p.name)
-        return names
+                    if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD:
+                        defaults.setdefault(p.name, p.default)
+        return defaults
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        return list(cls.param_defaults())
 
     def get_params(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n in self.param_names()}
@@ -74,11 +79,18 @@ class Router:
         """Learn from a dataset; ``features`` may be passed to reuse embeddings already computed."""
         if dataset.n_prompts == 0:
             raise DataError(f"{dataset.name}: cannot fit a router on an empty dataset")
-        self.models_: list[str] = list(dataset.models)
+        self._init_fitted(dataset.models, dataset.cost)
+        X = features if features is not None else self.features(dataset.texts)
+        self._fit(X, dataset)
+        return self
+
+    def _init_fitted(self, models: Sequence[str], cost: np.ndarray) -> None:
+        """The fitted state every router shares: models, embedder id, mean cost and the knob's cost scale."""
+        self.models_: list[str] = list(models)
         if self.uses_embeddings:
             self.embedder_id_: str = self._embedder().id
-        seen = np.isfinite(dataset.cost)
-        total = np.where(seen, dataset.cost, 0.0)
+        seen = np.isfinite(cost)
+        total = np.where(seen, cost, 0.0)
         # a model never priced gets the mean of the others; a dataset with no costs at all
         # (allowed by the user formats) routes on quality alone, with every cost 0
         fill = float(total.sum() / seen.sum()) if seen.any() else 0.0
@@ -86,9 +98,6 @@ class Router:
         self.mean_cost_: np.ndarray = np.where(counts > 0, total.sum(axis=0) / np.maximum(counts, 1), fill)
         # one scale for the lambda knob, fixed at fit time so decisions do not drift per batch
         self.cost_scale_: float = float(self.mean_cost_.max()) or 1.0
-        X = features if features is not None else self.features(dataset.texts)
-        self._fit(X, dataset)
-        return self
 
     def _fit(self, X: Features, dataset: RoutingDataset) -> None:
         raise NotImplementedError

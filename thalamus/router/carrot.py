@@ -28,6 +28,7 @@ from thalamus.router.xgb import XGBRouter, is_binary
 
 Estimator = Literal["knn", "linear", "xgb", "ensemble"]
 ESTIMATORS = ("knn", "linear", "xgb", "ensemble")
+SUB_ROUTERS = {"knn": ("knn",), "xgb": ("xgb",), "linear": (), "ensemble": ("knn", "xgb")}  # saved in subfolders
 
 
 def fit_log_ridge(X: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float, float]:
@@ -79,16 +80,17 @@ class CarrotRouter(Router):
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"carrot: estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         emb = np.asarray(X, dtype=np.float64)
-        self.sub_routers_: dict[str, Router] = {}
-        if self.estimator in ("knn", "ensemble"):
-            knn = KNNRouter(k=self.k, embedder=self.embedder, seed=self.seed)
-            self.sub_routers_["knn"] = knn.fit(dataset, features=X)
-        if self.estimator in ("xgb", "ensemble"):
-            xgb = XGBRouter(n_estimators=self.n_estimators, embedder=self.embedder, seed=self.seed)
-            self.sub_routers_["xgb"] = xgb.fit(dataset, features=X)
+        self.sub_routers_: dict[str, Router] = {
+            key: self._new_sub_router(key).fit(dataset, features=X) for key in SUB_ROUTERS[self.estimator]
+        }
         if self.estimator in ("linear", "ensemble"):
             self._fit_linear(emb, dataset)
         self._fit_cost(emb, dataset)
+
+    def _new_sub_router(self, key: str) -> Router:
+        if key == "knn":
+            return KNNRouter(k=self.k, embedder=self.embedder, seed=self.seed)
+        return XGBRouter(n_estimators=self.n_estimators, embedder=self.embedder, seed=self.seed)
 
     def _fit_linear(self, emb: np.ndarray, dataset: RoutingDataset) -> None:
         from sklearn.linear_model import LogisticRegression, Ridge
@@ -171,5 +173,4 @@ class CarrotRouter(Router):
             router.save(directory / key)
 
     def _load_extra(self, directory: Path) -> None:
-        keys = {"knn": ("knn",), "xgb": ("xgb",), "linear": (), "ensemble": ("knn", "xgb")}
-        self.sub_routers_ = {k: Router.load(directory / k) for k in keys[self.estimator]}
+        self.sub_routers_ = {k: Router.load(directory / k) for k in SUB_ROUTERS[self.estimator]}

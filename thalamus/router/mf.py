@@ -119,10 +119,7 @@ class MFRouter(Router):
         votes = preferences.votes.reset_index(drop=True)
         if len(votes) == 0:
             raise DataError(f"{preferences.name}: cannot fit mf on an empty preference dataset")
-        self.models_ = preferences.models
-        self.embedder_id_ = self._embedder().id
-        self.mean_cost_ = np.zeros(len(self.models_))
-        self.cost_scale_ = 1.0
+        self._init_fitted(preferences.models, np.full((0, len(preferences.models)), np.nan))  # no costs: all 0
         texts = votes["text"].astype(str).tolist()
         emb = _as_matrix(features if features is not None else self.features(texts), len(votes),
                          preferences.name)

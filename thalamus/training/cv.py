@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from thalamus.datasets.schema import RoutingDataset, hash_fraction
+from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError
 from thalamus.eval.metrics import aiq, cost_range_of, single_model_points, upper_hull
 from thalamus.eval.sweep import Predictions, predict, sweep_lambda
@@ -51,11 +51,6 @@ class TuneResult:
                 "scores": [{"params": p, "score": s} for p, s in self.scores]}
 
 
-def fold_of(dataset: RoutingDataset, k: int, seed: int) -> np.ndarray:
-    """Fold index of every prompt; the same assignment as ``RoutingDataset.kfold``."""
-    return np.array([int(hash_fraction(t, seed) * k) for t in dataset.texts])
-
-
 def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     keys = list(grid)
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
@@ -64,8 +59,8 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 def cv_score(name: str, params: Mapping[str, Any], dataset: RoutingDataset, X: Features,
              k: int = 5, seed: int = 0) -> float:
     """The objective (see module docstring) of one setting."""
-    fold = fold_of(dataset, k, seed)
-    complete = ~(np.isnan(dataset.quality).any(axis=1) | np.isnan(dataset.cost).any(axis=1))
+    fold = dataset.fold_ids(k, seed)  # the same assignment as RoutingDataset.kfold
+    complete = dataset.complete_mask()
     parts: list[Predictions] = []
     rows: list[np.ndarray] = []
     for i in range(k):

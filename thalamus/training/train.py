@@ -36,14 +36,7 @@ class TrainResult:
 
 def coerce_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Turn CLI strings into the types of the router's __init__ defaults (int, float, bool, None)."""
-    import inspect
-
-    klass = get_router_class(name)
-    defaults = {p.name: p.default for p in inspect.signature(klass.__init__).parameters.values()}
-    for base in klass.__mro__[1:]:
-        if "__init__" in vars(base):
-            for p in inspect.signature(base.__init__).parameters.values():  # type: ignore[misc]
-                defaults.setdefault(p.name, p.default)
+    defaults = get_router_class(name).param_defaults()
     return {k: _coerce(v, defaults.get(k)) for k, v in params.items()}
 
 
