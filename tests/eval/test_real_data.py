@@ -17,8 +17,12 @@ def test_routerbench_subset_baselines(data_dir: Path) -> None:
     cheap = evaluate("cheapest", ds, embedder="hashing")
     assert len(best["models"]) == 11
     assert best["split"]["n_test"] + best["split"]["n_test_incomplete_dropped"] == 947  # RouterBench's split
-    singles = best["single_models"].values()
-    assert best["cost_range"] == [min(p["cost"] for p in singles), max(p["cost"] for p in singles)]
+    # the cost range runs from the cheapest to the dearest model's mean cost per call on the test prompts
+    test = ds.train_test()[1].complete_rows()
+    mean_cost = dict(zip(test.models, test.cost.mean(axis=0), strict=True))
+    assert best["cost_range"] == pytest.approx([8.1084e-05, 5.0030e-03], rel=1e-4)
+    assert best["cost_range"] == pytest.approx([mean_cost["mistralai/mistral-7b-chat"],
+                                                mean_cost["gpt-4-1106-preview"]], rel=1e-12)
     assert best["best_single"]["model"] == "gpt-4-1106-preview"
     assert oracle["oracle"]["quality"] > best["dataset_oracle"]["quality"] >= best["best_single"]["quality"]
     # a router that mixes whole models never beats the zero router; the oracle beats it by far

@@ -155,7 +155,9 @@ class BertRouter(Router):
         out = np.zeros((len(texts), len(self.models_)))
         # batch similar lengths together so little time goes into padding
         order = np.argsort([len(t) for t in texts], kind="stable")
-        with torch_session(self.seed), torch.no_grad():
+        # eval mode has no randomness, and the process's thread count is left alone: gateway worker
+        # threads predict concurrently, and a per-call seed or thread swap would race between them
+        with torch.inference_mode():
             for start in range(0, len(texts), PREDICT_BATCH):
                 idx = order[start : start + PREDICT_BATCH]
                 out[idx] = torch.sigmoid(self._logits([texts[i] for i in idx])).numpy()
