@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thalamus.datasets.common import dataset_dir, estimate_tokens, require_file, tokens_from_chars
+from thalamus.datasets.common import (
+    dataset_dir,
+    estimate_tokens,
+    estimated_cost,
+    require_file,
+    tokens_from_chars,
+)
 from thalamus.datasets.pricing import load_price_table, price_of
 from thalamus.datasets.schema import Price, RoutingDataset
 from thalamus.errors import DataError
@@ -96,7 +102,7 @@ def load_alpaca_eval(data_dir: Path) -> RoutingDataset:
     table = load_price_table(data_dir)
     prices = {m: model_price(m, table) for m in models}
     prompt_tokens = estimate_tokens(instr["instruction"])
-    cost = np.column_stack([prices[m].cost(prompt_tokens, output_tokens[:, j]) for j, m in enumerate(models)])
+    cost = estimated_cost(prompt_tokens, output_tokens, models, prices)
     prompts = pd.DataFrame({"prompt_id": instr["instruction_id"].astype(str), "text": instr["instruction"],
                             "task": instr["dataset"].astype(str), "split": ""})
     return RoutingDataset(

@@ -45,14 +45,15 @@ def _prices(path: Path, models: list[str]) -> dict[str, Price]:
     return prices
 
 
-def _task_index(folder: Path, split: str) -> dict[str, str]:
-    """query text -> task_name, preferring the same split's query file, first occurrence winning."""
-    index: dict[str, str] = {}
-    other = "test" if split == "train" else "train"
-    for name in (split, other):
+def _task_indexes(folder: Path, splits: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Per split: query text -> task_name, preferring that split's query file, first occurrence winning."""
+    own: dict[str, dict[str, str]] = {}
+    for name in splits:  # each query file parsed once
+        own[name] = {}
         for row in read_jsonl(folder / f"default_query_{name}.jsonl"):
-            index.setdefault(str(row.get("query", "")), str(row.get("task_name", "")))
-    return index
+            own[name].setdefault(str(row.get("query", "")), str(row.get("task_name", "")))
+    return {name: {k: v for other in splits if other != name for k, v in own[other].items()} | own[name]
+            for name in splits}
 
 
 def _read_split(folder: Path, split: str) -> list[dict[str, Any]]:
@@ -69,8 +70,8 @@ def _read_split(folder: Path, split: str) -> list[dict[str, Any]]:
 def load_dcrouter(data_dir: Path) -> RoutingDataset:
     folder = dataset_dir(data_dir, FOLDER)
     records: list[dict[str, Any]] = []
-    for split in ("train", "test"):
-        tasks = _task_index(folder, split)
+    tasks_of = _task_indexes(folder, ("train", "test"))
+    for split, tasks in tasks_of.items():
         for i, row in enumerate(_read_split(folder, split)):
             question = str(row["question"])
             records.append({"prompt_id": f"{split}.{i}", "text": question, "task": tasks.get(question, ""),

@@ -45,7 +45,7 @@ requests = sa.Table(
     sa.Column("candidates", sa.Text),      # JSON {model: {"quality": q, "cost": c}}
     sa.Column("chosen_model", sa.String(256)),
     sa.Column("probability", sa.Float),
-    sa.Column("fallback_chain", sa.Text),  # JSON [{"model", "error", "status"}]
+    sa.Column("fallback_chain", sa.Text),  # JSON [{"model", "attempt", "status", "error"}]
     sa.Column("status", sa.Integer),
     sa.Column("error_type", sa.String(128)),
     sa.Column("stream", sa.Boolean),
