@@ -80,8 +80,9 @@ def timed(fn: Callable[[int], object], n: int) -> dict[str, float]:
     return {**percentiles(ms), "cpu_ms_mean": cpu}
 
 
-def fit(name: str, train: RoutingDataset, X_train: np.ndarray, bert_prompts: int) -> tuple[Router, float]:
-    params: dict[str, Any] = {"embedder": "minilm", "seed": 0}
+def fit(name: str, train: RoutingDataset, X_train: np.ndarray, bert_prompts: int, embedder: str
+        ) -> tuple[Router, float]:
+    params: dict[str, Any] = {"embedder": embedder, "seed": 0}
     if name == "bert":
         params |= {"epochs": 1, "max_seq_length": 128, "max_train_prompts": bert_prompts}
     router = make_router(name, **params)
@@ -136,8 +137,8 @@ def token_counts(embedder: Embedder, texts: list[str]) -> dict[str, float]:
             "share_over_window": float(np.mean(counts > window)), "window": window}
 
 
-def run(dataset: str, routers: list[str], n: int, batch: int, bert_prompts: int) -> dict[str, Any]:
-    fresh = get_embedder("minilm")  # THALAMUS_EMBED_CACHE=0: the bare MiniLM embedder
+def run(dataset: str, routers: list[str], n: int, batch: int, bert_prompts: int, embedder: str) -> dict[str, Any]:
+    fresh = get_embedder(embedder)  # THALAMUS_EMBED_CACHE=0: the bare MiniLM embedder
     if isinstance(fresh, CachedEmbedder):
         raise RuntimeError("expected a fresh (uncached) embedder; is THALAMUS_EMBED_CACHE overridden?")
     cached = CachedEmbedder(fresh)  # training/test features from the on-disk cache, not timed
@@ -150,7 +151,7 @@ def run(dataset: str, routers: list[str], n: int, batch: int, bert_prompts: int)
                                "train_prompts": train.n_prompts}
     print(f"embed p50 {results['embed_only']['p50_ms']:.2f} ms", flush=True)
     for name in routers:
-        router, fit_s = fit(name, train, X_train, bert_prompts)
+        router, fit_s = fit(name, train, X_train, bert_prompts, embedder)
         results[name] = {"fit_seconds": fit_s,
                          **measure(router, texts, X_test, batch, results["embed_only"]["batch_seconds"])}
         r = results[name]
@@ -180,8 +181,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"the first {report['n']} test prompts one at a time (MiniLM tokens per prompt: median "
         f"{tok.get('p50', float('nan')):.0f}, p90 {tok.get('p90', float('nan')):.0f}, "
         f"{tok.get('share_over_window', float('nan')):.0%} over the {tok.get('window', 256)}-token window, "
-        "which truncates them), knob lambda=0.5. Embedder: MiniLM (all-MiniLM-L6-v2, "
-        "CPU), embedded FRESH for every routed query (`THALAMUS_EMBED_CACHE=0`; the cache only supplies the "
+        f"which truncates them), knob lambda=0.5. Embedder: `{report['embedder']}` (all-MiniLM-L6-v2, "
+        f"CPU{', int8 linear layers' if report['embedder'].endswith('int8') else ', fp32'}), "
+        "embedded FRESH for every routed query (`THALAMUS_EMBED_CACHE=0`; the cache only supplies the "
         "training features and the pre-computed features of the `predict` column).", "",
         "- total = `router.route(text, knob)`: fresh embedding + prediction + policy.",
         "- predict = `router.route_features(x, knob)` on the precomputed embedding: prediction + policy "
@@ -209,7 +211,7 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{r['total']['cpu_ms_mean']:.1f} | "
                      f"{r['predict']['p50_ms']:.3f} | {r['predict']['p99_ms']:.3f} | {r['batch']['qps_total']:.0f} "
                      f"| {r['batch']['qps_predict']:.0f} | {r['fit_seconds']:.1f} | {verdict} |")
-    lines += ["", f"Full numbers (also p90 and means) are in `speed_{report['dataset']}.json`.", ""]
+    lines += ["", f"Full numbers (also p90 and means) are in `{report['stem']}.json`.", ""]
     return "\n".join(lines)
 
 
@@ -230,24 +232,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=500, help="batch size for throughput")
     ap.add_argument("--routers", default=",".join(ROUTERS))
     ap.add_argument("--bert-train-prompts", type=int, default=512)
+    ap.add_argument("--embedder", default="minilm", choices=["minilm", "minilm-int8"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     ap.add_argument("--out", type=Path, default=None, help="output stem (default benchmarks/results/speed_DATASET)")
     args = ap.parse_args(argv)
-    args.out = args.out or ROOT / "benchmarks" / "results" / f"speed_{args.dataset}"
+    suffix = "" if args.embedder == "minilm" else f"_{args.embedder}"
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"speed_{args.dataset}{suffix}"
     routers = [r for r in args.routers.split(",") if r]
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start = load_average()
-    results = run(args.dataset, routers, args.n, args.batch, args.bert_train_prompts)
+    results = run(args.dataset, routers, args.n, args.batch, args.bert_train_prompts, args.embedder)
     load_end = load_average()
     report = {
         "command": command("speed.py", argv),
-        "finished": utc_now(), "dataset": args.dataset,
+        "finished": utc_now(), "dataset": args.dataset, "stem": Path(args.out).name,
         "n": args.n, "batch": args.batch,
         "routers": routers, "bert_train_prompts": args.bert_train_prompts, "knob": {"kind": "lambda", "value": 0.5},
-        "embedding": "minilm, fresh (THALAMUS_EMBED_CACHE=0)", "cpu_count": os.cpu_count(),
+        "embedder": args.embedder, "embedding": "fresh (THALAMUS_EMBED_CACHE=0)", "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_start": load_start, "load_end": load_end,
         "load_note": load_note(load_start, load_end, torch.get_num_threads()),

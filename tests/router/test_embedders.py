@@ -44,3 +44,14 @@ def test_minilm_loads_offline_and_separates_topics() -> None:
     v = emb.embed(["How do I sort a list in Python?", "Sorting lists in python", "The capital of France"])
     assert v.shape == (3, 384)
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.3
+
+
+def test_minilm_int8_is_its_own_embedder_close_to_fp32() -> None:
+    texts = ["How do I sort a list in Python?", "Sorting lists in python", "The capital of France"]
+    fp32, int8 = MiniLMEmbedder(progress=False), MiniLMEmbedder(progress=False, int8=True)
+    assert int8.id == fp32.id + "-int8"  # its vectors never mix with fp32 ones in the cache or an artifact
+    a, b = fp32.embed(texts), int8.embed(texts)
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(b, int8.embed(texts))  # deterministic
+    assert (np.sum(a * b, axis=1) > 0.85).all()  # an approximation of the same model, not a different one
+    assert float(b[0] @ b[1]) > float(b[0] @ b[2]) + 0.3
