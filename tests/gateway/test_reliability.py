@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from gwhelpers import GatewayFactory, ledger_rows, row_for
+from fastapi.routing import APIRoute
+from gwhelpers import GatewayFactory, base_config, ledger_rows, row_for
 
 from thalamus.datasets.schema import RoutingDataset
+from thalamus.gateway.app import create_app
+from thalamus.gateway.config import config_from_dict
 from thalamus.gateway.server import ThreadedServer
 
 
@@ -117,6 +121,20 @@ def test_request_errors_are_openai_shaped_and_logged(make_gateway: GatewayFactor
     assert sorted(rows["status"].tolist()) == [200, 400, 400, 400, 400, 400, 401, 401, 404, 413]
     assert rows.loc[rows["status"] == 200, "api_key_id"].iloc[0] == "team-a"
     assert httpx.get(gw.url + "/readyz").json()["status"] == "ready"
+
+
+def test_fastapi_has_nothing_to_validate(replay: ThreadedServer, artifact: Path, tmp_path: Path) -> None:
+    """Handlers take only the Request and parse the body themselves (parse_json_body), so FastAPI never
+    raises RequestValidationError and the gateway installs no handler for it. A route declaring a typed
+    parameter would bring back FastAPI's 422, which is not OpenAI-shaped: this test guards that."""
+    app = create_app(config_from_dict(base_config(replay.url, artifact, tmp_path / "ledger.sqlite")))
+    routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    assert {r.path for r in routes} == {"/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz",
+                                        "/readyz"}
+    for route in routes:
+        d = route.dependant
+        assert not (d.path_params or d.query_params or d.header_params or d.cookie_params or d.body_params
+                    or d.dependencies), route.path
 
 
 def test_feedback_joins_and_unknown_ids_are_404(gateway: ThreadedServer, dataset: RoutingDataset) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,13 +40,18 @@ def tiny_config(tiny_dir: Path, **overrides: Any) -> ServingConfig:
     return ServingConfig.from_dict(raw)
 
 
+def serve(config: ServingConfig) -> contextlib.AbstractContextManager[str]:
+    """Run the real app for ``config`` under uvicorn on loopback; yield its base URL."""
+    return serve_app(create_app(config))
+
+
 @contextlib.contextmanager
-def serve(config: ServingConfig) -> Iterator[str]:
-    """Run the real app under uvicorn on 127.0.0.1 (ephemeral port) in a thread; yield its base URL."""
+def serve_app(app: FastAPI, log_level: str = "warning") -> Iterator[str]:
+    """Run ``app`` under uvicorn on 127.0.0.1 (ephemeral port) in a thread; yield its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -1,7 +1,9 @@
 """Thin HTTP handlers: read the request, call the service, write an OpenAI-shaped response.
 
 Every error leaves as ``{"error": {"message", "type", "param", "code"}}`` with its status;
-FastAPI's own validation and HTTP errors are converted to the same shape.
+Starlette's HTTP errors (unknown path, wrong method) are converted to the same shape. Handlers take
+only the ``Request`` and parse the body themselves (``parse_json_body``), so FastAPI never raises
+``RequestValidationError`` here and the app installs no handler for it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from thalamus.gateway.ledger import Ledger
-from thalamus.gateway.protocol import RequestError, error_body, parse_json_body
+from thalamus.gateway.protocol import RequestError, parse_json_body
 from thalamus.gateway.service import GatewayService
+from thalamus.openai_wire import error_body
 
 _LABELS = {"good": 1.0, "bad": 0.0}
 FEEDBACK_FLUSH_WAIT_S = 2.0  # how long feedback waits for a still-queued request row
@@ -142,14 +144,6 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code)
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    param = ".".join(str(x) for x in first.get("loc", ()))
-    return JSONResponse(error_body(f"{param}: {first.get('msg', 'invalid request')}", "invalid_request_error",
-                                   param), status_code=400)
-
-
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(f"internal gateway error: {type(exc).__name__}", "server_error"),
                         status_code=500)
@@ -164,5 +158,4 @@ def install(app: FastAPI) -> None:
     app.add_api_route("/readyz", readyz, methods=["GET"])
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -80,6 +80,5 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
             ledger.close()
 
     app = FastAPI(title="Thalamus gateway", lifespan=lifespan)
-    app.state.config = config
     install(app)
     return app

@@ -3,7 +3,8 @@
 The gateway never re-models a request: the body stays a plain dict so that every field
 a client sends (tools, response_format, n, seed, vendor extensions ...) reaches the
 upstream untouched. This module only reads what routing needs (model, messages, the
-``routing`` extension), builds OpenAI-shaped errors and SSE frames, and estimates tokens.
+``routing`` extension), raises OpenAI-shaped errors, and estimates tokens; error bodies and SSE
+frames come from :mod:`thalamus.openai_wire`, shared with the local server.
 
 Routing text policy: the system prompt(s) followed by the last user turn, joined by a
 blank line. Content may be a string or a list of parts; text parts are joined, other
@@ -17,27 +18,16 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+# error_body, sse and SSE_DONE are re-exported (``X as X``): gateway modules take them from here
+from thalamus.openai_wire import SSE_DONE as SSE_DONE
+from thalamus.openai_wire import APIError
+from thalamus.openai_wire import error_body as error_body
+from thalamus.openai_wire import sse as sse
 from thalamus.router.policy import Knob
 
 
-class RequestError(Exception):
+class RequestError(APIError):
     """An error the gateway answers with, already in OpenAI's shape."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, type_: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.type = type_
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
-
-
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -142,11 +132,3 @@ def estimate_tokens(text: str) -> int:
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """Per message: its text's estimate plus 4 tokens of chat framing."""
     return sum(estimate_tokens(content_text(m.get("content"))) + 4 for m in messages)
-
-
-def sse(data: dict[str, Any] | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {payload}\n\n".encode()
-
-
-SSE_DONE = b"data: [DONE]\n\n"

@@ -99,9 +99,9 @@ class GatewayService:
         self._ids = random.Random(uuid.uuid4().int)
 
     # -- 1. admission ---------------------------------------------------------------------
-    def new_call(self, api_key_id: str | None = None) -> Call:
+    def new_call(self) -> Call:
         return Call(row={"id": f"thl-{self._ids.getrandbits(128):032x}", "created_at": time.time(),
-                         "api_key_id": api_key_id, "status": 0, "fallback_chain": [], "probability": None})
+                         "api_key_id": None, "status": 0, "fallback_chain": [], "probability": None})
 
     def authorize(self, authorization: str | None) -> str | None:
         """The API key id, or None when auth is off; 401 for a missing or unknown key."""

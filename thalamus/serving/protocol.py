@@ -1,7 +1,8 @@
 """OpenAI chat-completion shapes: the request schema, response and chunk builders, and HTTP errors.
 
 The request schema keeps unknown OpenAI fields (``extra="allow"``) rather than rejecting them, and only
-constrains what this server reads. Errors have OpenAI's shape ``{"error": {message, type, param, code}}``.
+constrains what this server reads. Errors have OpenAI's shape ``{"error": {message, type, param, code}}``
+(see :mod:`thalamus.openai_wire`).
 """
 
 from __future__ import annotations
@@ -13,22 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thalamus.errors import ThalamusError
+from thalamus.openai_wire import APIError
 
 
-class ServingError(ThalamusError):
-    """An error answered over HTTP; carries the status and the OpenAI error fields."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
-
-
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+class ServingError(APIError, ThalamusError):
+    """An error the local server answers with over HTTP: a status and OpenAI's error fields."""
 
 
 class Message(BaseModel):
