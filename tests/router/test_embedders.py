@@ -53,5 +53,7 @@ def test_minilm_int8_is_its_own_embedder_close_to_fp32() -> None:
     a, b = fp32.embed(texts), int8.embed(texts)
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(b, int8.embed(texts))  # deterministic
+    one_by_one = np.vstack([int8.embed([t]) for t in texts])
+    np.testing.assert_allclose(b, one_by_one, atol=1e-6)  # and independent of the batch it came in
     assert (np.sum(a * b, axis=1) > 0.85).all()  # an approximation of the same model, not a different one
     assert float(b[0] @ b[1]) > float(b[0] @ b[2]) + 0.3

