@@ -37,15 +37,15 @@ SLOW = {"bert": ["routerbench_subset"]}
 SLOW_PARAMS = {"bert": {"epochs": 1, "max_seq_length": 128, "max_train_prompts": 600}}
 
 
-def run(datasets: list[str], routers: list[str], folds: int, seed: int, params: dict[str, dict[str, Any]]
-        ) -> list[dict[str, Any]]:
+def run(datasets: list[str], routers: list[str], folds: int, seed: int, params: dict[str, dict[str, Any]],
+        embedder: str = "minilm") -> list[dict[str, Any]]:
     jobs = [(d, r) for d in datasets for r in routers if r not in SLOW or d in SLOW[r]]
     results = []
     for dataset, router in tqdm(jobs, desc="router x dataset"):
         t0 = time.perf_counter()
         slow = router in SLOW
         given = {**SLOW_PARAMS.get(router, {}), **params.get(router, {})}
-        res = evaluate(router, dataset, params=given, seed=seed, folds=None if slow else folds)
+        res = evaluate(router, dataset, params=given, seed=seed, folds=None if slow else folds, embedder=embedder)
         res["seconds"] = round(time.perf_counter() - t0, 1)
         tqdm.write(f"{dataset:20s} {router:12s} aiq={res['aiq']:.4f} gap={res['gap_closed']} "
                    f"apgr={res['apgr']} ({res['seconds']} s)")
@@ -155,7 +155,8 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--param", action="append", default=[], help="ROUTER:key=value (JSON value)")
-    ap.add_argument("--out", default="benchmarks/results/quality")
+    ap.add_argument("--embedder", default="minilm", choices=["minilm", "minilm-int8"])
+    ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/quality[_EMBEDDER])")
     args = ap.parse_args()
     params: dict[str, dict[str, Any]] = {}
     for p in args.param:
@@ -166,15 +167,15 @@ def main() -> int:
         except json.JSONDecodeError:
             params.setdefault(router, {})[key] = value
     t0 = time.perf_counter()
-    results = run(args.datasets, args.routers, args.folds, args.seed, params)
-    out = Path(args.out)
+    results = run(args.datasets, args.routers, args.folds, args.seed, params, args.embedder)
+    out = Path(args.out or "benchmarks/results/quality" + ("" if args.embedder == "minilm" else f"_{args.embedder}"))
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(results, indent=1))
     plots = plot_all(results, f"{out}.png")
     command = "python " + " ".join(sys.argv)
     md = [f"# Router quality ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
           f"Command: `{command}` ({time.perf_counter() - t0:.0f} s). {args.folds}-fold cross-validation "
-          f"(out-of-fold predictions pooled), seed {args.seed}, MiniLM embeddings for every router; "
+          f"(out-of-fold predictions pooled), seed {args.seed}, `{args.embedder}` embeddings for every router; "
           "scores on prompts where every model's outcome is known.", "",
           "## Targets (issue 3)", "", *[f"- {t}" for t in targets(results)], "",
           "## Routers", "", table(results), "",
