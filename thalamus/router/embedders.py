@@ -53,9 +53,10 @@ class MiniLMEmbedder:
 
     ``int8=True`` quantizes the encoder's linear layers to int8 with dynamic activation
     scales (torch's dynamic quantization): faster on CPU; its vectors differ from fp32's
-    (cosine ~0.93-0.97), so it has its own id and routers must be trained on it. The
-    activation scale is taken over the whole input tensor, padding included, so int8 texts
-    are embedded one at a time: a text's vector must not depend on its batch neighbours.
+    (median cosine 0.94 on dcrouter prompts), so it has its own id and routers must be
+    trained on it. The activation scale is taken over the whole input tensor, padding
+    included, so int8 texts are embedded one at a time: a text's vector must not depend on
+    its batch neighbours.
     """
 
     def __init__(self, batch_size: int = 64, progress: bool = True, int8: bool = False) -> None:
