@@ -15,6 +15,7 @@ small config (1 epoch, max_seq_length 128, ``--bert-train-prompts`` prompts) and
 targeted. The machine's load average is recorded at the start and at the end.
 
     .venv/bin/python benchmarks/speed.py [--dataset routerbench_subset] [--n 500] [--routers knn,mf,...]
+    THALAMUS_MINILM_BACKEND=onnx .venv/bin/python benchmarks/speed.py ...   # MiniLM in ONNX Runtime
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{tok.get('p50', float('nan')):.0f}, p90 {tok.get('p90', float('nan')):.0f}, "
         f"{tok.get('share_over_window', float('nan')):.0%} over the {tok.get('window', 256)}-token window, "
         f"which truncates them), knob lambda=0.5. Embedder: `{report['embedder']}` (all-MiniLM-L6-v2, "
-        f"CPU{', int8 linear layers' if report['embedder'].endswith('int8') else ', fp32'}), "
+        f"CPU{', int8 linear layers' if report['embedder'].endswith('int8') else ', fp32'}, run by "
+        f"{'ONNX Runtime' if report.get('backend') == 'onnx' else 'torch'}), "
         "embedded FRESH for every routed query (`THALAMUS_EMBED_CACHE=0`; the cache only supplies the "
         "training features and the pre-computed features of the `predict` column).", "",
         "- total = `router.route(text, knob)`: fresh embedding + prediction + policy.",
@@ -236,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     ap.add_argument("--out", type=Path, default=None, help="output stem (default benchmarks/results/speed_DATASET)")
     args = ap.parse_args(argv)
-    suffix = "" if args.embedder == "minilm" else f"_{args.embedder}"
+    from thalamus.config import Settings
+
+    backend = Settings().minilm_backend if args.embedder == "minilm" else "torch"
+    suffix = ("" if args.embedder == "minilm" else f"_{args.embedder}") + ("_onnx" if backend == "onnx" else "")
     args.out = args.out or ROOT / "benchmarks" / "results" / f"speed_{args.dataset}{suffix}"
     routers = [r for r in args.routers.split(",") if r]
     import torch
@@ -251,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         "finished": utc_now(), "dataset": args.dataset, "stem": Path(args.out).name,
         "n": args.n, "batch": args.batch,
         "routers": routers, "bert_train_prompts": args.bert_train_prompts, "knob": {"kind": "lambda", "value": 0.5},
-        "embedder": args.embedder, "embedding": "fresh (THALAMUS_EMBED_CACHE=0)", "cpu_count": os.cpu_count(),
+        "embedder": args.embedder, "backend": backend, "embedding": "fresh (THALAMUS_EMBED_CACHE=0)",
+        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_start": load_start, "load_end": load_end,
         "load_note": load_note(load_start, load_end, torch.get_num_threads()),

@@ -4,12 +4,14 @@ THALAMUS_DATA_DIR    where named datasets live (default: ../shared/data beside t
 THALAMUS_CACHE_DIR   embedding cache, prepared models, cached artifacts (default ~/.cache/thalamus)
 THALAMUS_SEED        seed of `thalamus demo` (its split and held-out sample; default 0); eval/train take --seed
 THALAMUS_EMBED_CACHE 0 turns the on-disk embedding cache off (default 1)
-THALAMUS_TORCH_THREADS  torch threads for mf/bert training and inference (default 2)
+THALAMUS_TORCH_THREADS  torch threads for mf/bert training (default 2)
+THALAMUS_MINILM_BACKEND torch (default) or onnx: the runtime of the minilm embedder (same vectors)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,3 +25,4 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data")
     cache_dir: Path = Field(default=Path.home() / ".cache" / "thalamus")
     seed: int = 0
+    minilm_backend: Literal["torch", "onnx"] = "torch"

