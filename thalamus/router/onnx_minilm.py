@@ -31,7 +31,7 @@ PROBE = ["short", "a somewhat longer probe sentence, so that the batch needs pad
 class OnnxMiniLM:
     """Tokenizer of a SentenceTransformer + its encoder, pooled and normalised, in ONNX Runtime."""
 
-    def __init__(self, model: Any, model_path: str, cache_dir: Path, dim: int, threads: int | None = None) -> None:
+    def __init__(self, model: Any, model_path: str, cache_dir: Path, dim: int) -> None:
         self.dim = dim
         self.tokenizer = model.tokenizer
         self.max_length = int(model.max_seq_length)
@@ -39,7 +39,7 @@ class OnnxMiniLM:
         if not path.exists():
             export(model_path, path)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+        options.intra_op_num_threads = torch.get_num_threads()  # as many as the torch backend would use
         # no busy-waiting between calls: a gateway process needs its cores for everything else
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
