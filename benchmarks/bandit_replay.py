@@ -59,7 +59,7 @@ def best_single(warm: RoutingDataset, stream: RoutingDataset, res: ReplayResult)
     """Context for the ratio: always the model with the best mean reward on the warm rows, same steps."""
     with np.errstate(invalid="ignore"):
         j = int(np.nanargmax(np.nanmean(rewards(warm.quality, warm.cost, res.wtp), axis=0)))
-    complete = ~(np.isnan(stream.quality).any(axis=1) | np.isnan(stream.cost).any(axis=1))
+    complete = stream.complete_mask()
     reward = rewards(stream.quality[complete], stream.cost[complete], res.wtp)[res.order, j]
     half = res.n_steps // 2
     ref = res.reference_reward if res.reference_reward is not None else np.full(res.n_steps, np.nan)

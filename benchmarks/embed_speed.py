@@ -21,8 +21,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-from bench_report import command, utc_now, write
-from speed import ROOT, TARGET_TOTAL_P50_MS, load_average, percentiles
+from bench_report import command, load_average, percentiles, utc_now, write
+from speed import ROOT, TARGET_TOTAL_P50_MS, token_counts
 
 from thalamus.datasets.registry import load_dataset
 from thalamus.router.embedders import Embedder, MiniLMEmbedder
@@ -58,11 +58,6 @@ def interleaved(embedders: dict[str, Embedder], texts: list[str], warmup: int = 
     return out
 
 
-def tokens(embedder: Embedder, texts: list[str]) -> float:
-    model = getattr(embedder, "_model", None)
-    return float(np.median([len(model.tokenizer(t)["input_ids"]) for t in texts])) if model else float("nan")
-
-
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Embedding latency: MiniLM in torch, ONNX Runtime and torch int8 ({report['finished']})", "",
              f"Command: `{report['command']}`", "",
@@ -95,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for ds in args.datasets:
         texts = load_dataset(ds).train_test()[1].texts[: args.n]
-        results[ds] = {"median_tokens": tokens(variants[BASE], texts), "embedders": list(variants),
+        results[ds] = {"median_tokens": token_counts(variants[BASE], texts)["p50"], "embedders": list(variants),
                        **interleaved(variants, texts)}
         print(ds, results[ds], flush=True)
     report = {"command": command("embed_speed.py", argv), "finished": utc_now(), "n": args.n,

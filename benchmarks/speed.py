@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["THALAMUS_EMBED_CACHE"] = "0"  # routing must embed fresh; training features use an explicit cache
 
 import numpy as np
-from bench_report import command, utc_now, write
+from bench_report import command, load_average, percentiles, utc_now, write
 
 from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset
@@ -47,16 +46,6 @@ TARGETED = {"knn", "mf", "xgb", "carrot", "linucb"}
 TARGET_TOTAL_P50_MS = 15.0
 TARGET_PREDICT_P50_MS = 1.0
 KNOB = Knob("lambda", 0.5)
-
-
-def load_average() -> str:
-    out = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    return out.split("load average:")[-1].strip() if "load average:" in out else out
-
-
-def percentiles(ms: np.ndarray) -> dict[str, float]:
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
 
 
 def time_each(fn: Callable[[int], object], n: int, warmup: int = 10) -> tuple[np.ndarray, float]:
@@ -252,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.dataset, routers, args.n, args.batch, args.bert_train_prompts, args.embedder)
     load_end = load_average()
     report = {
-        "command": command("speed.py", argv),
+        "command": ("THALAMUS_MINILM_BACKEND=onnx " if backend == "onnx" else "") + command("speed.py", argv),
         "finished": utc_now(), "dataset": args.dataset, "stem": Path(args.out).name,
         "n": args.n, "batch": args.batch,
         "routers": routers, "bert_train_prompts": args.bert_train_prompts, "knob": {"kind": "lambda", "value": 0.5},

@@ -85,10 +85,10 @@ class MiniLMEmbedder:
             self._onnx = OnnxMiniLM(self._model, self.model_path, cache_dir or default_cache_dir(), self.dim)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
         if self._onnx is not None:
             return self._onnx.encode(list(texts), self.batch_size)
+        import torch
+
         show = self.progress and len(texts) >= 256
         with torch.inference_mode():  # encode only disables grad; this also skips autograd's bookkeeping
             out = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
