@@ -29,7 +29,7 @@ from thalamus.eval.plots import plot_all
 
 MULTI = ["routerbench_subset", "llmrouter_dcrouter", "routerdc_7model"]
 TWO = ["routellm_mmlu", "routellm_gsm8k"]
-LEARNED = ["knn", "mf", "xgb", "carrot", "linucb", "thompson"]
+LEARNED = ["knn", "mf", "xgb", "carrot", "linucb", "thompson", "cluster"]
 REFERENCE = ["random", "best-single", "cheapest", "oracle"]
 # bert fine-tunes a transformer on CPU: one fit on routerbench_subset's own train/test split with a
 # small budget (not 5 folds), reported, not targeted
@@ -114,16 +114,16 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
         b = best("routerbench_subset", at_half_cost)
         if b:
             out.append(f"routerbench_subset: >= 98% of GPT-4 accuracy at <= 50% of its cost: "
-                       f"{b[0]} reaches {100 * b[1]:.1f}% -> {'PASS' if b[1] >= 0.98 else 'MISS'}")
+                       f"{b[0]} reaches {100 * b[1]:.2f}% -> {'PASS' if b[1] >= 0.98 else 'MISS'}")
         s = best("routerbench_subset", lambda r: r["cost_saving_at_best_single"])
         if s:
             out.append(f"routerbench_subset: GPT-4 accuracy with >= 25% cost saving: {s[0]} saves "
-                       f"{100 * s[1]:.1f}% -> {'PASS' if s[1] >= 0.25 else 'MISS'}")
+                       f"{100 * s[1]:.2f}% -> {'PASS' if s[1] >= 0.25 else 'MISS'}")
     for d in ("llmrouter_dcrouter", "routerdc_7model"):
         g = best(d, lambda r: r["gap_closed"])
         if g:
             out.append(f"{d}: closes >= 25% of the best-single-to-oracle gap: {g[0]} closes "
-                       f"{100 * g[1]:.1f}% -> {'PASS' if g[1] >= 0.25 else 'MISS'}")
+                       f"{100 * g[1]:.2f}% -> {'PASS' if g[1] >= 0.25 else 'MISS'}")
     if any(d == "routellm_mmlu" for d, _ in by):
         a = best("routellm_mmlu", lambda r: r["apgr"])
         c = best("routellm_mmlu", lambda r: None if r["cpt_50"] is None else -r["cpt_50"])

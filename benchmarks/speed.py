@@ -41,7 +41,7 @@ from thalamus.router.policy import Knob, choose
 from thalamus.router.registry import make_router
 
 ROOT = Path(__file__).resolve().parent.parent
-ROUTERS = ["knn", "mf", "xgb", "carrot", "linucb", "thompson", "bert"]
+ROUTERS = ["knn", "mf", "xgb", "carrot", "linucb", "thompson", "cluster", "bert"]
 TARGETED = {"knn", "mf", "xgb", "carrot", "linucb"}
 TARGET_TOTAL_P50_MS = 15.0
 TARGET_PREDICT_P50_MS = 1.0

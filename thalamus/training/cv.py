@@ -33,6 +33,7 @@ DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "xgb": {"max_depth": [2, 4, 6]},
     "linucb": {"ridge": [0.3, 1.0, 3.0]},
     "thompson": {"ridge": [0.3, 1.0, 3.0]},
+    "cluster": {"C": [1.0, 10.0], "prior": [0.0, 5.0, 20.0]},
 }
 OBJECTIVE = "AIQ of pooled out-of-fold lambda sweep over the single-model cost range"
 
