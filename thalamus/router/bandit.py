@@ -134,12 +134,6 @@ class LinearBanditRouter(Router):
     def _predict(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
         return self._posterior_mean(self.context(X))
 
-    def _predict_quality(self, X: Features) -> np.ndarray:
-        return self._predict(X)[0]
-
-    def _predict_cost(self, X: Features) -> np.ndarray:
-        return self._predict(X)[1]
-
     # -- acting --------------------------------------------------------------------------
     def route_features(self, X: Features, knob: Knob | None = None) -> Decision:
         self.check_fitted()

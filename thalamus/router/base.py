@@ -32,8 +32,8 @@ FORMAT_VERSION = 1
 
 
 class Router:
-    """Base class: subclasses implement ``_fit`` and ``_predict_quality`` (and may override cost,
-    or ``_predict`` where quality and cost share work)."""
+    """Base class: subclasses implement ``_fit`` and either ``_predict_quality`` (and may override
+    ``_predict_cost``) or ``_predict``, where quality and cost share work."""
 
     name: ClassVar[str] = ""
     uses_embeddings: ClassVar[bool] = True
@@ -133,14 +133,23 @@ class Router:
         quality, cost = self._predict(X)
         return np.clip(np.asarray(quality, dtype=np.float64), 0.0, 1.0), np.asarray(cost, dtype=np.float64)
 
+    # A subclass implements either ``_predict`` (quality and cost from shared work) or
+    # ``_predict_quality`` (and optionally ``_predict_cost``); the defaults derive the others.
     def _predict(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
         return self._predict_quality(X), self._predict_cost(X)
 
+    def _joint(self) -> bool:
+        return type(self)._predict is not Router._predict
+
     def _predict_quality(self, X: Features) -> np.ndarray:
-        raise NotImplementedError
+        if self._joint():
+            return self._predict(X)[0]
+        raise NotImplementedError(f"{type(self).__name__} implements neither _predict nor _predict_quality")
 
     def _predict_cost(self, X: Features) -> np.ndarray:
-        """Default: each model's mean observed cost on the training prompts."""
+        """Default: the cost half of ``_predict``, else each model's mean observed training cost."""
+        if self._joint():
+            return self._predict(X)[1]
         return np.broadcast_to(self.mean_cost_, (len(X), len(self.models_))).copy()
 
     def route(self, text: str, knob: Knob | None = None) -> Decision:

@@ -95,9 +95,3 @@ class OracleRouter(Router):
     def _predict(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
         rows = self._rows(X)
         return np.asarray(self.quality_)[rows], np.asarray(self.cost_)[rows]
-
-    def _predict_quality(self, X: Features) -> np.ndarray:
-        return self._predict(X)[0]
-
-    def _predict_cost(self, X: Features) -> np.ndarray:
-        return self._predict(X)[1]

@@ -119,9 +119,3 @@ class ClusterRouter(Router):
     def _predict(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
         p = self.group_probabilities(X)
         return p @ self.group_quality_, p @ self.group_cost_
-
-    def _predict_quality(self, X: Features) -> np.ndarray:
-        return self.group_probabilities(X) @ self.group_quality_
-
-    def _predict_cost(self, X: Features) -> np.ndarray:
-        return self.group_probabilities(X) @ self.group_cost_

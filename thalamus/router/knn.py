@@ -121,21 +121,10 @@ class KNNRouter(Router):
         valid = idx >= 0
         return neighbour_weights(sims, self.weighting, self.temperature) * valid, np.where(valid, idx, 0)
 
-    def _quality(self, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return masked_weighted_mean(self.train_quality_[rows], w, self.quality_mean_, self.prior)
-
-    def _cost(self, w: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return masked_weighted_mean(self.train_cost_[rows], w, self.mean_cost_, 0.0)
-
     def _predict(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
         w, rows = self._weights(X)  # one search for both
-        return self._quality(w, rows), self._cost(w, rows)
-
-    def _predict_quality(self, X: Features) -> np.ndarray:
-        return self._quality(*self._weights(X))
-
-    def _predict_cost(self, X: Features) -> np.ndarray:
-        return self._cost(*self._weights(X))
+        return (masked_weighted_mean(self.train_quality_[rows], w, self.quality_mean_, self.prior),
+                masked_weighted_mean(self.train_cost_[rows], w, self.mean_cost_, 0.0))
 
     # -- persistence ---------------------------------------------------------------------
     def _extra_attributes(self) -> tuple[str, ...]:
