@@ -221,6 +221,12 @@ class Router:
         return None
 
 
+def observed_mean(values: np.ndarray, fill: float = 0.5) -> np.ndarray:
+    """Each column's (model's) mean over its observed entries (NaN = not observed); ``fill`` where none is."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(np.nan_to_num(np.nanmean(values, axis=0), nan=fill), dtype=np.float64)
+
+
 def artifact_version(directory: str | Path) -> str:
     """A short content hash of an artifact directory: changes whenever any file does."""
     h = hashlib.sha256()

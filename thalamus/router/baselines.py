@@ -11,7 +11,7 @@ import numpy as np
 
 from thalamus.datasets.schema import RoutingDataset, stable_hash
 from thalamus.errors import DataError
-from thalamus.router.base import Features, Router
+from thalamus.router.base import Features, Router, observed_mean
 
 
 def _row_seed(seed: int, text_hash: str) -> int:
@@ -50,8 +50,7 @@ class BestSingleRouter(Router):
     uses_embeddings = False
 
     def _fit(self, X: Features, dataset: RoutingDataset) -> None:
-        with np.errstate(invalid="ignore"):
-            self.mean_quality_: np.ndarray = np.nan_to_num(np.nanmean(dataset.quality, axis=0))
+        self.mean_quality_: np.ndarray = observed_mean(dataset.quality, fill=0.0)
 
     def _predict_quality(self, X: Features) -> np.ndarray:
         return np.broadcast_to(self.mean_quality_, (len(X), len(self.models_))).copy()

@@ -22,7 +22,7 @@ import numpy as np
 
 from thalamus.datasets.schema import RoutingDataset, hash_fraction
 from thalamus.errors import ConfigError, DataError
-from thalamus.router.base import Features, Router
+from thalamus.router.base import Features, Router, observed_mean
 from thalamus.router.torch_utils import batches, masked_bce, torch_session
 
 if TYPE_CHECKING:
@@ -94,8 +94,7 @@ class BertRouter(Router):
         if len(rows) == 0:
             raise DataError(f"{dataset.name}: no prompt has an observed quality to train bert on")
         Q = torch.tensor(dataset.quality.astype(np.float32))
-        with np.errstate(invalid="ignore"):
-            prior = np.nan_to_num(np.nanmean(dataset.quality[rows], axis=0), nan=0.5)
+        prior = observed_mean(dataset.quality[rows])
         start = time.perf_counter()
         with torch_session(self.seed) as gen:
             self.tokenizer_, self.encoder_ = _load_encoder(pretrained_path())

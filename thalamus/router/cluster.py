@@ -20,10 +20,11 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from scipy.special import softmax
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError, DataError
-from thalamus.router.base import Features, Router
+from thalamus.router.base import Features, Router, observed_mean
 from thalamus.router.knn import normalise
 
 Grouping = Literal["auto", "task", "kmeans"]
@@ -40,11 +41,6 @@ def shrunk_means(values: np.ndarray, groups: np.ndarray, n_groups: int, overall:
     count = one_hot.T @ seen.astype(np.float64)
     den = count + prior
     return np.where(den > 0, (total + prior * overall) / np.where(den > 0, den, 1.0), overall)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return np.asarray(z / z.sum(axis=1, keepdims=True))
 
 
 class ClusterRouter(Router):
@@ -106,15 +102,14 @@ class ClusterRouter(Router):
         self.group_names_: list[str] = names
         self.weights_: np.ndarray = weights
         self.bias_: np.ndarray = bias
-        with np.errstate(invalid="ignore"):
-            overall = np.nan_to_num(np.nanmean(dataset.quality, axis=0), nan=0.5)
+        overall = observed_mean(dataset.quality)
         self.group_quality_: np.ndarray = shrunk_means(dataset.quality, index, g, overall, self.prior)
         self.group_cost_: np.ndarray = shrunk_means(dataset.cost, index, g, self.mean_cost_, self.prior)
 
     def group_probabilities(self, X: Features) -> np.ndarray:
         """(n, n_groups) P(group | prompt)."""
         self.check_fitted()
-        return softmax(normalise(np.asarray(X)).astype(np.float64) @ self.weights_.T + self.bias_)
+        return np.asarray(softmax(normalise(np.asarray(X)).astype(np.float64) @ self.weights_.T + self.bias_, axis=1))
 
     def _predict(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
         p = self.group_probabilities(X)

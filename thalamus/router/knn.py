@@ -18,7 +18,7 @@ import numpy as np
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError
-from thalamus.router.base import Features, Router
+from thalamus.router.base import Features, Router, observed_mean
 
 Weighting = Literal["uniform", "similarity", "softmax"]
 INDEX_FILE = "index.faiss"
@@ -91,8 +91,7 @@ class KNNRouter(Router):
         self.index_: Any = self._build_index(emb)
         self.train_quality_: np.ndarray = np.asarray(dataset.quality, dtype=np.float64)
         self.train_cost_: np.ndarray = np.asarray(dataset.cost, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            self.quality_mean_: np.ndarray = np.nan_to_num(np.nanmean(dataset.quality, axis=0), nan=0.5)
+        self.quality_mean_: np.ndarray = observed_mean(dataset.quality)
 
     def _build_index(self, emb: np.ndarray) -> Any:
         import faiss

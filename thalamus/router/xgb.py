@@ -17,7 +17,7 @@ import numpy as np
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError
-from thalamus.router.base import Features, Router
+from thalamus.router.base import Features, Router, observed_mean
 from thalamus.router.forest import FlatForest
 
 BOOSTER_DIR = "boosters"
@@ -64,8 +64,7 @@ class XGBRouter(Router):
         emb = np.asarray(X, dtype=np.float32)
         boosters: list[Any] = []
         kinds: list[str] = []
-        with np.errstate(invalid="ignore"):
-            fallback = np.nan_to_num(np.nanmean(dataset.quality, axis=0), nan=0.5)
+        fallback = observed_mean(dataset.quality)
         for j in range(dataset.n_models):
             y = dataset.quality[:, j]
             seen = ~np.isnan(y)
