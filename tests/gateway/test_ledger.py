@@ -13,6 +13,7 @@ from gwhelpers import GatewayFactory, ledger_rows
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.ledger import MIGRATIONS, Ledger, LedgerWriter
+from thalamus.gateway.ledger_row import LedgerRow
 
 
 def test_migrations_are_numbered_and_upgrade_in_place(tmp_path: Path) -> None:
@@ -41,7 +42,7 @@ def test_writer_batches_and_drains_on_close(tmp_path: Path) -> None:
         writer = LedgerWriter(ledger, flush_ms=10_000, batch_rows=64)  # only size or close flushes
         writer.start()
         for i in range(150):
-            writer.submit({"id": f"r{i}", "created_at": time.time(), "status": 200, "knob": {"kind": "wtp"}})
+            writer.submit(LedgerRow(id=f"r{i}", created_at=time.time(), status=200, knob={"kind": "wtp"}))
         await asyncio.sleep(0.2)
         assert 128 <= ledger.count() < 150  # two full batches written, the rest still queued
         await writer.close()
@@ -77,11 +78,11 @@ def test_200_concurrent_requests_leave_200_rows(make_gateway: GatewayFactory, da
 def test_export_is_a_routing_dataset(tmp_path: Path) -> None:
     ledger = Ledger(f"sqlite:///{tmp_path / 'e.sqlite'}")
     ledger.insert_rows([
-        {"id": "a", "created_at": 1.0, "chosen_model": "strong", "prompt_text": "p1", "cost_usd": 0.01,
-         "cost_estimated": False, "router": "best"},
-        {"id": "b", "created_at": 2.0, "chosen_model": "weak", "prompt_text": "p2", "cost_usd": 0.0001,
-         "cost_estimated": True, "router": "best"},
-        {"id": "c", "created_at": 3.0, "chosen_model": "weak", "prompt_text": "p3", "cost_usd": 0.0001},
+        LedgerRow(id="a", created_at=1.0, chosen_model="strong", prompt_text="p1", cost_usd=0.01,
+                  cost_estimated=False, router="best"),
+        LedgerRow(id="b", created_at=2.0, chosen_model="weak", prompt_text="p2", cost_usd=0.0001,
+                  cost_estimated=True, router="best"),
+        LedgerRow(id="c", created_at=3.0, chosen_model="weak", prompt_text="p3", cost_usd=0.0001),
     ])
     ledger.add_feedback("a", 1.0, "good", "user", None)
     ledger.add_feedback("b", 0.0, "bad", "user", None)

@@ -10,7 +10,6 @@ the queue on shutdown, so N completed requests leave exactly N rows.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import DataError
+from thalamus.gateway.ledger_row import LedgerRow
 
 metadata = sa.MetaData()
 
@@ -125,11 +125,11 @@ class Ledger:
                 conn.execute(schema_version.insert().values(version=number, applied_at=time.time()))
         return len(MIGRATIONS)
 
-    def insert_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Insert request rows (missing fields are NULL; structured fields JSON-encoded)."""
+    def insert_rows(self, rows: list[LedgerRow]) -> None:
+        """Insert request rows."""
         if rows:
             with self.engine.begin() as conn:
-                conn.execute(requests.insert(), [encode_row(r) for r in rows])
+                conn.execute(requests.insert(), [r.storable() for r in rows])
 
     def has_request(self, request_id: str) -> bool:
         with self.engine.connect() as conn:
@@ -192,15 +192,6 @@ class Ledger:
         self.engine.dispose()
 
 
-def encode_row(row: dict[str, Any]) -> dict[str, Any]:
-    """JSON-encode the structured fields of a request row."""
-    out = {k: row.get(k) for k in REQUEST_COLUMNS}
-    for key in ("knob", "candidates", "fallback_chain"):
-        if out[key] is not None and not isinstance(out[key], str):
-            out[key] = json.dumps(out[key])
-    return out
-
-
 class LedgerWriter:
     """Batched, off-request-path row writes: ``submit`` never blocks on the database."""
 
@@ -208,7 +199,7 @@ class LedgerWriter:
         self.ledger = ledger
         self.flush_s = flush_ms / 1000
         self.batch_rows = batch_rows
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[LedgerRow | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.failed_batches = 0
@@ -216,10 +207,10 @@ class LedgerWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
-    def submit(self, row: dict[str, Any]) -> None:
+    def submit(self, row: LedgerRow) -> None:
         self._queue.put_nowait(row)
 
-    async def _next_batch(self) -> tuple[list[dict[str, Any]], bool]:
+    async def _next_batch(self) -> tuple[list[LedgerRow], bool]:
         first = await self._queue.get()
         if first is None:
             return [], True
@@ -238,7 +229,7 @@ class LedgerWriter:
             batch.append(item)
         return batch, stop
 
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
+    async def _write(self, batch: list[LedgerRow]) -> None:
         for attempt in range(3):
             try:
                 await asyncio.to_thread(self.ledger.insert_rows, batch)

@@ -31,6 +31,7 @@ from thalamus.gateway import protocol as p
 from thalamus.gateway.backends import Backend, UpstreamError
 from thalamus.gateway.config import GatewayConfig, RouterConfig
 from thalamus.gateway.ledger import LedgerWriter
+from thalamus.gateway.ledger_row import LedgerRow
 from thalamus.router.base import Router
 from thalamus.router.policy import Decision, Knob, allowed_mask
 
@@ -76,7 +77,7 @@ class ChatResult:
 class Call:
     """The state of one request as it moves through the flow; becomes its ledger row."""
 
-    row: dict[str, Any]
+    row: LedgerRow
     started: float = field(default_factory=time.perf_counter)
     decision: Decision | None = None
 
@@ -100,8 +101,7 @@ class GatewayService:
 
     # -- 1. admission ---------------------------------------------------------------------
     def new_call(self) -> Call:
-        return Call(row={"id": f"thl-{self._ids.getrandbits(128):032x}", "created_at": time.time(),
-                         "api_key_id": None, "status": 0, "fallback_chain": [], "probability": None})
+        return Call(row=LedgerRow(id=f"thl-{self._ids.getrandbits(128):032x}", created_at=time.time()))
 
     def authorize(self, authorization: str | None) -> str | None:
         """The API key id, or None when auth is off; 401 for a missing or unknown key."""
@@ -116,14 +116,15 @@ class GatewayService:
 
     def reject(self, call: Call, error: p.RequestError) -> p.RequestError:
         """Ledger row for a request that ends in an error response."""
-        call.row.update(status=error.status, error_type=error.code or error.type)
+        call.row.status, call.row.error_type = error.status, error.code or error.type
         self.finish(call)
         return error
 
     def finish(self, call: Call) -> None:
-        call.row.setdefault("finished_at", time.time())
-        call.row.setdefault("total_ms", call.elapsed_ms())
-        self.writer.submit(call.row)
+        row = call.row
+        row.finished_at = row.finished_at if row.finished_at is not None else time.time()
+        row.total_ms = row.total_ms if row.total_ms is not None else call.elapsed_ms()
+        self.writer.submit(row)
 
     def resolve(self, model: str) -> Target:
         if model in self.backends:
@@ -143,10 +144,10 @@ class GatewayService:
     async def chat(self, raw: bytes, authorization: str | None) -> ChatResult:
         call = self.new_call()
         try:
-            call.row["api_key_id"] = self.authorize(authorization)
+            call.row.api_key_id = self.authorize(authorization)
             body = p.parse_json_body(raw)
             p.validate_chat(body)
-            call.row.update(requested_model=body["model"], stream=bool(body.get("stream")))
+            call.row.requested_model, call.row.stream = body["model"], bool(body.get("stream"))
             return await self._chat(call, body)
         except p.RequestError as exc:
             raise self.reject(call, exc) from None
@@ -163,9 +164,9 @@ class GatewayService:
         target = self.resolve(body["model"])
         overrides = p.parse_routing(body.pop("routing", None))
         text = p.routing_text(body["messages"])
-        call.row["prompt_hash"] = stable_hash(text)
+        call.row.prompt_hash = stable_hash(text)
         if self.config.ledger.store_prompts:
-            call.row["prompt_text"] = text
+            call.row.prompt_text = text
         candidates = await self._candidates(call, target, overrides, text)
         if body.get("stream"):
             return await self._stream(call, body, candidates)
@@ -177,21 +178,22 @@ class GatewayService:
         fallback = self.config.fallback
         if target.router is None:
             assert target.backend is not None
-            call.row["chosen_model"] = target.backend
+            call.row.chosen_model = target.backend
             return _unique([target.backend, *fallback.models])
         loaded = target.router
         try:
             knob = overrides.apply(loaded.default_knob())
             t0 = time.perf_counter()
             decision = await asyncio.to_thread(self._route, loaded, text, knob, target.threshold)
-            call.row["routing_ms"] = (time.perf_counter() - t0) * 1000
+            call.row.routing_ms = (time.perf_counter() - t0) * 1000
         except ConfigError as exc:
             raise p.RequestError(400, str(exc), param="routing", code="invalid_routing") from None
         call.decision = decision
-        call.row.update(router=loaded.name, artifact_version=loaded.version, knob=_knob_dict(decision.knob),
-                        candidates={m: {"quality": q, "cost": c} for m, q, c in zip(
-                            decision.models, decision.predicted_quality, decision.expected_cost, strict=True)},
-                        chosen_model=decision.model, probability=decision.probability)
+        row = call.row
+        row.router, row.artifact_version, row.knob = loaded.name, loaded.version, _knob_dict(decision.knob)
+        row.candidates = {m: {"quality": float(q), "cost": float(c)} for m, q, c in zip(
+            decision.models, decision.predicted_quality, decision.expected_cost, strict=True)}
+        row.chosen_model, row.probability = decision.model, decision.probability
         order = [decision.model, *(fallback.models if fallback.order == "list" else _fallback_order(decision))]
         candidates = _unique([m for m in order if m in self.backends])[: fallback.max_candidates]
         if decision.model not in self.backends:
@@ -210,7 +212,7 @@ class GatewayService:
     # -- 4. calling, retries, fallbacks ---------------------------------------------------
     async def _attempt_all(self, call: Call, candidates: list[str],
                            fn: Callable[[Backend], Awaitable[T]]) -> tuple[str, T]:
-        chain: list[dict[str, Any]] = call.row["fallback_chain"]
+        chain = call.row.fallback_chain
         queue, used_context = list(candidates), False
         while queue:
             name = queue.pop(0)
@@ -241,11 +243,11 @@ class GatewayService:
 
     async def _complete(self, call: Call, body: dict[str, Any], candidates: list[str]) -> ChatResult:
         name, response = await self._attempt_all(call, candidates, lambda b: b.complete(body))
-        call.row["ttft_ms"] = call.elapsed_ms()
+        call.row.ttft_ms = call.elapsed_ms()
         response["model"] = name
         self._account(call, name, body, response.get("usage"), "".join(
             str((c.get("message") or {}).get("content") or "") for c in response.get("choices", [])))
-        call.row["status"] = 200
+        call.row.status = 200
         self.finish(call)
         return ChatResult(200, self._headers(call, name), body=response)
 
@@ -258,7 +260,7 @@ class GatewayService:
                 return iterator, None
 
         name, (iterator, first) = await self._attempt_all(call, candidates, open_stream)
-        call.row["ttft_ms"] = call.elapsed_ms()
+        call.row.ttft_ms = call.elapsed_ms()
         return ChatResult(200, self._headers(call, name),
                           stream=self._relay(call, name, body, iterator, first))
 
@@ -266,7 +268,7 @@ class GatewayService:
                      iterator: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None) -> AsyncIterator[bytes]:
         usage: dict[str, Any] | None = None
         parts: list[str] = []
-        call.row.update(status=499, error_type="client_disconnected")
+        call.row.status, call.row.error_type = 499, "client_disconnected"
         try:
             chunk = first
             while chunk is not None:
@@ -276,9 +278,9 @@ class GatewayService:
                 yield p.sse(chunk)
                 chunk = await anext(iterator, None)
             yield p.SSE_DONE
-            call.row.update(status=200, error_type=None)
+            call.row.status, call.row.error_type = 200, None
         except UpstreamError as exc:  # after the first byte there is no fallback: report in-stream
-            call.row.update(status=502, error_type=exc.code)
+            call.row.status, call.row.error_type = 502, exc.code
             yield p.sse(p.error_body(f"upstream {name} failed mid-stream: {exc.message}", "upstream_error"))
         finally:
             self._account(call, name, body, usage, "".join(parts))
@@ -298,12 +300,13 @@ class GatewayService:
             assert usage is not None
             prompt_tokens, completion_tokens = int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)
         cost = (prompt_tokens * (cfg.input_per_m or 0.0) + completion_tokens * (cfg.output_per_m or 0.0)) / 1e6
-        call.row.update(chosen_model=name, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                        cost_usd=cost, cost_estimated=estimated)
+        row = call.row
+        row.chosen_model, row.prompt_tokens, row.completion_tokens = name, prompt_tokens, completion_tokens
+        row.cost_usd, row.cost_estimated = cost, estimated
 
     def _headers(self, call: Call, name: str) -> dict[str, str]:
-        headers = {"x-thalamus-request-id": call.row["id"], "x-thalamus-model": name,
-                   "x-thalamus-router": call.row.get("router") or "none"}
+        headers = {"x-thalamus-request-id": call.row.id, "x-thalamus-model": name,
+                   "x-thalamus-router": call.row.router or "none"}
         decision = call.decision
         if decision is not None and name in decision.models:
             i = decision.models.index(name)
