@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -22,7 +23,9 @@ from thalamus.gateway.protocol import RequestError, parse_json_body
 from thalamus.gateway.service import GatewayService
 from thalamus.openai_wire import error_body
 
+log = logging.getLogger("thalamus.gateway")
 _LABELS = {"good": 1.0, "bad": 0.0}
+_TEXT_LIMITS = {"source": 128, "comment": 10_000}  # the feedback table's column sizes
 FEEDBACK_FLUSH_WAIT_S = 2.0  # how long feedback waits for a still-queued request row
 
 
@@ -32,7 +35,7 @@ def _service(request: Request) -> GatewayService:
 
 
 def error_response(exc: RequestError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 async def _read_capped(request: Request, limit: int) -> bytes | None:
@@ -49,16 +52,23 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
+def _declared_size(request: Request, limit: int) -> int:
+    length = request.headers.get("content-length", "")
+    return int(length) if length.isdigit() else limit + 1
+
+
 async def chat_completions(request: Request) -> Response:
     service = _service(request)
-    raw = await _read_capped(request, service.config.server.max_body_bytes)
+    # a request without a valid key is answered 401 before its body is read, and leaves no ledger row
+    call = service.new_call(service.authorize(request.headers.get("authorization")))
+    limit = service.config.server.max_body_bytes
+    raw = await _read_capped(request, limit)
     if raw is None:
-        size = int(request.headers.get("content-length") or 0) or service.config.server.max_body_bytes + 1
-        return error_response(service.reject(service.new_call(), service.too_large(size)))
-    result = await service.chat(raw, request.headers.get("authorization"))
+        return error_response(await service.reject(call, service.too_large(_declared_size(request, limit))))
+    result = await service.chat(call, raw)
     if result.stream is not None:
         return StreamingResponse(result.stream, media_type="text/event-stream", headers=result.headers)
-    return JSONResponse(result.body, status_code=result.status, headers=result.headers)
+    return Response(result.body, status_code=result.status, headers=result.headers, media_type="application/json")
 
 
 async def list_models(request: Request) -> dict[str, Any]:
@@ -80,12 +90,15 @@ def _feedback_fields(body: dict[str, Any]) -> tuple[str, float, str | None]:
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         raise RequestError(400, "'request_id' is required (the x-thalamus-request-id header)", param="request_id")
+    if len(request_id) > 64 or not request_id.isprintable():
+        raise RequestError(400, "'request_id' is not a gateway request id (printable, at most 64 characters)",
+                           param="request_id")
     label, score = body.get("label"), body.get("score")
     if score is None and label is None:
         raise RequestError(400, "give 'score' in [0, 1] or 'label' good/bad", param="score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1):
         raise RequestError(400, "'score' must be a number in [0, 1]", param="score")
-    if label is not None and label not in _LABELS:
+    if label is not None and (not isinstance(label, str) or label not in _LABELS):
         raise RequestError(400, "'label' must be 'good' or 'bad'", param="label")
     value = float(score) if score is not None else _LABELS[str(label)]
     return request_id, value, label
@@ -93,24 +106,33 @@ def _feedback_fields(body: dict[str, Any]) -> tuple[str, float, str | None]:
 
 async def post_feedback(request: Request) -> JSONResponse:
     service = _service(request)
-    service.authorize(request.headers.get("authorization"))
-    raw = await _read_capped(request, service.config.server.max_body_bytes)
+    key_id = service.authorize(request.headers.get("authorization"))
+    limit = service.config.server.max_body_bytes
+    raw = await _read_capped(request, limit)
     if raw is None:
-        raise service.too_large(int(request.headers.get("content-length") or 0))
+        raise service.too_large(_declared_size(request, limit))
     body = parse_json_body(raw)
     request_id, score, label = _feedback_fields(body)
-    for key in ("source", "comment"):
-        if body.get(key) is not None and not isinstance(body[key], str):
-            raise RequestError(400, f"'{key}' must be a string", param=key)
+    for key, limit in _TEXT_LIMITS.items():
+        value = body.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > limit or "\x00" in value):
+            raise RequestError(400, f"'{key}' must be a string of at most {limit} characters without NUL",
+                               param=key)
     ledger: Ledger = request.app.state.ledger
-    if not await asyncio.to_thread(ledger.has_request, request_id):
+    found, owner = await asyncio.to_thread(ledger.request_owner, request_id)
+    if not found:
         # the request's row may still be queued: wait for the writer, bounded (it may never idle under load)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(service.writer.flush(), FEEDBACK_FLUSH_WAIT_S)
-    if not await asyncio.to_thread(ledger.has_request, request_id):
+        found, owner = await asyncio.to_thread(ledger.request_owner, request_id)
+    if not found:
         raise RequestError(404, f"unknown request_id {request_id!r}", param="request_id", code="request_not_found")
+    if service.keys.enabled and owner != key_id:
+        raise RequestError(403, f"request {request_id!r} was made with another API key; feedback is accepted "
+                           "only from the key that made the request", param="request_id", code="not_your_request",
+                           type_="permission_error")
     fid = await asyncio.to_thread(ledger.add_feedback, request_id, score, label, body.get("source"),
-                                  body.get("comment"))
+                                  body.get("comment"), key_id)
     return JSONResponse({"id": fid, "object": "feedback", "request_id": request_id, "score": score})
 
 
@@ -119,18 +141,27 @@ async def healthz() -> dict[str, str]:
 
 
 async def readyz(request: Request) -> JSONResponse:
+    """200 when the ledger takes writes. Router names and counters only for an authenticated caller (or
+    with auth off); the database error is named by its type, never by its message (it may name the host)."""
     service: GatewayService | None = getattr(request.app.state, "service", None)
     if service is None:
         return JSONResponse({"status": "starting"}, status_code=503)
+    status, details = await _ledger_state(request.app.state.ledger, service)
+    body: dict[str, Any] = {"status": status}
+    if not service.keys.enabled or service.keys.identify(request.headers.get("authorization")) is not None:
+        body |= details | {"routers": sorted(service.routers), "backends": len(service.backends)}
+    return JSONResponse(body, status_code=200 if status == "ready" else 503)
+
+
+async def _ledger_state(ledger: Ledger, service: GatewayService) -> tuple[str, dict[str, Any]]:
     try:
-        await asyncio.to_thread(request.app.state.ledger.ping)
+        await asyncio.to_thread(ledger.ping)
     except Exception as exc:  # any database failure means not ready
-        return JSONResponse({"status": "ledger unavailable", "error": str(exc)}, status_code=503)
+        log.warning("readiness: ledger ping failed: %s", exc)
+        return "ledger unavailable", {"error": type(exc).__name__}
     if service.writer.failed_batches:
-        return JSONResponse({"status": "ledger writes failing", "failed_batches": service.writer.failed_batches},
-                            status_code=503)
-    return JSONResponse({"status": "ready", "routers": sorted(service.routers),
-                         "backends": len(service.backends)})
+        return "ledger writes failing", {"failed_batches": service.writer.failed_batches}
+    return "ready", {}
 
 
 async def _request_error(request: Request, exc: Exception) -> JSONResponse:

@@ -20,6 +20,7 @@ from thalamus.gateway.api import install
 from thalamus.gateway.backends import Backend, make_backends
 from thalamus.gateway.config import GatewayConfig
 from thalamus.gateway.ledger import Ledger, LedgerWriter
+from thalamus.gateway.prompt_hash import PromptHasher, load_key
 from thalamus.gateway.service import GatewayService, LoadedRouter
 
 log = logging.getLogger("thalamus.gateway")
@@ -70,7 +71,9 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
         writer.start()
         app.state.ledger = ledger
         owned = backends or make_backends(config.backends)
-        app.state.service = GatewayService(config, routers, owned, writer)
+        hasher = PromptHasher(load_key(config.ledger.hash_key_env, (settings or Settings()).cache_dir
+                                       / "prompt_hash.key"))
+        app.state.service = GatewayService(config, routers, owned, writer, hasher)
         try:
             yield
         finally:
@@ -79,6 +82,8 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
             await writer.close()
             ledger.close()
 
-    app = FastAPI(title="Thalamus gateway", lifespan=lifespan)
+    docs = config.server.docs if config.server.docs is not None else not config.auth.enabled
+    app = FastAPI(title="Thalamus gateway", lifespan=lifespan, docs_url="/docs" if docs else None,
+                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     install(app)
     return app

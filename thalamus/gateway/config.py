@@ -101,6 +101,8 @@ class FallbackConfig(_Strict):
     max_candidates: int = Field(default=3, ge=1)
     context_model: str | None = None
     backoff_s: float = Field(default=0.1, ge=0)
+    # an upstream 429/503 asking for a longer wait than this is not retried: the next candidate is tried
+    retry_after_cap_s: float = Field(default=5.0, ge=0)
 
 
 class LedgerConfig(_Strict):
@@ -108,6 +110,7 @@ class LedgerConfig(_Strict):
     store_prompts: bool = False
     flush_ms: int = Field(default=50, gt=0)
     batch_rows: int = Field(default=500, gt=0)
+    hash_key_env: str = "THALAMUS_PROMPT_HASH_KEY"  # secret of the keyed prompt hash (gateway/prompt_hash.py)
 
 
 class ApiKeyConfig(_Strict):
@@ -134,6 +137,7 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    docs: bool | None = None  # /docs, /redoc, /openapi.json; None: served only while auth is off
 
 
 class GatewayConfig(_Strict):

@@ -135,8 +135,14 @@ class Ledger:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(requests.c.id).where(requests.c.id == request_id)).first() is not None
 
+    def request_owner(self, request_id: str) -> tuple[bool, str | None]:
+        """(whether the request has a row, the API key id that made it)."""
+        with self.engine.connect() as conn:
+            hit = conn.execute(sa.select(requests.c.api_key_id).where(requests.c.id == request_id)).first()
+        return (hit is not None, hit[0] if hit is not None else None)
+
     def add_feedback(self, request_id: str, score: float, label: str | None, source: str | None,
-                     comment: str | None) -> int:
+                     comment: str | None, api_key_id: str | None = None) -> int:
         with self.engine.begin() as conn:
             result = conn.execute(feedback.insert().values(
                 request_id=request_id, created_at=time.time(), score=score, label=label, source=source,
@@ -209,6 +215,9 @@ class LedgerWriter:
 
     def submit(self, row: LedgerRow) -> None:
         self._queue.put_nowait(row)
+
+    async def record(self, row: LedgerRow) -> None:
+        self.submit(row)
 
     async def _next_batch(self) -> tuple[list[LedgerRow], bool]:
         first = await self._queue.get()

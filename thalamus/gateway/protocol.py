@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,16 +28,81 @@ from thalamus.router.policy import Knob
 
 
 class RequestError(APIError):
-    """An error the gateway answers with, already in OpenAI's shape."""
+    """An error the gateway answers with, already in OpenAI's shape; ``headers`` go out with it."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error") -> None:
+        # a message may quote client text: keep it encodable whatever the client sent (lone surrogates)
+        super().__init__(status, _printable(message), param=_printable(param) if param else param, code=code,
+                         type_=type_)
+        self.headers: dict[str, str] = {}
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+MAX_JSON_DEPTH = 64  # deeper bodies are refused: no OpenAI request nests beyond a dozen levels
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a \uD800-\uDFFF escape somewhere in the body
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(400, f"request body is not valid JSON: {name} is not a JSON number", code="invalid_json")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RequestError(400, f"request body holds the number {text[:40]}, which is out of range for a float",
+                           code="invalid_json")
+    return value
+
+
+def _check_tree(body: Any, strings: bool) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH and (when ``strings``) text that is not valid Unicode.
+    Iterative, so a hostile body cannot exhaust the stack here either."""
+    stack: list[tuple[Any, int, str]] = [(body, 0, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise RequestError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
+        if isinstance(node, dict):
+            items = node.items()
+        elif isinstance(node, list):
+            items = enumerate(node)  # type: ignore[assignment]
+        else:
+            if strings and isinstance(node, str):
+                _check_unicode(node, path)
+            continue
+        for key, value in items:
+            child = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+            if strings and isinstance(key, str):
+                _check_unicode(key, child)
+            stack.append((value, depth + 1, child))
+
+
+def _check_unicode(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(400, f"{path or 'body'}: text holds an unpaired UTF-16 surrogate (not valid Unicode)",
+                           param=path or None, code="invalid_unicode") from None
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """A JSON object, strictly: no NaN/Infinity, finite numbers, bounded nesting, valid Unicode."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except RequestError:
+        raise
+    except RecursionError:
+        raise RequestError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels",
+                           code="invalid_json") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise RequestError(400, "request body must be a JSON object", code="invalid_json")
+    _check_tree(body, strings=_SURROGATE_ESCAPE.search(raw) is not None)
     return body
 
 
@@ -109,7 +175,7 @@ def parse_routing(raw: Any) -> RoutingOverrides:
     values: dict[str, Any] = {}
     for key, item in raw.items():
         if key in _NUMBER_FIELDS:
-            if isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
+            if isinstance(item, bool) or not isinstance(item, int | float) or not 0 <= item < math.inf:
                 raise RequestError(400, f"routing.{key} must be a non-negative number", param=f"routing.{key}")
             values[_NUMBER_FIELDS[key]] = float(item)
         elif key in ("allowed", "excluded"):

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
+import json
 import random
 import re
 import time
@@ -25,13 +25,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from thalamus.datasets.schema import stable_hash
 from thalamus.errors import ConfigError
 from thalamus.gateway import protocol as p
+from thalamus.gateway.auth import KeyChecker
 from thalamus.gateway.backends import Backend, UpstreamError
 from thalamus.gateway.config import GatewayConfig, RouterConfig
 from thalamus.gateway.ledger import LedgerWriter
 from thalamus.gateway.ledger_row import LedgerRow
+from thalamus.gateway.prompt_hash import PromptHasher
 from thalamus.router.base import Router
 from thalamus.router.policy import Decision, Knob, allowed_mask
 
@@ -69,7 +70,7 @@ class Target:
 class ChatResult:
     status: int
     headers: dict[str, str]
-    body: dict[str, Any] | None = None
+    body: bytes | None = None  # the rendered JSON response
     stream: AsyncIterator[bytes] | None = None
 
 
@@ -89,42 +90,40 @@ class GatewayService:
     """Owns nothing: the app's lifespan hands it config, routers, backends and the ledger writer."""
 
     def __init__(self, config: GatewayConfig, routers: dict[str, LoadedRouter],
-                 backends: dict[str, Backend], writer: LedgerWriter) -> None:
+                 backends: dict[str, Backend], writer: LedgerWriter, hasher: PromptHasher) -> None:
         self.config = config
         self.routers = routers
         self.backends = backends
         self.writer = writer
         self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
-        self._keys = {k.secret(): k.id for k in config.auth.keys}
+        self.keys = KeyChecker(config.auth)
+        self.hasher = hasher
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
         self._ids = random.Random(uuid.uuid4().int)
 
     # -- 1. admission ---------------------------------------------------------------------
-    def new_call(self) -> Call:
-        return Call(row=LedgerRow(id=f"thl-{self._ids.getrandbits(128):032x}", created_at=time.time()))
+    def new_call(self, api_key_id: str | None) -> Call:
+        """A request admitted with a valid key (or auth off): from here on it gets exactly one ledger row."""
+        row = LedgerRow(id=f"thl-{self._ids.getrandbits(128):032x}", created_at=time.time(), api_key_id=api_key_id)
+        return Call(row=row)
 
     def authorize(self, authorization: str | None) -> str | None:
-        """The API key id, or None when auth is off; 401 for a missing or unknown key."""
-        if not self.config.auth.enabled:
-            return None
-        token = (authorization or "").removeprefix("Bearer ").strip()
-        for secret, key_id in self._keys.items():
-            if secret and token and hmac.compare_digest(secret, token):
-                return key_id
-        raise p.RequestError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                             code="invalid_api_key", type_="authentication_error")
+        """The API key id, or None when auth is off; 401 (and no ledger row) for a missing or unknown key."""
+        return self.keys.authorize(authorization)
 
-    def reject(self, call: Call, error: p.RequestError) -> p.RequestError:
-        """Ledger row for a request that ends in an error response."""
+    async def reject(self, call: Call, error: p.RequestError) -> p.RequestError:
+        """Ledger row for a request that ends in an error response; the response names the request id."""
         call.row.status, call.row.error_type = error.status, error.code or error.type
-        self.finish(call)
+        error.headers["x-thalamus-request-id"] = call.row.id
+        await self.finish(call)
         return error
 
-    def finish(self, call: Call) -> None:
+    async def finish(self, call: Call) -> None:
+        """Hand the row to the writer; with ``durability: journal`` this returns once the row is on disk."""
         row = call.row
         row.finished_at = row.finished_at if row.finished_at is not None else time.time()
         row.total_ms = row.total_ms if row.total_ms is not None else call.elapsed_ms()
-        self.writer.submit(row)
+        await self.writer.record(row)
 
     def resolve(self, model: str) -> Target:
         if model in self.backends:
@@ -141,19 +140,19 @@ class GatewayService:
                              "GET /v1/models lists them", param="model", code="model_not_found")
 
     # -- entry point ----------------------------------------------------------------------
-    async def chat(self, raw: bytes, authorization: str | None) -> ChatResult:
-        call = self.new_call()
+    async def chat(self, call: Call, raw: bytes) -> ChatResult:
+        """One admitted chat request; every outcome, errors included, leaves its ledger row."""
         try:
-            call.row.api_key_id = self.authorize(authorization)
             body = p.parse_json_body(raw)
             p.validate_chat(body)
             call.row.requested_model, call.row.stream = body["model"], bool(body.get("stream"))
             return await self._chat(call, body)
         except p.RequestError as exc:
-            raise self.reject(call, exc) from None
+            raise await self.reject(call, exc) from None
         except Exception as exc:  # never crash: answer 500 and still write the row
-            raise self.reject(call, p.RequestError(500, f"internal gateway error: {type(exc).__name__}: {exc}",
-                                                   type_="server_error", code="internal_error")) from exc
+            error = p.RequestError(500, f"internal gateway error: {type(exc).__name__}", type_="server_error",
+                                   code="internal_error")
+            raise await self.reject(call, error) from exc
 
     def too_large(self, size: int) -> p.RequestError:
         return p.RequestError(413, f"request body of {size} bytes is over the limit of "
@@ -164,7 +163,7 @@ class GatewayService:
         target = self.resolve(body["model"])
         overrides = p.parse_routing(body.pop("routing", None))
         text = p.routing_text(body["messages"])
-        call.row.prompt_hash = stable_hash(text)
+        call.row.prompt_hash = self.hasher(text)
         if self.config.ledger.store_prompts:
             call.row.prompt_text = text
         candidates = await self._candidates(call, target, overrides, text)
@@ -204,9 +203,7 @@ class GatewayService:
     @staticmethod
     def _route(loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
         if threshold is not None:  # RouteLLM form: the configured strong/weak pair of a many-model router
-            strong, weak = loaded.config.strong, loaded.config.weak
-            assert strong is not None and weak is not None
-            knob = Knob("threshold", threshold, strong=strong, allowed=(strong, weak))
+            knob = _threshold_knob(loaded, knob, threshold)
         return loaded.router.route(text, knob)
 
     # -- 4. calling, retries, fallbacks ---------------------------------------------------
@@ -229,10 +226,21 @@ class GatewayService:
                         queue, used_context = self._context_fallback(name, exc, used_context), True
                         break
                     if attempt < backend.config.max_retries:
-                        await asyncio.sleep(self.config.fallback.backoff_s * 2**attempt)
+                        wait = self._retry_wait(exc, attempt)
+                        if wait is None:
+                            break  # the upstream asks for a longer pause than we hold a client for
+                        await asyncio.sleep(wait)
         tried = ", ".join(f"{c['model']} ({c['status']} {c['error']})" for c in chain)
         raise p.RequestError(502, f"all backends failed; tried: {tried}", type_="upstream_error",
                              code="all_backends_failed")
+
+    def _retry_wait(self, exc: UpstreamError, attempt: int) -> float | None:
+        """Seconds before the next try: the upstream's Retry-After when it sent one (None past the cap),
+        else exponential backoff."""
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is None:
+            return float(self.config.fallback.backoff_s * 2**attempt)
+        return float(retry_after) if retry_after <= self.config.fallback.retry_after_cap_s else None
 
     def _context_fallback(self, name: str, exc: UpstreamError, used: bool) -> list[str]:
         larger = self.config.fallback.context_model
@@ -242,14 +250,19 @@ class GatewayService:
         return [larger]
 
     async def _complete(self, call: Call, body: dict[str, Any], candidates: list[str]) -> ChatResult:
-        name, response = await self._attempt_all(call, candidates, lambda b: b.complete(body))
+        async def attempt(backend: Backend) -> tuple[dict[str, Any], bytes]:
+            response = await backend.complete(body)
+            response["model"] = backend.name
+            return response, _render(backend.name, response)
+
+        name, (response, rendered) = await self._attempt_all(call, candidates, attempt)
         call.row.ttft_ms = call.elapsed_ms()
-        response["model"] = name
         self._account(call, name, body, response.get("usage"), "".join(
-            str((c.get("message") or {}).get("content") or "") for c in response.get("choices", [])))
+            str((c.get("message") or {}).get("content") or "") for c in response.get("choices") or []
+            if isinstance(c, dict)))
         call.row.status = 200
-        self.finish(call)
-        return ChatResult(200, self._headers(call, name), body=response)
+        await self.finish(call)
+        return ChatResult(200, self._headers(call, name), body=rendered)
 
     async def _stream(self, call: Call, body: dict[str, Any], candidates: list[str]) -> ChatResult:
         async def open_stream(backend: Backend) -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any] | None]:
@@ -269,22 +282,31 @@ class GatewayService:
         usage: dict[str, Any] | None = None
         parts: list[str] = []
         call.row.status, call.row.error_type = 499, "client_disconnected"
+        finished = False
         try:
             chunk = first
             while chunk is not None:
                 chunk["model"] = name
                 usage = chunk.get("usage") or usage
-                parts.extend(str((c.get("delta") or {}).get("content") or "") for c in chunk.get("choices", []))
-                yield p.sse(chunk)
+                parts.extend(str((c.get("delta") or {}).get("content") or "") for c in chunk.get("choices") or []
+                             if isinstance(c, dict))
+                yield _render_chunk(name, chunk)
                 chunk = await anext(iterator, None)
-            yield p.SSE_DONE
             call.row.status, call.row.error_type = 200, None
+            self._account(call, name, body, usage, "".join(parts))
+            finished = True
+            await self.finish(call)  # before the last byte: with durability journal the row is on disk first
+            yield p.SSE_DONE
         except UpstreamError as exc:  # after the first byte there is no fallback: report in-stream
             call.row.status, call.row.error_type = 502, exc.code
+            self._account(call, name, body, usage, "".join(parts))
+            finished = True
+            await self.finish(call)
             yield p.sse(p.error_body(f"upstream {name} failed mid-stream: {exc.message}", "upstream_error"))
         finally:
-            self._account(call, name, body, usage, "".join(parts))
-            self.finish(call)
+            if not finished:  # the client went away (or the task was cancelled): 499
+                self._account(call, name, body, usage, "".join(parts))
+                await self.finish(call)
             closer = getattr(iterator, "aclose", None)
             if closer is not None:  # release the upstream connection if the client went away
                 await closer()
@@ -293,12 +315,12 @@ class GatewayService:
     def _account(self, call: Call, name: str, body: dict[str, Any], usage: dict[str, Any] | None,
                  text: str) -> None:
         cfg = self.backends[name].config
-        estimated = not usage or usage.get("prompt_tokens") is None
-        if estimated:
+        prompt_tokens = _token_count(usage, "prompt_tokens")
+        completion_tokens = _token_count(usage, "completion_tokens")
+        estimated = prompt_tokens is None
+        if prompt_tokens is None:
             prompt_tokens, completion_tokens = p.estimate_prompt_tokens(body["messages"]), p.estimate_tokens(text)
-        else:
-            assert usage is not None
-            prompt_tokens, completion_tokens = int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)
+        completion_tokens = completion_tokens or 0
         cost = (prompt_tokens * (cfg.input_per_m or 0.0) + completion_tokens * (cfg.output_per_m or 0.0)) / 1e6
         row = call.row
         row.chosen_model, row.prompt_tokens, row.completion_tokens = name, prompt_tokens, completion_tokens
@@ -313,6 +335,37 @@ class GatewayService:
             headers["x-thalamus-predicted-quality"] = f"{decision.predicted_quality[i]:.6g}"
             headers["x-thalamus-expected-cost"] = f"{decision.expected_cost[i]:.6g}"
         return headers
+
+
+def _threshold_knob(loaded: LoadedRouter, knob: Knob, threshold: float) -> Knob:
+    """RouteLLM's ``router-NAME-THRESHOLD``: the configured strong/weak pair, still under the request's
+    ``routing.allowed`` / ``excluded`` / ``max_cost``."""
+    strong, weak = loaded.config.strong, loaded.config.weak
+    assert strong is not None and weak is not None
+    pair = tuple(m for m in (strong, weak) if knob.allowed is None or m in knob.allowed)
+    return Knob("threshold", threshold, strong=strong, max_cost=knob.max_cost, allowed=pair, excluded=knob.excluded)
+
+
+def _token_count(usage: Any, key: str) -> int | None:
+    """A usage count the upstream reported as a non-negative integer, else None (then it is estimated)."""
+    value = usage.get(key) if isinstance(usage, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**63:
+        return None
+    return int(value)
+
+
+def _render(name: str, response: dict[str, Any]) -> bytes:
+    """The response as JSON bytes; an upstream body that cannot be valid JSON (NaN, Infinity) is the
+    upstream's failure, so the request can still fall back."""
+    try:
+        return json.dumps(response, allow_nan=False, separators=(",", ":")).encode()
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise UpstreamError(name, "retry", 502, f"upstream body is not valid JSON: {exc}",
+                            "invalid_upstream_body") from None
+
+
+def _render_chunk(name: str, chunk: dict[str, Any]) -> bytes:
+    return b"data: " + _render(name, chunk) + b"\n\n"
 
 
 def _fallback_order(decision: Decision) -> list[str]:
