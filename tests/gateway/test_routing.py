@@ -67,7 +67,7 @@ def test_routing_row_records_the_decision(client: openai.OpenAI, gateway: Thread
     assert set(candidates) == {"strong", "mid", "weak"}
     assert candidates["weak"]["cost"] == pytest.approx(1e-4)
     assert row["probability"] == 1.0 and row["routing_ms"] > 0
-    assert row["prompt_text"] == dataset.texts[5] and len(row["prompt_hash"]) == 40
+    assert row["prompt_text"] == dataset.texts[5] and len(row["prompt_hash"]) == 64  # HMAC-SHA256 hex
 
 
 def test_routing_text_uses_system_and_last_user_turn_with_parts(client: openai.OpenAI,
