@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from servehelpers import make_broken, serve, tiny_config
+from servehelpers import make_broken, make_partial_vocab, serve, tiny_config
 
 from thalamus.serving.models import TINY_MOE_ARCHS, make_tiny_moe
 
@@ -20,6 +20,13 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         make_tiny_moe(arch, root / f"tiny-{arch}")
     make_broken(root / "broken")
     return root
+
+
+@pytest.fixture(scope="session")
+def partial_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A model that fails at generation time on prompts holding a rare token, and such a poison word."""
+    folder = tmp_path_factory.mktemp("partial-vocab") / "partial"
+    return folder, make_partial_vocab(folder)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 from openai.types.chat import ChatCompletionMessageParam
@@ -29,6 +30,29 @@ def make_broken(out: Path) -> None:
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+PARTIAL_VOCAB = 40_000  # SmolLM2's chat template and common words stay below this id
+
+
+def make_partial_vocab(out: Path) -> str:
+    """A dense model knowing only the first PARTIAL_VOCAB of its tokenizer's ids; returns a poison word.
+
+    Prompts of common words generate normally; a prompt holding the poison word (a token id past the
+    embedding table) fails in the forward pass, at generation time, where no request validation sees it.
+    """
+    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
+
+    tokenizer = smollm2_tokenizer()
+    eos = int(tokenizer.eos_token_id)
+    config = LlamaConfig(vocab_size=PARTIAL_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=eos, pad_token_id=eos, bos_token_id=int(tokenizer.bos_token_id or eos))
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(tokenizer.decode([len(tokenizer) - 100]))
 
 
 def tiny_config(tiny_dir: Path, **overrides: Any) -> ServingConfig:
@@ -65,6 +89,12 @@ def serve_app(app: FastAPI, log_level: str = "warning") -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=60)
         sock.close()
+
+
+def post_raw(url: str, body: bytes, timeout: float = 60) -> httpx.Response:
+    """POST bytes as JSON: the JSON may hold what httpx's own encoder refuses (NaN, lone surrogates)."""
+    return httpx.post(f"{url}/v1/chat/completions", content=body, timeout=timeout,
+                      headers={"content-type": "application/json"})
 
 
 def ask(text: str) -> list[ChatCompletionMessageParam]:

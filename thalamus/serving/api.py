@@ -1,8 +1,15 @@
-"""HTTP handlers of the local server: thin, OpenAI-shaped, generation handed to the model's worker thread."""
+"""HTTP handlers of the local server: thin, OpenAI-shaped, generation handed to the model's worker thread.
+
+Nothing slow runs on the event loop: chat-template rendering and tokenizing run in a worker thread (the
+Rust tokenizer releases the GIL), and a prompt over ``max_prompt_chars`` is refused with a 413 before any
+of that. A client that leaves cancels its job, streamed or not, so the generation thread stops early.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +27,10 @@ from thalamus.serving.pool import LoadedModel, ModelPool
 from thalamus.serving.protocol import ChatRequest, ServingError, chunk_body, completion_body, new_id, usage
 
 router = APIRouter()
+
+
+class _ClientGone(Exception):
+    """The client of a non-stream request disconnected before its answer was ready."""
 
 
 @dataclass
@@ -61,10 +72,12 @@ async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse 
     lease = AsyncExitStack()
     handed_over = False
     try:
+        _check_size(state, body)
         model = await lease.enter_async_context(state.pool.lease(body.model))
-        job, sink = _submit(state, model, body)
+        job, sink = await _submit(state, model, body)
         if not body.stream:
-            return JSONResponse(await _collect(state, body, job, sink))
+            async with _cancel_on_disconnect(request, job, sink):
+                return JSONResponse(await _collect(state, body, job, sink))
         first = await _next_event(sink, job, body.model)
         response = _LeasedStream(_stream(state, body, job, sink, first), lease, job)
         handed_over = True  # from here the response releases the lease, however it ends
@@ -72,6 +85,9 @@ async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse 
     except ServingError as exc:
         state.metrics.requests.labels(label, str(exc.status)).inc()
         raise
+    except _ClientGone:
+        state.metrics.requests.labels(label, "499").inc()  # nginx's "client closed request"
+        return JSONResponse({}, status_code=499)  # nobody reads it; uvicorn drops sends after a disconnect
     finally:  # any exit, BaseExceptions such as asyncio.CancelledError included
         if not handed_over:
             await lease.aclose()
@@ -112,6 +128,35 @@ def _prompt_ids(model: LoadedModel, body: ChatRequest) -> list[int]:
     return list(tokenizer(text)["input_ids"])
 
 
+def _check_size(state: ServingState, body: ChatRequest) -> None:
+    chars, limit = body.prompt_chars(), state.config.max_prompt_chars
+    if chars > limit:
+        raise ServingError(413, f"The messages hold {chars} characters; this server accepts at most {limit} "
+                                "(max_prompt_chars in its serving config)", param="messages",
+                           code="prompt_too_large")
+
+
+@contextlib.asynccontextmanager
+async def _cancel_on_disconnect(request: Request, job: Job, sink: QueueSink) -> AsyncIterator[None]:
+    """While the block runs, a client disconnect cancels ``job`` and wakes its waiter with ``("gone", None)``.
+
+    The body has been read, so the next ASGI message is ``http.disconnect``: it arrives when the client
+    closes its connection (the stream path learns the same from starlette's own disconnect listener).
+    """
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancelled = True  # the engine drops the job at its next token, or the worker before it starts
+        sink.queue.put_nowait(("gone", None))
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
 def _budget(state: ServingState, model: LoadedModel, body: ChatRequest, n_prompt: int) -> int:
     context = model.context_length
     if n_prompt >= context:
@@ -127,14 +172,13 @@ def _budget(state: ServingState, model: LoadedModel, body: ChatRequest, n_prompt
     return asked if asked is not None else min(state.config.default_max_tokens, context - n_prompt)
 
 
-def _submit(state: ServingState, model: LoadedModel, body: ChatRequest) -> tuple[Job, QueueSink]:
-    import asyncio
-
-    ids = _prompt_ids(model, body)
+async def _submit(state: ServingState, model: LoadedModel, body: ChatRequest) -> tuple[Job, QueueSink]:
+    ids = await asyncio.to_thread(_prompt_ids, model, body)  # a long prompt takes seconds to tokenize
     params = SamplingParams(max_tokens=_budget(state, model, body, len(ids)), temperature=body.temperature,
                             top_p=body.top_p, stop=body.stops(), seed=body.seed,
                             ignore_eos=body.ignore_eos)
-    sink = QueueSink(asyncio.get_running_loop())
+    name, metrics = body.model, state.metrics
+    sink = QueueSink(asyncio.get_running_loop(), on_finish=lambda result: metrics.record_finish(name, result))
     job = Job(ids, params, sink)
     model.worker.submit(job)
     return job, sink
@@ -146,6 +190,8 @@ async def _next_event(sink: QueueSink, job: Job, model: str) -> tuple[str, Any]:
     except BaseException:
         job.cancelled = True  # the client went away; the engine drops the request at its next token
         raise
+    if kind == "gone":
+        raise _ClientGone
     if kind == "error":
         raise ServingError(500, f"generation failed for model '{model}': {type(value).__name__}: {value}",
                            type_="server_error", code="generation_failed")
@@ -164,14 +210,9 @@ async def _collect(state: ServingState, body: ChatRequest, job: Job, sink: Queue
             parts.append(value)
             continue
         result: Finished = value
-        _account(state, body.model, result)
+        state.metrics.requests.labels(body.model, "200").inc()
         return completion_body(new_id(), body.model, "".join(parts), result.finish_reason,
                                usage(result.prompt_tokens, result.completion_tokens), _extra(result))
-
-
-def _account(state: ServingState, model: str, result: Finished) -> None:
-    state.metrics.record_finish(model, result)
-    state.metrics.requests.labels(model, "200").inc()
 
 
 async def _stream(state: ServingState, body: ChatRequest, job: Job, sink: QueueSink,
@@ -188,7 +229,7 @@ async def _stream(state: ServingState, body: ChatRequest, job: Job, sink: QueueS
         yield sse(exc.body())
         return
     result: Finished = value
-    _account(state, name, result)
+    state.metrics.requests.labels(name, "200").inc()
     yield sse(chunk_body(cid, name, {}, result.finish_reason, extra=_extra(result)))
     if body.stream_options and body.stream_options.include_usage:
         yield sse(chunk_body(cid, name, {}, usage_=usage(result.prompt_tokens, result.completion_tokens),

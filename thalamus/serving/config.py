@@ -64,10 +64,13 @@ class ServingConfig(BaseModel):
     batch_window_ms: float = Field(default=5.0, ge=0)
     max_batch_size: int = Field(default=8, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
+    max_prompt_chars: int = Field(default=1_000_000, ge=1,
+                                  description="characters of message text a request may carry (413 above)")
+    max_request_bytes: int = Field(default=16 * 2**20, gt=0, description="bytes of a request body (413 above)")
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (None: torch's)")
     models: list[ModelSpec]
 
-    @field_validator("memory_budget", mode="before")
+    @field_validator("memory_budget", "max_request_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_bytes(value)

@@ -4,7 +4,9 @@ A hand-written loop over ``past_key_values`` (rather than ``model.generate``) le
 stop strings, token budget and sampling settings, stream every token as it arrives, leave the batch as
 soon as it is done (its rows are dropped from the KV cache), and report expert load for MoE models.
 Position ids are computed from the attention mask, so a left-padded row sees the same positions as it
-would alone; greedy outputs of a batch equal those of sequential requests.
+would alone; greedy outputs of a batch equal those of sequential requests. A row whose sampling fails
+(non-finite probabilities) fails alone and leaves the batch; a failing forward pass fails the whole call,
+and :mod:`thalamus.serving.batching` then retries the batch's requests one by one.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Job:
     enqueued_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     done: bool = False
+    started: bool = False  # a token was generated: re-running the job would repeat streamed text
 
 
 @dataclass
@@ -101,7 +104,7 @@ class Engine:
             while True:
                 tokens = self._sample(logits, rows)
                 keep = [i for i, (row, tok) in enumerate(zip(rows, tokens, strict=True))
-                        if not self._advance(row, tok)]
+                        if tok is not None and not self._advance(row, tok)]
                 if not keep:
                     return
                 if len(keep) < len(rows):
@@ -149,17 +152,29 @@ class Engine:
             row.experts = counts[i] if row.experts is None else row.experts + counts[i]
             row.routed_tokens += int(real[i])
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int | None]:
+        """One token per row; None for a row whose sampling failed (that job has been failed)."""
         greedy: list[int] = logits.argmax(dim=-1).tolist()
-        return [greedy[i] if row.job.params.temperature == 0 else _sample_one(logits[i], row)
-                for i, row in enumerate(rows)]
+        tokens: list[int | None] = []
+        for i, row in enumerate(rows):
+            if row.job.params.temperature == 0:
+                tokens.append(greedy[i])
+                continue
+            try:
+                tokens.append(_sample_one(logits[i], row))
+            except (RuntimeError, ValueError) as exc:  # torch.multinomial refuses NaN/inf probabilities
+                row.job.done = True
+                row.job.sink.fail(exc)
+                tokens.append(None)
+        return tokens
 
     def _advance(self, row: _Row, token: int) -> bool:
         """Feed one new token to a request; True when the request is finished."""
+        job, params = row.job, row.job.params
         if row.generated == 0:
             row.first_token_at = time.perf_counter()
+            job.started = True
         row.generated += 1
-        job, params = row.job, row.job.params
         if job.cancelled:
             return self._finish(row, "cancelled")
         if token in self.eos_ids and not params.ignore_eos:
@@ -192,7 +207,9 @@ def _sample_one(logits: torch.Tensor, row: _Row) -> int:
     import torch
 
     params = row.job.params
-    probs = torch.softmax(logits / params.temperature, dim=-1)
+    # shifting by the maximum first keeps logits / temperature finite for any temperature the request
+    # schema accepts (>= float32's smallest normal); unshifted, a 1e-37 temperature already overflows
+    probs = torch.softmax((logits - logits.max()) / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > params.top_p

@@ -34,6 +34,10 @@ class ServingMetrics:
                                            buckets=_RATES, registry=r)
         self.batch_size = Histogram(f"{PREFIX}_batch_size", "Requests generated together", ["model"],
                                     buckets=_BATCH, registry=r)
+        self.batch_retries = Counter(f"{PREFIX}_batch_retries", "Failed batches whose requests were retried "
+                                     "one by one", ["model"], registry=r)
+        self.finished = Counter(f"{PREFIX}_finished", "Generations ended, by finish reason (cancelled: the "
+                                "client left)", ["model", "reason"], registry=r)
         self._pool_metrics(r)
         self.expert_tokens = Counter(f"{PREFIX}_expert_tokens", "Tokens routed to each expert (MoE models)",
                                      ["model", "layer", "expert"], registry=r)
@@ -57,9 +61,17 @@ class ServingMetrics:
                                  registry=r)
 
     def record_finish(self, model: str, result: Any) -> None:
-        """Account one finished request (an engine ``Finished``)."""
+        """Account one finished generation (an engine ``Finished``); called in the generation thread.
+
+        Cancelled generations count their tokens (the work was done) but not toward latency and speed.
+        """
+        self.finished.labels(model, result.finish_reason).inc()
+        if result.finish_reason == "cancelled" and not result.completion_tokens:
+            return  # dropped before its prefill: no work was done
         self.prompt_tokens.labels(model).inc(result.prompt_tokens)
         self.completion_tokens.labels(model).inc(result.completion_tokens)
+        if result.finish_reason == "cancelled":
+            return
         self.ttft.labels(model).observe(result.ttft_s)
         if result.completion_tokens > 1 and result.decode_s > 0:
             self.tokens_per_second.labels(model).observe((result.completion_tokens - 1) / result.decode_s)

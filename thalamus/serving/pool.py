@@ -179,7 +179,8 @@ class ModelPool:
         worker = BatchWorker(engine, spec.name,
                              self.config.batch_window_ms / 1000 if self.config.batching else 0.0,
                              self.config.max_batch_size if self.config.batching else 1,
-                             on_batch=self.metrics.batch_size.labels(spec.name).observe)
+                             on_batch=self.metrics.batch_size.labels(spec.name).observe,
+                             on_retry=lambda n: self.metrics.batch_retries.labels(spec.name).inc())
         return LoadedModel(spec, tokenizer, engine, worker, int(context), size)
 
     def _publish(self) -> None:
