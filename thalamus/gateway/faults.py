@@ -17,7 +17,7 @@ Transport faults: ``hang`` (never answers, until the client leaves, 120 s at mos
 Bad 200 answers (non-stream: the body; stream: the first chunk):
 
 - ``badjson``: not JSON
-- ``nan``: a ``NaN`` in the body (Python's json writes it; strict parsers refuse it)
+- ``nan``: a ``NaN`` logprob in the body (Python's json writes it; strict parsers refuse it)
 - ``list``: a JSON list instead of an object
 - ``nullchoices``: ``"choices": null``
 - ``utf8``: invalid UTF-8 bytes inside the content string
@@ -108,8 +108,9 @@ def _bad_value(fault: str, done: dict[str, Any]) -> bytes:
         return json.dumps(error_body("replay fault errorfirst: the model is overloaded", "server_error",
                                      None, "overloaded")).encode()
     spoilt = json.loads(json.dumps(done))
-    if fault == "nan":
-        spoilt["usage"] = {**(spoilt.get("usage") or {}), "prompt_tokens": float("nan")}
+    if fault == "nan":  # where real servers put non-finite numbers: a -inf or NaN logprob
+        nan = {"token": "Replay", "logprob": float("nan"), "bytes": None, "top_logprobs": []}
+        spoilt["choices"][0]["logprobs"] = {"content": [nan]}
     elif fault == "nullchoices":
         spoilt["choices"] = None
     elif fault == "usagetype":
