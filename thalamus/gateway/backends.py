@@ -122,10 +122,11 @@ def _retry_after(exc: Exception) -> float | None:
 class LiteLLMBackend:
     """A model reached through ``litellm.acompletion`` with the backend's api_base / key / timeouts.
 
-    litellm's transport has a connect and a per-read timeout and no total, so the gateway passes
-    ``connect_timeout`` and the larger of first-byte and idle as the read timeout, and enforces the first
-    byte (the call and its first chunk) and the idle gap between chunks itself. litellm fills in a final
-    chunk when a stream ends without one; a stream that never sent a ``finish_reason`` is taken as cut.
+    litellm's transport has a connect and a per-read timeout and no total: the gateway passes
+    ``connect_timeout`` and the larger of first-byte and idle as the read timeout, and where the two
+    differ it enforces the shorter one itself (the call and its first chunk, or each later chunk).
+    litellm fills in a final chunk when a stream ends without one; a stream that never sent a
+    ``finish_reason`` is taken as cut.
     """
 
     def __init__(self, config: BackendConfig) -> None:
@@ -138,13 +139,19 @@ class LiteLLMBackend:
         self.config = config
         self._litellm = litellm
 
+    def _read_s(self) -> float:
+        return max(self.config.first_byte_s, self.config.idle_s)
+
+    def _timer(self, seconds: float) -> float | None:
+        """An asyncio timer only where the transport's per-read timeout (``_read_s``) is too long: a timer
+        also counts litellm's own CPU time and event-loop queueing, which a busy gateway must not bill
+        to the upstream."""
+        return seconds if seconds < self._read_s() else None
+
     def _timeout(self) -> Any:
         import httpx
 
-        cfg = self.config
-        # a backstop a second behind the gateway's own first-byte and idle timeouts, which name the setting
-        read = max(cfg.first_byte_s, cfg.idle_s) + 1.0
-        return httpx.Timeout(read, connect=cfg.connect_s)
+        return httpx.Timeout(self._read_s(), connect=self.config.connect_s)
 
     def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
         kwargs = {k: v for k, v in body.items() if k in TRANSLATED}
@@ -165,42 +172,41 @@ class LiteLLMBackend:
             kwargs["api_key"] = "not-needed"  # OpenAI-compatible servers often need no key
         return kwargs
 
-    def _error(self, exc: Exception) -> UpstreamError:
+    def _error(self, exc: Exception, started: bool) -> UpstreamError:
         if isinstance(exc, UpstreamError):
             return exc
+        if isinstance(exc, TimeoutError | self._litellm.Timeout) or "Timeout on reading data" in str(exc):
+            cfg = self.config
+            return timed_out(self.name, "idle", cfg.idle_s) if started else \
+                timed_out(self.name, "first_byte", cfg.first_byte_s)
         kind, status = _classify(exc)
         return UpstreamError(self.name, kind, status, _message(exc), type(exc).__name__, _retry_after(exc))
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            async with asyncio.timeout(self.config.first_byte_s):
+            async with asyncio.timeout(self._timer(self.config.first_byte_s)):
                 response = await self._litellm.acompletion(**self._kwargs(body))
-        except TimeoutError:
-            raise timed_out(self.name, "first_byte", self.config.first_byte_s) from None
-        except Exception as exc:  # every litellm/openai/httpx error becomes an UpstreamError
-            raise self._error(exc) from exc
+        except Exception as exc:  # every litellm/openai/httpx error and our timer become an UpstreamError
+            raise self._error(exc, started=False) from exc
         out = dict(clean(response.model_dump()))
         check_finite(self.name, out)  # litellm parses NaN; the client's encoder would refuse it
         return check_completion(self.name, out)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        cfg, response, started = self.config, None, False
+        response, started, idle = None, False, self._timer(self.config.idle_s)
         try:
-            async with asyncio.timeout(cfg.first_byte_s):
+            async with asyncio.timeout(self._timer(self.config.first_byte_s)):
                 response = await self._litellm.acompletion(**self._kwargs(body))
                 chunk = await anext(response, None)
             while chunk is not None:
                 started = True
                 yield self._chunk(response, chunk)
-                async with asyncio.timeout(cfg.idle_s):
+                async with asyncio.timeout(idle):
                     chunk = await anext(response, None)
             if not started:
                 raise UpstreamError(self.name, "retry", 502, "the upstream stream had no chunks", "empty_stream")
-        except TimeoutError:
-            raise (timed_out(self.name, "idle", cfg.idle_s) if started
-                   else timed_out(self.name, "first_byte", cfg.first_byte_s)) from None
         except Exception as exc:  # as in complete(); the service decides whether to fall back
-            raise self._error(exc) from exc
+            raise self._error(exc, started) from exc
         finally:
             closer = getattr(response, "aclose", None)
             if closer is not None:  # releases the upstream connection of a stream left early
