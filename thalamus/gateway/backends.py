@@ -2,24 +2,31 @@
 
 A Backend takes the client's request body (a dict, forwarded untouched apart from ``model``)
 and returns the upstream's response body, or an async iterator of stream chunks. Failures
-become ``UpstreamError`` with a ``kind`` the service acts on:
+become ``UpstreamError`` (thalamus.gateway.upstream) with a ``kind`` the service acts on:
 
-- ``retry``:   connection errors, timeouts, 429 and 5xx; retried, then the next candidate
+- ``retry``:   connection errors, timeouts, 429 and 5xx, and answers the gateway cannot use (invalid JSON,
+               NaN, a wrong shape, an error event, a stream that ends early); retried, then the next candidate
 - ``context``: the prompt is over the model's context window; may go to a larger model
 - ``client``:  any other 4xx; returned to the client as is
+
+Timeouts: ``connect_timeout`` to connect, ``first_byte_timeout`` until the answer starts (a stream's first
+chunk), ``idle_timeout`` between two chunks; a healthy stream may run for as long as it keeps sending.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import AsyncIterator
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from thalamus.errors import BackendError
 from thalamus.gateway.config import BackendConfig
 
-ErrorKind = Literal["retry", "context", "client"]
+# UpstreamError and ErrorKind live in upstream.py (shared with openai_compat); re-exported for the service
+from thalamus.gateway.upstream import ErrorKind as ErrorKind
+from thalamus.gateway.upstream import UpstreamError as UpstreamError
+from thalamus.gateway.upstream import check_chunk, check_completion, check_finite, parse_retry_after, timed_out
 
 # litellm-only keys that an OpenAI response never carries
 _LITELLM_KEYS = ("provider_specific_fields", "_hidden_params", "_response_ms")
@@ -34,18 +41,6 @@ TRANSLATED = frozenset({
     "response_format", "seed", "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
     "modalities", "audio", "prediction", "reasoning_effort", "service_tier", "store", "web_search_options",
 })
-
-
-class UpstreamError(BackendError):
-    """An upstream call failed; ``status`` is the HTTP status to report, ``kind`` what to do next."""
-
-    def __init__(self, backend: str, kind: ErrorKind, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(f"{backend}: {message}")
-        self.backend = backend
-        self.kind = kind
-        self.status = status
-        self.message = message
-        self.code = code
 
 
 class Backend(Protocol):
@@ -86,10 +81,21 @@ def _message(exc: Exception) -> str:
     return re.sub(r"^(litellm\.\w+: )*(\w+Error: )*(\w*Exception - )?", "", text)
 
 
+def _status(exc: Exception) -> int:
+    """The HTTP status litellm attached; litellm copies the upstream's error ``code`` there at times
+    (e.g. "overloaded"), which is no status."""
+    value = getattr(exc, "status_code", 0)
+    try:
+        status = int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+    return status if 100 <= status <= 599 else 0
+
+
 def _classify(exc: Exception) -> tuple[ErrorKind, int]:
     import litellm
 
-    status = int(getattr(exc, "status_code", 0) or 0)
+    status = _status(exc)
     if isinstance(exc, litellm.ContextWindowExceededError):
         return "context", 400
     if isinstance(exc, litellm.Timeout):
@@ -101,8 +107,27 @@ def _classify(exc: Exception) -> tuple[ErrorKind, int]:
     return "client", status
 
 
+def _retry_after(exc: Exception) -> float | None:
+    """``Retry-After`` of the upstream response a litellm exception carries, in seconds."""
+    for holder in (getattr(exc, "response", None), exc):
+        for attr in ("headers", "litellm_response_headers"):
+            headers = getattr(holder, attr, None)
+            if headers is not None and hasattr(headers, "get"):
+                value = headers.get("retry-after") or headers.get("Retry-After")
+                if value:
+                    return parse_retry_after(str(value))
+    return None
+
+
 class LiteLLMBackend:
-    """A model reached through ``litellm.acompletion`` with the backend's api_base / key / timeout."""
+    """A model reached through ``litellm.acompletion`` with the backend's api_base / key / timeouts.
+
+    litellm's transport has a connect and a per-read timeout and no total: the gateway passes
+    ``connect_timeout`` and the larger of first-byte and idle as the read timeout, and where the two
+    differ it enforces the shorter one itself (the call and its first chunk, or each later chunk).
+    litellm fills in a final chunk when a stream ends without one; a stream that never sent a
+    ``finish_reason`` is taken as cut.
+    """
 
     def __init__(self, config: BackendConfig) -> None:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -114,12 +139,26 @@ class LiteLLMBackend:
         self.config = config
         self._litellm = litellm
 
+    def _read_s(self) -> float:
+        return max(self.config.first_byte_s, self.config.idle_s)
+
+    def _timer(self, seconds: float) -> float | None:
+        """An asyncio timer only where the transport's per-read timeout (``_read_s``) is too long: a timer
+        also counts litellm's own CPU time and event-loop queueing, which a busy gateway must not bill
+        to the upstream."""
+        return seconds if seconds < self._read_s() else None
+
+    def _timeout(self) -> Any:
+        import httpx
+
+        return httpx.Timeout(self._read_s(), connect=self.config.connect_s)
+
     def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
         kwargs = {k: v for k, v in body.items() if k in TRANSLATED}
         extra = {k: v for k, v in body.items() if k not in TRANSLATED and k != "model"}
         if extra:  # fields litellm would drop or act on itself travel verbatim in the body
             kwargs["extra_body"] = extra
-        kwargs.update(model=self.config.model, timeout=self.config.timeout, num_retries=0, max_retries=0)
+        kwargs.update(model=self.config.model, timeout=self._timeout(), num_retries=0, max_retries=0)
         if "tools" in kwargs:
             # litellm 1.106 routes any request with tools through its MCP bridge, which imports the
             # optional 'mcp' package and may execute MCP tools itself; a proxy must only forward them
@@ -133,25 +172,55 @@ class LiteLLMBackend:
             kwargs["api_key"] = "not-needed"  # OpenAI-compatible servers often need no key
         return kwargs
 
-    def _error(self, exc: Exception) -> UpstreamError:
+    def _error(self, exc: Exception, started: bool) -> UpstreamError:
+        if isinstance(exc, UpstreamError):
+            return exc
+        if isinstance(exc, TimeoutError | self._litellm.Timeout) or "Timeout on reading data" in str(exc):
+            cfg = self.config
+            return timed_out(self.name, "idle", cfg.idle_s) if started else \
+                timed_out(self.name, "first_byte", cfg.first_byte_s)
         kind, status = _classify(exc)
-        return UpstreamError(self.name, kind, status, _message(exc), type(exc).__name__)
+        return UpstreamError(self.name, kind, status, _message(exc), type(exc).__name__, _retry_after(exc))
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = await self._litellm.acompletion(**self._kwargs(body))
-        except Exception as exc:  # every litellm/openai/httpx error becomes an UpstreamError
-            raise self._error(exc) from exc
-        return dict(clean(response.model_dump()))
+            async with asyncio.timeout(self._timer(self.config.first_byte_s)):
+                response = await self._litellm.acompletion(**self._kwargs(body))
+        except Exception as exc:  # every litellm/openai/httpx error and our timer become an UpstreamError
+            raise self._error(exc, started=False) from exc
+        out = dict(clean(response.model_dump()))
+        check_finite(self.name, out)  # litellm parses NaN; the client's encoder would refuse it
+        return check_completion(self.name, out)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        response, started, idle = None, False, self._timer(self.config.idle_s)
         try:
-            response = await self._litellm.acompletion(**self._kwargs(body))
-            async for chunk in response:
-                yield _usage_chunk(clean(chunk.model_dump(exclude_none=True)))
+            async with asyncio.timeout(self._timer(self.config.first_byte_s)):
+                response = await self._litellm.acompletion(**self._kwargs(body))
+                chunk = await anext(response, None)
+            while chunk is not None:
+                started = True
+                yield self._chunk(response, chunk)
+                async with asyncio.timeout(idle):
+                    chunk = await anext(response, None)
+            if not started:
+                raise UpstreamError(self.name, "retry", 502, "the upstream stream had no chunks", "empty_stream")
         except Exception as exc:  # as in complete(); the service decides whether to fall back
-            raise self._error(exc) from exc
+            raise self._error(exc, started) from exc
+        finally:
+            closer = getattr(response, "aclose", None)
+            if closer is not None:  # releases the upstream connection of a stream left early
+                await closer()
 
+    def _chunk(self, response: Any, chunk: Any) -> dict[str, Any]:
+        if getattr(response, "sent_last_chunk", False) and not (
+                getattr(response, "received_finish_reason", "") or getattr(response, "intermittent_finish_reason", "")):
+            # litellm made this final chunk up: the upstream's stream ended before any finish_reason
+            raise UpstreamError(self.name, "retry", 502, "the upstream stream ended before its finish_reason "
+                                "(connection closed early, or no stream at all)", "incomplete_stream")
+        out = clean(chunk.model_dump(exclude_none=True))
+        check_finite(self.name, out)
+        return _usage_chunk(check_chunk(self.name, out))
 
     async def aclose(self) -> None:
         return None  # litellm owns its client pool

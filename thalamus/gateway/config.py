@@ -37,7 +37,14 @@ class BackendConfig(_Strict):
     api_key_env: str | None = None
     input_per_m: float | None = Field(default=None, ge=0)
     output_per_m: float | None = Field(default=None, ge=0)
+    # timeouts per attempt, none of them a total: a healthy stream runs as long as it keeps sending.
+    # ``timeout`` is the default of first_byte_timeout and idle_timeout (and caps the default connect
+    # timeout), so configs written when it was a total keep their meaning for a hung upstream.
     timeout: float = Field(default=60.0, gt=0)
+    connect_timeout: float | None = Field(default=None, gt=0)  # None: min(10 s, timeout)
+    first_byte_timeout: float | None = Field(default=None, gt=0)  # None: timeout
+    idle_timeout: float | None = Field(default=None, gt=0)  # None: timeout
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # one SSE line or non-stream body
     max_retries: int = Field(default=2, ge=0, le=10)
     context_window: int | None = Field(default=None, gt=0)
 
@@ -58,6 +65,22 @@ class BackendConfig(_Strict):
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    @property
+    def connect_s(self) -> float:
+        """Seconds to open the connection (TCP and TLS)."""
+        return self.connect_timeout if self.connect_timeout is not None else min(10.0, self.timeout)
+
+    @property
+    def first_byte_s(self) -> float:
+        """Seconds from sending the request to the answer's start: a stream's first chunk, or the
+        headers of a non-stream answer (litellm: the whole non-stream answer)."""
+        return self.first_byte_timeout if self.first_byte_timeout is not None else self.timeout
+
+    @property
+    def idle_s(self) -> float:
+        """Longest silence inside an answer: between two stream chunks, or two reads of a body."""
+        return self.idle_timeout if self.idle_timeout is not None else self.timeout
 
 
 class KnobConfig(_Strict):

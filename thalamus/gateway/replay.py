@@ -8,10 +8,9 @@ text (4 characters per token + 4 per message), completion tokens are the recorde
 token count when the dataset has one, else estimated from the answer text the same way.
 
 Fault injection, so reliability tests need no mocks: a model name suffix ``::FAULT`` or an
-``x-replay-fault`` header, FAULT one of ``503``, ``500``, ``429``, ``400``, ``401``,
-``ctx`` (context-length error), ``hang`` (never answers), ``drop`` (sends headers, then
-closes the connection); ``FAULTxN`` (e.g. ``503x2``) fails only the first N calls for that
-model string. Requests with ``tools`` get a tool call to the chosen (or first) tool; a
+``x-replay-fault`` header; the vocabulary (error statuses, hangs, dropped connections, bad bodies,
+error events, streams that die, stall or carry huge lines) is in :mod:`thalamus.gateway.faults`.
+Requests with ``tools`` get a tool call to the chosen (or first) tool; a
 conversation ending in a tool result gets a text answer that quotes it.
 """
 
@@ -30,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from thalamus.datasets.schema import RoutingDataset, stable_hash
+from thalamus.gateway.faults import fault_answer
 from thalamus.gateway.protocol import (
     SSE_DONE,
     content_text,
@@ -39,8 +39,6 @@ from thalamus.gateway.protocol import (
     routing_text,
     sse,
 )
-
-FAULT_STATUS = {"503": 503, "500": 500, "429": 429, "400": 400, "401": 401}
 
 
 @dataclass
@@ -180,32 +178,17 @@ def _stream_chunks(done: dict[str, Any], include_usage: bool) -> list[dict[str, 
     return chunks
 
 
+def _answer(body: dict[str, Any], model: str, book: ReplayBook) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The healthy completion and its stream chunks (usage chunk when ``stream_options`` asks)."""
+    done = _completion(body, model, book)
+    include = bool((body.get("stream_options") or {}).get("include_usage"))
+    return done, _stream_chunks(done, include)
+
+
 async def _stream(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield sse(chunk)
     yield SSE_DONE
-
-
-async def _dropped() -> AsyncIterator[bytes]:
-    raise ConnectionAbortedError("replay fault 'drop': closing the connection")
-    yield b""  # pragma: no cover - makes this an async generator
-
-
-async def _hang(request: Request, limit_s: float = 120.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline and not await request.is_disconnected():
-        await asyncio.sleep(0.05)
-
-
-def _fault_response(fault: str, model: str) -> Response:
-    if fault == "ctx":
-        msg = (f"This model's maximum context length is 4096 tokens. However, your messages resulted in "
-               f"9000 tokens. Please reduce the length of the messages. (replay model {model})")
-        return JSONResponse(error_body(msg, "invalid_request_error", "messages", "context_length_exceeded"),
-                            status_code=400)
-    status = FAULT_STATUS.get(fault, 503)
-    return JSONResponse(error_body(f"replay fault {fault} for model {model}", "server_error" if status >= 500
-                                   else "invalid_request_error", None, f"replay_{fault}"), status_code=status)
 
 
 def create_replay_app(dataset: RoutingDataset | None = None, delay_ms: float = 0.0) -> FastAPI:
@@ -231,16 +214,12 @@ def create_replay_app(dataset: RoutingDataset | None = None, delay_ms: float = 0
             await asyncio.sleep(state.delay_s)
         if state.fault_active(raw_model, fault, limit):
             assert fault is not None
-            if fault == "hang":
-                await _hang(request)
-                return JSONResponse(error_body("replay hang ended", "server_error"), status_code=504)
-            if fault == "drop":
-                return StreamingResponse(_dropped(), media_type="application/json")
-            return _fault_response(fault, model)
-        done = _completion(body, model, state.book)
+            faulty = await fault_answer(fault, model, body, request, lambda: _answer(body, model, state.book))
+            if faulty is not None:
+                return faulty
+        done, chunks = _answer(body, model, state.book)
         if body.get("stream"):
-            include = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_stream(_stream_chunks(done, include)), media_type="text/event-stream")
+            return StreamingResponse(_stream(chunks), media_type="text/event-stream")
         return JSONResponse(done)
 
     return app
