@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import httpx
 import openai
 import pytest
 from fastapi.routing import APIRoute
-from gwhelpers import GatewayFactory, base_config, ledger_rows, row_for
+from gwhelpers import GatewayFactory, backend, base_config, ledger_rows, row_for
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.app import create_app
@@ -158,3 +159,23 @@ def test_feedback_joins_and_unknown_ids_are_404(gateway: ThreadedServer, dataset
     row = exported.texts.index(dataset.texts[9])
     assert exported.quality[row, exported.models.index("strong")] == pytest.approx(0.625)
     ledger.close()
+
+
+@pytest.mark.parametrize("provider", ["litellm", "openai-compatible"])
+def test_retry_after_is_waited_for_up_to_its_cap(replay: ThreadedServer, artifact: Path, tmp_path: Path,
+                                                 provider: str) -> None:
+    """A 429 with Retry-After: 1 is retried on the same backend after that second; with a cap below it the
+    gateway does not wait and moves on to the fallback model at once."""
+    for cap, expected_model in ((5.0, "limited"), (0.2, "mid")):
+        config = base_config(replay.url, artifact, tmp_path / f"ra-{cap}.sqlite", provider=provider)
+        config["backends"].append(backend("limited", f"mid-{cap}-{provider}::429sx1", replay.url + "/v1",
+                                          provider=provider, max_retries=1))
+        config["fallback"] = {"backoff_s": 0.01, "models": ["mid"], "retry_after_cap_s": cap}
+        with ThreadedServer(create_app(config_from_dict(config))) as gw:
+            started = time.monotonic()
+            r = post(gw, chat("limited"))
+            elapsed = time.monotonic() - started
+        assert r.status_code == 200 and r.headers["x-thalamus-model"] == expected_model
+        assert (elapsed >= 1.0) if cap > 1 else (elapsed < 0.9), elapsed
+        row = row_for(tmp_path / f"ra-{cap}.sqlite", r.headers["x-thalamus-request-id"])
+        assert [(c["model"], c["status"]) for c in json.loads(row["fallback_chain"])] == [("limited", 429)]

@@ -237,10 +237,9 @@ class GatewayService:
     def _retry_wait(self, exc: UpstreamError, attempt: int) -> float | None:
         """Seconds before the next try: the upstream's Retry-After when it sent one (None past the cap),
         else exponential backoff."""
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is None:
+        if exc.retry_after is None:
             return float(self.config.fallback.backoff_s * 2**attempt)
-        return float(retry_after) if retry_after <= self.config.fallback.retry_after_cap_s else None
+        return exc.retry_after if exc.retry_after <= self.config.fallback.retry_after_cap_s else None
 
     def _context_fallback(self, name: str, exc: UpstreamError, used: bool) -> list[str]:
         larger = self.config.fallback.context_model
