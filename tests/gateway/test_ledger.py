@@ -19,20 +19,21 @@ from thalamus.gateway.ledger_row import LedgerRow
 def test_migrations_are_numbered_and_upgrade_in_place(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     engine = sa.create_engine(url)
-    from thalamus.gateway.ledger import _m001_initial, schema_version
+    from thalamus.gateway.ledger import schema_version
 
     with engine.begin() as conn:  # a ledger left at version 1 by an older release
         schema_version.create(conn)
-        _m001_initial(conn)
+        MIGRATIONS[0].apply(conn)
         conn.execute(schema_version.insert().values(version=1, applied_at=time.time()))
     engine.dispose()
     ledger = Ledger(url)
-    assert ledger.version() == len(MIGRATIONS) == 2
+    assert ledger.version() == len(MIGRATIONS) == 3
     with ledger.engine.connect() as conn:
         indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("feedback")}
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("feedback")}
         versions = conn.execute(sa.text("SELECT version FROM schema_version ORDER BY version")).scalars().all()
-    assert "ix_feedback_request_id" in indexes and versions == [1, 2]
-    assert Ledger(url).migrate() == 2  # idempotent
+    assert "ix_feedback_request_id" in indexes and versions == [1, 2, 3] and "api_key_id" in columns
+    assert Ledger(url).migrate() == 3  # idempotent
 
 
 def test_writer_batches_and_drains_on_close(tmp_path: Path) -> None:

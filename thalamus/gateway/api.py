@@ -126,9 +126,9 @@ async def readyz(request: Request) -> JSONResponse:
         await asyncio.to_thread(request.app.state.ledger.ping)
     except Exception as exc:  # any database failure means not ready
         return JSONResponse({"status": "ledger unavailable", "error": str(exc)}, status_code=503)
-    if service.writer.failed_batches:
-        return JSONResponse({"status": "ledger writes failing", "failed_batches": service.writer.failed_batches},
-                            status_code=503)
+    health = service.writer.health()
+    if not health.ok:  # live: back to ready by itself once the database answers and the journal is replayed
+        return JSONResponse({"status": "ledger degraded", "ledger": health.as_dict()}, status_code=503)
     return JSONResponse({"status": "ready", "routers": sorted(service.routers),
                          "backends": len(service.backends)})
 
