@@ -74,8 +74,11 @@ class LedgerRow:
 
 
 def clean_text(value: str) -> str:
-    """Valid Unicode without NUL: what every database driver and JSON encoder accepts."""
-    return _SURROGATES.sub("\ufffd", value).replace("\x00", "")
+    """Valid Unicode without NUL: what every database driver and JSON encoder accepts. A split
+    surrogate pair is joined into its character; a lone surrogate becomes U+FFFD."""
+    if _SURROGATES.search(value):
+        value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return value.replace("\x00", "")
 
 
 def _as_text(value: Any, length: int | None) -> str:
