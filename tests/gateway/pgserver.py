@@ -9,6 +9,7 @@ and are skipped with the reason otherwise. Each test gets a fresh database on th
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -136,10 +137,8 @@ def own_pg_server() -> Iterator[PgServer]:
     try:
         yield server
     finally:
-        try:
+        with contextlib.suppress(RuntimeError):  # already stopped by the test
             server.stop()
-        except RuntimeError:
-            pass  # already stopped by the test
         server.cleanup()
 
 
