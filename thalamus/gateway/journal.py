@@ -39,6 +39,7 @@ class Journal:
         self.path = self.base
         self.appended = 0       # rows appended over this object's life, counting the ones found at open
         self.rows_in_file = 0
+        self.syncs = 0          # fsyncs of appends: fewer than rows when rows arrive together
         with self._lock:
             self._claim()
 
@@ -121,6 +122,7 @@ class Journal:
                 os.fsync(self._fd)
             except OSError as exc:
                 raise JournalError(f"ledger journal {self.path}: append failed ({exc})") from exc
+            self.syncs += 1
             self.appended += len(rows)
             self.rows_in_file += len(rows)
             return self.appended
