@@ -119,7 +119,7 @@ class Journal:
                 self._ensure_open()
                 self._write_all(data)
                 assert self._fd is not None
-                os.fsync(self._fd)
+                os.fdatasync(self._fd)  # data and the file's new size; no other metadata to wait for
             except OSError as exc:
                 raise JournalError(f"ledger journal {self.path}: append failed ({exc})") from exc
             self.syncs += 1
