@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from thalamus.gateway.journal import Journal
 from thalamus.gateway.ledger import Ledger, LedgerWriter
 from thalamus.gateway.ledger_row import LedgerRow
 
@@ -109,3 +110,23 @@ def test_record_group_commits_and_the_journal_is_truncated_once_stored(db_url: s
     asyncio.run(run())
     assert ledger.count() == 200 and journal.read_text() == ""
     ledger.close()
+
+
+def test_the_journal_rotates_so_steady_load_still_shrinks_it(tmp_path: Path) -> None:
+    path = tmp_path / "rot.jsonl"
+    journal = Journal(path, rotate_rows=10)
+    for group in range(7):
+        journal.append([{"id": f"r{group * 5 + i}"} for i in range(5)])
+    assert journal.rows_in_file == 35 and len(list(tmp_path.glob("rot.jsonl.sealed-*"))) == 3
+    assert not journal.truncate_if_confirmed(20)  # rows 1-20 are stored, 21-35 not yet
+    rows, upto = journal.read()
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(20, 35)] and upto == 35
+    journal.close()
+    again = Journal(path, rotate_rows=10)  # a restart finds the sealed segment and the active file
+    assert again.rows_in_file == 15 and again.read()[1] == 15
+    second = Journal(path)  # the slot is owned: a second owner (another process) moves to the next one
+    assert second.path == path.with_name("rot.jsonl.1") and second.rows_in_file == 0
+    second.close()
+    assert again.truncate_if_confirmed(15) and list(tmp_path.glob("rot.jsonl.sealed-*")) == []
+    assert path.read_text() == ""
+    again.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pgserver import PgServer
 
 from thalamus.gateway.ledger import Ledger, LedgerWriter, requests
@@ -200,8 +203,7 @@ def test_a_journal_folder_that_disappears_is_recreated(tmp_path: Path) -> None:
     async def run() -> None:
         writer = LedgerWriter(ledger, flush_ms=10, journal_path=journal)
         writer.start()
-        journal.unlink()
-        folder.rmdir()
+        shutil.rmtree(folder)
         locker.execute("BEGIN EXCLUSIVE")
         for i in range(10):
             writer.submit(LedgerRow(id=f"g{i}", created_at=time.time(), status=200))
@@ -259,3 +261,30 @@ def test_concurrent_migrations_of_an_empty_database_all_succeed(db_url: str) -> 
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM schema_version").scalar() == 3
     engine.dispose()
+
+
+_any_text = st.text(alphabet=st.characters(codec=None, categories=None), max_size=400)  # surrogates too
+_any_value = st.one_of(st.none(), _any_text, st.integers(), st.floats(), st.booleans())
+_json = st.recursive(_any_value, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(_any_text, inner, max_size=4)), max_leaves=12)
+
+
+def test_any_field_values_are_storable_and_inserted(db_url: str) -> None:
+    ledger = Ledger(db_url)
+
+    @settings(max_examples=150, deadline=None)
+    @given(text=_any_text, number=st.integers(), real=st.floats(), knob=_json, chain=st.lists(_json, max_size=3))
+    def check(text: str, number: int, real: float, knob: object, chain: list[object]) -> None:
+        row = LedgerRow(id=f"h{time.time_ns()}", created_at=real, requested_model=text, api_key_id=text,
+                        error_type=text, prompt_text=text, status=number, prompt_tokens=number,
+                        completion_tokens=number, cost_usd=real, ttft_ms=real, probability=real,
+                        knob={"k": knob}, fallback_chain=chain)  # type: ignore[list-item]
+        stored = row.storable()
+        json.dumps(stored, allow_nan=False)
+        ledger.insert_stored([stored])  # the database takes it as it is: no driver or constraint error
+        assert stored["id"] in ledger.ids()
+
+    try:
+        check()
+    finally:
+        ledger.close()

@@ -281,8 +281,7 @@ class LedgerWriter:
         seqs = [seq for seq, _ in batch if seq is not None]
         if seqs and self.journal is not None:
             self._confirmed = max(self._confirmed, *seqs)
-            if self._queue.empty():
-                await asyncio.to_thread(self.journal.truncate_if_confirmed, self._confirmed)
+            await asyncio.to_thread(self.journal.truncate_if_confirmed, self._confirmed)
 
     # -- storing --------------------------------------------------------------------------------
     async def _insert(self, rows: list[Stored]) -> BaseException | None:
