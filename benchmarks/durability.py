@@ -252,7 +252,7 @@ def main() -> None:
     finally:
         replay.send_signal(signal.SIGTERM)
         replay.wait(timeout=30)
-    result = {"command": "python benchmarks/durability.py " + " ".join(sys.argv[1:]),
+    result = {"command": " ".join(["python benchmarks/durability.py", *sys.argv[1:]]),
               "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end",
               "kill": kill, "latency": lat, "fdatasync": floor,
               "note": "Client latency through the openai SDK, loopback, openai-compatible provider, SQLite ledger; "
