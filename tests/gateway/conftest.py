@@ -67,3 +67,6 @@ def gateway(replay: ThreadedServer, artifact: Path, tmp_path_factory: pytest.Tem
     with ThreadedServer(create_app(config)) as server:
         server.ledger_path = ledger  # type: ignore[attr-defined]
         yield server
+
+
+from pgserver import db_url, own_pg_server, pg_admin_url, pg_url  # noqa: E402, F401  (PostgreSQL fixtures)

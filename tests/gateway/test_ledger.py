@@ -19,24 +19,25 @@ from thalamus.gateway.ledger_row import LedgerRow
 def test_migrations_are_numbered_and_upgrade_in_place(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     engine = sa.create_engine(url)
-    from thalamus.gateway.ledger import _m001_initial, schema_version
+    from thalamus.gateway.ledger import schema_version
 
     with engine.begin() as conn:  # a ledger left at version 1 by an older release
         schema_version.create(conn)
-        _m001_initial(conn)
+        MIGRATIONS[0].apply(conn)
         conn.execute(schema_version.insert().values(version=1, applied_at=time.time()))
     engine.dispose()
     ledger = Ledger(url)
-    assert ledger.version() == len(MIGRATIONS) == 2
+    assert ledger.version() == len(MIGRATIONS) == 3
     with ledger.engine.connect() as conn:
         indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("feedback")}
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("feedback")}
         versions = conn.execute(sa.text("SELECT version FROM schema_version ORDER BY version")).scalars().all()
-    assert "ix_feedback_request_id" in indexes and versions == [1, 2]
-    assert Ledger(url).migrate() == 2  # idempotent
+    assert "ix_feedback_request_id" in indexes and versions == [1, 2, 3] and "api_key_id" in columns
+    assert Ledger(url).migrate() == 3  # idempotent
 
 
-def test_writer_batches_and_drains_on_close(tmp_path: Path) -> None:
-    ledger = Ledger(f"sqlite:///{tmp_path / 'w.sqlite'}")
+def test_writer_batches_and_drains_on_close(db_url: str) -> None:
+    ledger = Ledger(db_url)
 
     async def run() -> LedgerWriter:
         writer = LedgerWriter(ledger, flush_ms=10_000, batch_rows=64)  # only size or close flushes
@@ -75,8 +76,8 @@ def test_200_concurrent_requests_leave_200_rows(make_gateway: GatewayFactory, da
     assert (rows["status"] == 200).all() and rows["cost_usd"].gt(0).all()
 
 
-def test_export_is_a_routing_dataset(tmp_path: Path) -> None:
-    ledger = Ledger(f"sqlite:///{tmp_path / 'e.sqlite'}")
+def test_export_is_a_routing_dataset(db_url: str, tmp_path: Path) -> None:
+    ledger = Ledger(db_url)
     ledger.insert_rows([
         LedgerRow(id="a", created_at=1.0, chosen_model="strong", prompt_text="p1", cost_usd=0.01,
                   cost_estimated=False, router="best"),
@@ -92,3 +93,34 @@ def test_export_is_a_routing_dataset(tmp_path: Path) -> None:
     assert out.models == ["strong", "weak"] and out.texts == ["p1", "p2"] and out.cost_estimated
     assert out.quality[0, 0] == 1.0 and out.quality[1, 1] == 0.25 and pd.isna(out.quality[0, 1])
     assert out.cost[1, 1] == 0.0001
+
+
+def test_export_keeps_every_model_of_a_prompt(db_url: str, tmp_path: Path) -> None:
+    ledger = Ledger(db_url)
+    ledger.insert_rows([
+        LedgerRow(id="a1", created_at=1.0, chosen_model="strong", prompt_text="same", cost_usd=0.02, router="best"),
+        LedgerRow(id="a2", created_at=2.0, chosen_model="weak", prompt_text="same", cost_usd=0.001, router="best"),
+        LedgerRow(id="a3", created_at=3.0, chosen_model="weak", prompt_text="same", cost_usd=0.003, router="best"),
+        LedgerRow(id="b1", created_at=4.0, chosen_model="weak", prompt_text="other", cost_usd=0.002, router="best"),
+    ])
+    for request_id, score in [("a1", 1.0), ("a2", 0.0), ("a3", 1.0), ("a3", 0.0), ("b1", 0.5)]:
+        ledger.add_feedback(request_id, score, None, "user", None, api_key_id="team-a")
+    ds = ledger.export()
+    assert ds.models == ["strong", "weak"] and ds.texts == ["same", "other"]
+    assert ds.quality[0, 0] == 1.0 and ds.quality[0, 1] == 0.25  # weak: mean of a2 (0.0) and a3 (mean 0.5)
+    assert ds.cost[0, 1] == 0.002 and ds.cost[0, 0] == 0.02 and ds.quality[1, 1] == 0.5
+    assert list(ds.prompts["task"]) == ["", ""] and list(ds.prompts["prompt_id"]) == ["a1", "b1"]
+    assert ledger.request_owner("a1") == (True, None) and ledger.request_owner("nope") == (False, None)
+    ledger.close()
+
+
+def test_feedback_records_the_key_and_request_owner_reads_it(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    ledger.insert_rows([LedgerRow(id="k1", created_at=1.0, api_key_id="team-a")])
+    fid = ledger.add_feedback("k1", 1.0, "good", "\ud800src", "c\x00", api_key_id="team-b")
+    assert ledger.request_owner("k1") == (True, "team-a")
+    with ledger.engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT api_key_id, source, comment FROM feedback WHERE id = :i"),
+                           {"i": fid}).one()
+    assert tuple(row) == ("team-b", "\ufffdsrc", "c")
+    ledger.close()

@@ -159,8 +159,11 @@ async def _ledger_state(ledger: Ledger, service: GatewayService) -> tuple[str, d
     except Exception as exc:  # any database failure means not ready
         log.warning("readiness: ledger ping failed: %s", exc)
         return "ledger unavailable", {"error": type(exc).__name__}
-    if service.writer.failed_batches:
-        return "ledger writes failing", {"failed_batches": service.writer.failed_batches}
+    health = service.writer.health()
+    if not health.ok:  # live: back to ready by itself once the database answers and the journal is replayed
+        details = health.as_dict()
+        details.pop("last_error", None)  # psycopg's text names the host; the log has it
+        return "ledger degraded", {"ledger": details}
     return "ready", {}
 
 

@@ -20,6 +20,7 @@ from thalamus.gateway.api import install
 from thalamus.gateway.backends import Backend, make_backends
 from thalamus.gateway.config import GatewayConfig
 from thalamus.gateway.ledger import Ledger, LedgerWriter
+from thalamus.gateway.ledger_writer import default_journal_path
 from thalamus.gateway.prompt_hash import PromptHasher, load_key
 from thalamus.gateway.service import GatewayService, LoadedRouter
 
@@ -31,6 +32,15 @@ def ledger_url(config: GatewayConfig, settings: Settings | None = None) -> str:
     if config.ledger.url:
         return config.ledger.url
     return f"sqlite:///{(settings or Settings()).cache_dir / 'ledger.sqlite'}"
+
+
+def open_ledger(config: GatewayConfig, settings: Settings | None = None) -> tuple[Ledger, LedgerWriter]:
+    """The ledger (migrated) and its writer, as ``config.ledger`` describes them."""
+    lc = config.ledger
+    url = ledger_url(config, settings)
+    ledger = Ledger(url, busy_timeout_ms=lc.busy_timeout_ms)
+    journal = lc.journal_path or default_journal_path(url, (settings or Settings()).cache_dir)
+    return ledger, LedgerWriter(ledger, lc.flush_ms, lc.batch_rows, journal_path=journal, durability=lc.durability)
 
 
 def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
@@ -66,8 +76,7 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
         routers = load_routers(config)
         for loaded in routers.values():  # load embedders now, once, not under the first requests' race
             await asyncio.to_thread(loaded.router.route, "Thalamus warm-up.", loaded.default_knob())
-        ledger = Ledger(ledger_url(config, settings))
-        writer = LedgerWriter(ledger, config.ledger.flush_ms, config.ledger.batch_rows)
+        ledger, writer = open_ledger(config, settings)
         writer.start()
         app.state.ledger = ledger
         owned = backends or make_backends(config.backends)

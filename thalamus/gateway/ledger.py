@@ -1,152 +1,132 @@
 """The decision ledger: one row per request, feedback joined by request id.
 
-SQLAlchemy Core on any URL (a SQLite file by default, PostgreSQL by URL). The schema is
-created by numbered migrations recorded in ``schema_version``, so an old ledger file is
-upgraded in place. Writes happen off the request path: ``LedgerWriter`` queues rows and a
-single task inserts them in batches every ``flush_ms`` or ``batch_rows`` rows, and drains
-the queue on shutdown, so N completed requests leave exactly N rows.
+SQLAlchemy Core on a SQLite file (the default) or PostgreSQL (``postgresql+psycopg://``, the
+``postgres`` extra). The schema and its frozen, lock-guarded migrations live in ``ledger_schema``;
+``Ledger`` here is the synchronous access the gateway and the CLI share. Writes from the request
+path go through ``LedgerWriter`` (``ledger_writer``): batched, off the request path, retried, and
+spilled to a local journal (``journal``) while the database is unreachable. Inserts are idempotent
+(``ON CONFLICT DO NOTHING`` on the request id), so a journal can be replayed any number of times.
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.errors import DataError
-from thalamus.gateway.ledger_row import LedgerRow
-
-metadata = sa.MetaData()
-
-schema_version = sa.Table(
-    "schema_version", metadata,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.Float, nullable=False),
+from thalamus.gateway.journal import Journal
+from thalamus.gateway.ledger_export import export_dataset
+from thalamus.gateway.ledger_row import LedgerRow, clean_text
+from thalamus.gateway.ledger_schema import (
+    MIGRATIONS,
+    REQUEST_COLUMNS,
+    current_version,
+    feedback,
+    migrate,
+    requests,
+    schema_version,
 )
+from thalamus.gateway.ledger_writer import LedgerWriter, WriterHealth
 
-requests = sa.Table(
-    "requests", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("finished_at", sa.Float),
-    sa.Column("api_key_id", sa.String(128)),
-    sa.Column("requested_model", sa.String(256)),
-    sa.Column("router", sa.String(128)),
-    sa.Column("artifact_version", sa.String(64)),
-    sa.Column("knob", sa.Text),            # JSON
-    sa.Column("candidates", sa.Text),      # JSON {model: {"quality": q, "cost": c}}
-    sa.Column("chosen_model", sa.String(256)),
-    sa.Column("probability", sa.Float),
-    sa.Column("fallback_chain", sa.Text),  # JSON [{"model", "attempt", "status", "error"}]
-    sa.Column("status", sa.Integer),
-    sa.Column("error_type", sa.String(128)),
-    sa.Column("stream", sa.Boolean),
-    sa.Column("routing_ms", sa.Float),
-    sa.Column("ttft_ms", sa.Float),
-    sa.Column("total_ms", sa.Float),
-    sa.Column("prompt_tokens", sa.Integer),
-    sa.Column("completion_tokens", sa.Integer),
-    sa.Column("cost_usd", sa.Float),
-    sa.Column("cost_estimated", sa.Boolean),
-    sa.Column("prompt_hash", sa.String(64)),
-    sa.Column("prompt_text", sa.Text),
-)
-
-feedback = sa.Table(
-    "feedback", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("request_id", sa.String(64), sa.ForeignKey("requests.id"), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("score", sa.Float, nullable=False),
-    sa.Column("label", sa.String(32)),
-    sa.Column("source", sa.String(128)),
-    sa.Column("comment", sa.Text),
-)
+__all__ = ["MIGRATIONS", "REQUEST_COLUMNS", "Journal", "Ledger", "LedgerRow", "LedgerWriter", "WriterHealth",
+           "feedback", "requests", "schema_version"]
 
 
-def _m001_initial(conn: Connection) -> None:
-    for table in (requests, feedback):
-        table.create(conn)
-
-
-def _m002_indexes(conn: Connection) -> None:
-    # plain DDL: an sa.Index bound to the tables would also be emitted by a later _m001 run
-    conn.execute(sa.text("CREATE INDEX ix_requests_created_at ON requests (created_at)"))
-    conn.execute(sa.text("CREATE INDEX ix_feedback_request_id ON feedback (request_id)"))
-
-
-MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial, _m002_indexes]
-REQUEST_COLUMNS = [c.name for c in requests.columns]
-
-
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=5000")
         cur.close()
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?")[0]).expanduser()
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (prompts and key ids live in it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 class Ledger:
     """Synchronous access to a ledger database; migrates it on open."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout_ms: int = 5000) -> None:
         self.url = url
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(url)
+        path = sqlite_path(url)
+        if path is not None:
+            _create_private(path)
+        self.engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if self.engine.dialect.name == "sqlite":
-            _sqlite_pragmas(self.engine)
+            _sqlite_pragmas(self.engine, busy_timeout_ms)
         self.migrate()
+
+    @property
+    def where(self) -> str:
+        """The database without credentials, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def version(self) -> int:
         with self.engine.connect() as conn:
-            if not sa.inspect(conn).has_table("schema_version"):
-                return 0
-            return int(conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0)
+            return current_version(conn)
 
     def migrate(self) -> int:
-        """Apply the migrations not yet recorded; returns the schema version."""
-        current = self.version()
-        with self.engine.begin() as conn:
-            schema_version.create(conn, checkfirst=True)
-            for number, migration in enumerate(MIGRATIONS[current:], start=current + 1):
-                migration(conn)
-                conn.execute(schema_version.insert().values(version=number, applied_at=time.time()))
-        return len(MIGRATIONS)
+        """Apply the migrations not yet recorded (under a lock); returns the schema version."""
+        return migrate(self.engine)
 
-    def insert_rows(self, rows: list[LedgerRow]) -> None:
-        """Insert request rows."""
+    def _insert(self) -> Any:
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            return postgresql.insert(requests).on_conflict_do_nothing(index_elements=["id"])
+        if dialect == "sqlite":
+            return sqlite.insert(requests).on_conflict_do_nothing(index_elements=["id"])
+        raise RuntimeError(f"ledger {self.where}: only sqlite and postgresql are supported")
+
+    def insert_stored(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``storable()`` rows; a row whose id is already stored is skipped (replay-safe)."""
         if rows:
             with self.engine.begin() as conn:
-                conn.execute(requests.insert(), [r.storable() for r in rows])
+                conn.execute(self._insert(), rows)
+
+    def insert_rows(self, rows: list[LedgerRow]) -> None:
+        """Insert request rows (idempotent on the request id)."""
+        self.insert_stored([r.storable() for r in rows])
 
     def has_request(self, request_id: str) -> bool:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(requests.c.id).where(requests.c.id == request_id)).first() is not None
+        return self.request_owner(request_id)[0]
 
     def request_owner(self, request_id: str) -> tuple[bool, str | None]:
-        """(whether the request has a row, the API key id that made it)."""
+        """Whether the request has a row, and the API key id that made it (for feedback scoping)."""
+        query = sa.select(requests.c.api_key_id).where(requests.c.id == clean_text(request_id)[:64])
         with self.engine.connect() as conn:
-            hit = conn.execute(sa.select(requests.c.api_key_id).where(requests.c.id == request_id)).first()
-        return (hit is not None, hit[0] if hit is not None else None)
+            hit = conn.execute(query).first()
+        return (False, None) if hit is None else (True, hit[0])
 
     def add_feedback(self, request_id: str, score: float, label: str | None, source: str | None,
                      comment: str | None, api_key_id: str | None = None) -> int:
+        values = {"request_id": request_id, "created_at": time.time(), "score": score, "label": label,
+                  "source": source, "comment": comment, "api_key_id": api_key_id}
+        for key in ("request_id", "label", "source", "comment", "api_key_id"):
+            if values[key] is not None:  # the same cleaning as request rows: never a driver error
+                length = feedback.c[key].type.length  # type: ignore[attr-defined]
+                values[key] = clean_text(str(values[key]))[:length] if length else clean_text(str(values[key]))
         with self.engine.begin() as conn:
-            result = conn.execute(feedback.insert().values(
-                request_id=request_id, created_at=time.time(), score=score, label=label, source=source,
-                comment=comment))
+            result = conn.execute(feedback.insert().values(**values))
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def ping(self) -> None:
@@ -157,6 +137,11 @@ class Ledger:
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(requests)).scalar() or 0)
+
+    def ids(self) -> set[str]:
+        """Every stored request id (tests and the durability benchmark compare them with answers)."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(requests.c.id)).scalars())
 
     def recent(self, limit: int = 20) -> pd.DataFrame:
         query = sa.select(requests).order_by(requests.c.created_at.desc()).limit(limit)
@@ -173,97 +158,9 @@ class Ledger:
             return pd.DataFrame(conn.execute(query).mappings().all())
 
     def export(self, name: str = "ledger") -> RoutingDataset:
-        """Rows with feedback as a RoutingDataset: the chosen model's column holds the mean score
-        and the call's cost; other models are unobserved (NaN). Needs stored prompt text."""
-        df = self.rows_with_feedback()
-        if df.empty:
-            raise DataError(f"{self.url}: no ledger rows have feedback yet; POST /v1/feedback first")
-        df = df[df["prompt_text"].notna() & df["chosen_model"].notna()].drop_duplicates("prompt_text")
-        if df.empty:
-            raise DataError(f"{self.url}: rows with feedback have no stored prompt text; set "
-                            "ledger.store_prompts: true in the gateway config to export training data")
-        models = sorted(df["chosen_model"].unique())
-        col = df["chosen_model"].map({m: j for j, m in enumerate(models)}).to_numpy()
-        quality = np.full((len(df), len(models)), np.nan)
-        cost = np.full((len(df), len(models)), np.nan)
-        rows = np.arange(len(df))
-        quality[rows, col] = df["score"].to_numpy(dtype=float)
-        cost[rows, col] = df["cost_usd"].fillna(np.nan).to_numpy(dtype=float)
-        prompts = pd.DataFrame({"prompt_id": df["id"].to_numpy(), "text": df["prompt_text"].to_numpy(),
-                                "task": df["router"].fillna("").to_numpy(), "split": ""})
-        return RoutingDataset(name=name, prompts=prompts, models=models, quality=quality, cost=cost,
-                              cost_estimated=bool(df["cost_estimated"].fillna(False).any()))
+        """Rows with feedback as a RoutingDataset, one prompt per distinct prompt text (see
+        ``ledger_export``). Needs stored prompt text."""
+        return export_dataset(self.rows_with_feedback(), self.where, name)
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-class LedgerWriter:
-    """Batched, off-request-path row writes: ``submit`` never blocks on the database."""
-
-    def __init__(self, ledger: Ledger, flush_ms: int = 50, batch_rows: int = 500) -> None:
-        self.ledger = ledger
-        self.flush_s = flush_ms / 1000
-        self.batch_rows = batch_rows
-        self._queue: asyncio.Queue[LedgerRow | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self.written = 0
-        self.failed_batches = 0
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ledger-writer")
-
-    def submit(self, row: LedgerRow) -> None:
-        self._queue.put_nowait(row)
-
-    async def record(self, row: LedgerRow) -> None:
-        self.submit(row)
-
-    async def _next_batch(self) -> tuple[list[LedgerRow], bool]:
-        first = await self._queue.get()
-        if first is None:
-            return [], True
-        batch, stop = [first], False
-        deadline = asyncio.get_running_loop().time() + self.flush_s
-        while len(batch) < self.batch_rows:
-            timeout = deadline - asyncio.get_running_loop().time()
-            try:
-                item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(
-                    self._queue.get(), timeout)
-            except (asyncio.QueueEmpty, TimeoutError):
-                break
-            if item is None:
-                stop = True
-                break
-            batch.append(item)
-        return batch, stop
-
-    async def _write(self, batch: list[LedgerRow]) -> None:
-        for attempt in range(3):
-            try:
-                await asyncio.to_thread(self.ledger.insert_rows, batch)
-                self.written += len(batch)
-                return
-            except sa.exc.OperationalError:
-                await asyncio.sleep(0.1 * (attempt + 1))  # e.g. a locked SQLite file
-        self.failed_batches += 1
-
-    async def _run(self) -> None:
-        stop = False
-        while not stop:
-            batch, stop = await self._next_batch()
-            if batch:
-                await self._write(batch)
-            for _ in range(len(batch) + (1 if stop else 0)):
-                self._queue.task_done()
-
-    async def flush(self) -> None:
-        """Wait until every submitted row is in the database."""
-        await self._queue.join()
-
-    async def close(self) -> None:
-        """Drain the queue, then stop the writer task."""
-        if self._task is not None:
-            self._queue.put_nowait(None)
-            await self._task
-            self._task = None

@@ -1,0 +1,160 @@
+"""The ledger's schema: the live tables queries use, and the frozen DDL that migrations run.
+
+The ``sa.Table`` objects describe the newest schema; they are used for queries and for
+``LedgerRow.storable()``'s column limits. Migrations never use them: each version is plain SQL
+text per dialect, frozen when it was released, so a later change to a table cannot change what an
+old migration does. ``migrate`` is safe when several gateways open an empty database at once: on
+PostgreSQL the whole migration runs under one transaction-scoped advisory lock, on SQLite under
+``BEGIN IMMEDIATE`` (the database's single write lock).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version", metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+requests = sa.Table(
+    "requests", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("api_key_id", sa.String(128)),
+    sa.Column("requested_model", sa.String(256)),
+    sa.Column("router", sa.String(128)),
+    sa.Column("artifact_version", sa.String(64)),
+    sa.Column("knob", sa.Text),            # JSON
+    sa.Column("candidates", sa.Text),      # JSON {model: {"quality": q, "cost": c}}
+    sa.Column("chosen_model", sa.String(256)),
+    sa.Column("probability", sa.Float),
+    sa.Column("fallback_chain", sa.Text),  # JSON [{"model", "attempt", "status", "error"}]
+    sa.Column("status", sa.Integer),
+    sa.Column("error_type", sa.String(128)),
+    sa.Column("stream", sa.Boolean),
+    sa.Column("routing_ms", sa.Float),
+    sa.Column("ttft_ms", sa.Float),
+    sa.Column("total_ms", sa.Float),
+    sa.Column("prompt_tokens", sa.BigInteger),      # BIGINT since migration 3
+    sa.Column("completion_tokens", sa.BigInteger),
+    sa.Column("cost_usd", sa.Float),
+    sa.Column("cost_estimated", sa.Boolean),
+    sa.Column("prompt_hash", sa.String(64)),
+    sa.Column("prompt_text", sa.Text),
+)
+
+feedback = sa.Table(
+    "feedback", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), sa.ForeignKey("requests.id"), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("label", sa.String(32)),
+    sa.Column("source", sa.String(128)),
+    sa.Column("comment", sa.Text),
+    sa.Column("api_key_id", sa.String(128)),  # the key that posted it (migration 3)
+)
+
+REQUEST_COLUMNS = [c.name for c in requests.columns]
+
+# -- frozen DDL: never edit a released version; add a new one -------------------------------
+_SCHEMA_VERSION_DDL = ("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, "
+                       "applied_at FLOAT NOT NULL, PRIMARY KEY (version))")
+
+_REQUESTS_V1 = """CREATE TABLE requests (
+    id VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL, finished_at FLOAT, api_key_id VARCHAR(128),
+    requested_model VARCHAR(256), router VARCHAR(128), artifact_version VARCHAR(64), knob TEXT,
+    candidates TEXT, chosen_model VARCHAR(256), probability FLOAT, fallback_chain TEXT, status INTEGER,
+    error_type VARCHAR(128), stream BOOLEAN, routing_ms FLOAT, ttft_ms FLOAT, total_ms FLOAT,
+    prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd FLOAT, cost_estimated BOOLEAN,
+    prompt_hash VARCHAR(64), prompt_text TEXT, PRIMARY KEY (id))"""
+
+_FEEDBACK_V1 = """CREATE TABLE feedback (
+    id {pk} NOT NULL, request_id VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL, score FLOAT NOT NULL,
+    label VARCHAR(32), source VARCHAR(128), comment TEXT, PRIMARY KEY (id),
+    FOREIGN KEY(request_id) REFERENCES requests (id))"""
+
+_INDEXES_V2 = ("CREATE INDEX ix_requests_created_at ON requests (created_at)",
+               "CREATE INDEX ix_feedback_request_id ON feedback (request_id)")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema version: its statements for each dialect (``sqlite``, ``postgresql``)."""
+
+    number: int
+    name: str
+    sql: dict[str, tuple[str, ...]]
+
+    def apply(self, conn: Connection) -> None:
+        dialect = conn.dialect.name
+        if dialect not in self.sql:
+            raise RuntimeError(f"ledger migration {self.number} ({self.name}) has no DDL for {dialect!r}; "
+                               "the ledger supports sqlite and postgresql URLs")
+        for statement in self.sql[dialect]:
+            conn.exec_driver_sql(statement)
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "initial", {
+        "sqlite": (_REQUESTS_V1, _FEEDBACK_V1.format(pk="INTEGER")),
+        "postgresql": (_REQUESTS_V1, _FEEDBACK_V1.format(pk="SERIAL")),
+    }),
+    Migration(2, "indexes", {"sqlite": _INDEXES_V2, "postgresql": _INDEXES_V2}),
+    Migration(3, "feedback key id, wide token counts", {
+        # SQLite's INTEGER is already 64-bit: only the new column
+        "sqlite": ("ALTER TABLE feedback ADD COLUMN api_key_id VARCHAR(128)",),
+        "postgresql": ("ALTER TABLE feedback ADD COLUMN api_key_id VARCHAR(128)",
+                       "ALTER TABLE requests ALTER COLUMN prompt_tokens TYPE BIGINT, "
+                       "ALTER COLUMN completion_tokens TYPE BIGINT"),
+    }),
+]
+
+_PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway
+
+
+def current_version(conn: Connection) -> int:
+    if not sa.inspect(conn).has_table("schema_version"):
+        return 0
+    return int(conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0)
+
+
+def _apply_pending(conn: Connection) -> int:
+    conn.exec_driver_sql(_SCHEMA_VERSION_DDL)
+    current = current_version(conn)
+    for migration in MIGRATIONS[current:]:
+        migration.apply(conn)
+        conn.execute(schema_version.insert().values(version=migration.number, applied_at=time.time()))
+    return len(MIGRATIONS)
+
+
+def _migrate_sqlite(engine: Engine) -> int:
+    # pysqlite's own transaction handling does not wrap DDL: drive BEGIN IMMEDIATE ourselves
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            version = _apply_pending(conn)
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")
+        return version
+
+
+def migrate(engine: Engine) -> int:
+    """Apply the migrations not yet recorded, under one lock; returns the schema version."""
+    if engine.dialect.name == "sqlite":
+        return _migrate_sqlite(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        return _apply_pending(conn)
