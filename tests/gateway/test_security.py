@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import httpx
@@ -55,16 +57,25 @@ def test_readiness_and_docs_tell_unauthenticated_callers_nothing(make_gateway: G
 
 
 def test_readiness_never_names_the_database(make_gateway: GatewayFactory, tmp_path: Path) -> None:
-    gw = make_gateway()
-    assert httpx.get(gw.url + "/readyz").status_code == 200
-    os.remove(gw.ledger_path)  # type: ignore[attr-defined]
-    Path(gw.ledger_path).mkdir()  # type: ignore[attr-defined]  # the path is now a directory: every open fails
+    path = tmp_path / "locked.sqlite"
+    gw = make_gateway(auth=KEYS, ledger={"url": f"sqlite:///{path}", "flush_ms": 20, "busy_timeout_ms": 50,
+                                         "journal_path": str(tmp_path / "j.jsonl")})
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another process holds the file: every write fails
     try:
-        r = httpx.get(gw.url + "/readyz")
-        assert r.status_code == 503
-        assert str(gw.ledger_path) not in r.text and "sqlite" not in r.text.lower()  # type: ignore[attr-defined]
+        assert chat(gw.url, "while locked", A).status_code == 200
+        deadline = time.monotonic() + 20
+        while httpx.get(gw.url + "/readyz").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        anonymous, insider = httpx.get(gw.url + "/readyz"), httpx.get(gw.url + "/readyz", headers=A)
+        assert anonymous.status_code == insider.status_code == 503
+        assert anonymous.json() == {"status": "ledger degraded"}
+        assert insider.json()["ledger"]["journal_pending"] >= 1  # the row waits in the journal
+        for body in (anonymous.text, insider.text):
+            assert str(tmp_path) not in body and "locked" not in body.lower()
     finally:
-        Path(gw.ledger_path).rmdir()  # type: ignore[attr-defined]
+        locker.execute("ROLLBACK")
+        locker.close()
 
 
 def test_error_responses_name_their_request_and_row(make_gateway: GatewayFactory) -> None:

@@ -162,7 +162,9 @@ async def _ledger_state(ledger: Ledger, service: GatewayService) -> tuple[str, d
     health = service.writer.health()
     if not health.ok:  # live: back to ready by itself once the database answers and the journal is replayed
         details = health.as_dict()
-        details.pop("last_error", None)  # psycopg's text names the host; the log has it
+        for key in ("last_error", "journal_path"):  # they name the host and the file system; the log has them
+            details.pop(key, None)
+        log.warning("readiness: ledger degraded: %s", health.last_error)
         return "ledger degraded", {"ledger": details}
     return "ready", {}
 
