@@ -46,7 +46,7 @@ def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
         servable = tuple(m for m in router.models_ if m in backends)
         if not servable:
             raise ConfigError(f"routers.{name}: none of the router's models {router.models_} is a backend")
-        for key in ("strong", "weak"):
+        for key in ("strong", "weak", "baseline"):
             pair_model = getattr(rc, key)
             if pair_model is not None and pair_model not in router.models_:
                 raise ConfigError(f"routers.{name}.{key}: {pair_model!r} is not one of the router's models")

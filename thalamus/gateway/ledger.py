@@ -58,6 +58,10 @@ requests = sa.Table(
     sa.Column("cost_estimated", sa.Boolean),
     sa.Column("prompt_hash", sa.String(64)),
     sa.Column("prompt_text", sa.Text),
+    # added by the dashboard migration (_m_dashboard)
+    sa.Column("baseline_model", sa.String(256)),
+    sa.Column("baseline_cost_usd", sa.Float),
+    sa.Column("predicted_quality", sa.Float),
 )
 
 feedback = sa.Table(
@@ -72,18 +76,34 @@ feedback = sa.Table(
 )
 
 
-def _m001_initial(conn: Connection) -> None:
-    for table in (requests, feedback):
-        table.create(conn)
-
-
 def _m002_indexes(conn: Connection) -> None:
     # plain DDL: an sa.Index bound to the tables would also be emitted by a later _m001 run
     conn.execute(sa.text("CREATE INDEX ix_requests_created_at ON requests (created_at)"))
     conn.execute(sa.text("CREATE INDEX ix_feedback_request_id ON feedback (request_id)"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial, _m002_indexes]
+# -- DASHBOARD MIGRATION (branch dash): append last; renumber on merge ---------------------------
+# Plain DDL, the same on SQLite and PostgreSQL, so it can be frozen as it is.
+DASHBOARD_DDL = (
+    "ALTER TABLE requests ADD COLUMN baseline_model VARCHAR(256)",
+    "ALTER TABLE requests ADD COLUMN baseline_cost_usd FLOAT",
+    "ALTER TABLE requests ADD COLUMN predicted_quality FLOAT",
+)
+
+
+def _m_dashboard(conn: Connection) -> None:
+    for statement in DASHBOARD_DDL:
+        conn.execute(sa.text(statement))
+
+
+def _m001_initial(conn: Connection) -> None:
+    # version 1 as it was released: the tables without the columns later migrations add
+    later = {"baseline_model", "baseline_cost_usd", "predicted_quality"}
+    sa.Table("requests", sa.MetaData(), *(c._copy() for c in requests.columns if c.name not in later)).create(conn)
+    feedback.create(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_m001_initial, _m002_indexes, _m_dashboard]
 REQUEST_COLUMNS = [c.name for c in requests.columns]
 
 
