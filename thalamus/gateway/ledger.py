@@ -62,6 +62,7 @@ requests = sa.Table(
     sa.Column("baseline_model", sa.String(256)),
     sa.Column("baseline_cost_usd", sa.Float),
     sa.Column("predicted_quality", sa.Float),
+    sa.Column("upstream_ms", sa.Float),
 )
 
 feedback = sa.Table(
@@ -88,6 +89,7 @@ DASHBOARD_DDL = (
     "ALTER TABLE requests ADD COLUMN baseline_model VARCHAR(256)",
     "ALTER TABLE requests ADD COLUMN baseline_cost_usd FLOAT",
     "ALTER TABLE requests ADD COLUMN predicted_quality FLOAT",
+    "ALTER TABLE requests ADD COLUMN upstream_ms FLOAT",
 )
 
 
@@ -98,7 +100,7 @@ def _m_dashboard(conn: Connection) -> None:
 
 def _m001_initial(conn: Connection) -> None:
     # version 1 as it was released: the tables without the columns later migrations add
-    later = {"baseline_model", "baseline_cost_usd", "predicted_quality"}
+    later = {"baseline_model", "baseline_cost_usd", "predicted_quality", "upstream_ms"}
     sa.Table("requests", sa.MetaData(), *(c._copy() for c in requests.columns if c.name not in later)).create(conn)
     feedback.create(conn)
 
