@@ -19,9 +19,12 @@ from thalamus.errors import ConfigError
 from thalamus.gateway.api import install
 from thalamus.gateway.backends import Backend, make_backends
 from thalamus.gateway.config import GatewayConfig
+from thalamus.gateway.dashboard import install_dashboard
 from thalamus.gateway.ledger import Ledger, LedgerWriter
+from thalamus.gateway.metrics import GatewayMetrics, install_metrics
 from thalamus.gateway.prompt_hash import PromptHasher, load_key
 from thalamus.gateway.service import GatewayService, LoadedRouter
+from thalamus.gateway.stats_api import install_stats
 
 log = logging.getLogger("thalamus.gateway")
 
@@ -73,7 +76,8 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
         owned = backends or make_backends(config.backends)
         hasher = PromptHasher(load_key(config.ledger.hash_key_env, (settings or Settings()).cache_dir
                                        / "prompt_hash.key"))
-        app.state.service = GatewayService(config, routers, owned, writer, hasher)
+        app.state.metrics = GatewayMetrics(writer)
+        app.state.service = GatewayService(config, routers, owned, writer, hasher, metrics=app.state.metrics)
         try:
             yield
         finally:
@@ -86,4 +90,7 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     app = FastAPI(title="Thalamus gateway", lifespan=lifespan, docs_url="/docs" if docs else None,
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     install(app)
+    install_stats(app)
+    install_dashboard(app)
+    install_metrics(app)
     return app
