@@ -30,8 +30,10 @@ from thalamus.gateway import protocol as p
 from thalamus.gateway.auth import KeyChecker
 from thalamus.gateway.backends import Backend, UpstreamError
 from thalamus.gateway.config import GatewayConfig, RouterConfig
+from thalamus.gateway.counterfactual import annotate
 from thalamus.gateway.ledger import LedgerWriter
 from thalamus.gateway.ledger_row import LedgerRow
+from thalamus.gateway.metrics import GatewayMetrics
 from thalamus.gateway.prompt_hash import PromptHasher
 from thalamus.router.base import Router
 from thalamus.router.policy import Decision, Knob, allowed_mask
@@ -90,7 +92,8 @@ class GatewayService:
     """Owns nothing: the app's lifespan hands it config, routers, backends and the ledger writer."""
 
     def __init__(self, config: GatewayConfig, routers: dict[str, LoadedRouter],
-                 backends: dict[str, Backend], writer: LedgerWriter, hasher: PromptHasher) -> None:
+                 backends: dict[str, Backend], writer: LedgerWriter, hasher: PromptHasher,
+                 metrics: GatewayMetrics | None = None) -> None:
         self.config = config
         self.routers = routers
         self.backends = backends
@@ -98,6 +101,7 @@ class GatewayService:
         self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
         self.keys = KeyChecker(config.auth)
         self.hasher = hasher
+        self.metrics = metrics
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
         self._ids = random.Random(uuid.uuid4().int)
 
@@ -123,6 +127,10 @@ class GatewayService:
         row = call.row
         row.finished_at = row.finished_at if row.finished_at is not None else time.time()
         row.total_ms = row.total_ms if row.total_ms is not None else call.elapsed_ms()
+        loaded = self.routers.get(row.router) if row.router is not None else None
+        annotate(row, loaded.config.baseline_model() if loaded is not None else None)  # dashboard columns
+        if self.metrics is not None:
+            self.metrics.observe(row)
         await self.writer.record(row)
 
     def resolve(self, model: str) -> Target:
