@@ -14,14 +14,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.engine import Engine
 
 from thalamus.errors import ConfigError
@@ -30,6 +29,7 @@ from thalamus.gateway.protocol import RequestError
 STATIC = "/dashboard/static"
 RANGES = [("3600", "last hour"), ("86400", "last 24 h"), ("604800", "last 7 days"), ("2592000", "last 30 days"),
           ("0", "all time")]
+_HERE = Path(__file__).parent  # templates/ and static/ ship inside the package (pyproject package-data)
 _FILES = {"dashboard.js": "application/javascript", "dashboard.css": "text/css"}
 
 
@@ -44,11 +44,11 @@ def plotly_js_path() -> Path:
 
 
 def _static_text(name: str) -> str:
-    return resources.files("thalamus.gateway").joinpath("static", name).read_text(encoding="utf-8")
+    return (_HERE / "static" / name).read_text(encoding="utf-8")
 
 
 def _env() -> Environment:
-    return Environment(loader=PackageLoader("thalamus.gateway", "templates"), autoescape=select_autoescape())
+    return Environment(loader=FileSystemLoader(_HERE / "templates"), autoescape=select_autoescape())
 
 
 def _page(**context: Any) -> str:

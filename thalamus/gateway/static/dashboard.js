@@ -102,7 +102,7 @@
                error_y: { type: "data", array: s.map((p) => (p.score_se == null ? 0 : 1.96 * p.score_se)) } };
     }), LAYOUT("quality by model (feedback score, 95% interval)", { yaxis: { range: [0, 1.05] } }), OPTS);
     const lat = (key, q, dash) => ({ name: `${key} p${q}`, x, y: pts.map((p) => p[key + "_ms"]["p" + q]),
-                                     type: "scatter", mode: "lines", line: { dash } });
+                                     type: "scatter", mode: "lines+markers", line: { dash } });
     Plotly.react("chart-latency", [lat("total", 50), lat("total", 90), lat("total", 99), lat("ttft", 50, "dot")],
       LAYOUT("latency percentiles (ms)"), OPTS);
     Plotly.react("chart-rates", [
