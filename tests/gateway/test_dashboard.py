@@ -199,3 +199,83 @@ def check_filter_and_drilldown(page: Any, ledger: Path) -> None:
     assert sorted(shown) == sorted(json.loads(candidates)) and len(shown) == 3
     assert rid in page.inner_text("#drilldown")
     assert math.isfinite(float(page.get_attribute("#card-requests", "data-value")))
+
+
+def test_standalone_dashboard_serves_a_ledger_read_only(filled_gateway: tuple[ThreadedServer, Path, list[Any]],
+                                                        tmp_path: Path) -> None:
+    from thalamus.errors import ConfigError
+    from thalamus.gateway.dashboard import ReadOnlyLedger, create_dashboard_app
+
+    server, ledger, _ = filled_gateway
+    before = sql(ledger, "SELECT count(*), max(version) FROM requests, schema_version")[0]
+    with ThreadedServer(create_dashboard_app(f"sqlite:///{ledger}")) as dash:
+        assert httpx.get(dash.url + "/api/stats/overview").json() == httpx.get(
+            server.url + "/api/stats/overview").json() | {"filters": httpx.get(dash.url + "/api/stats/overview")
+                                                          .json()["filters"]}
+        assert httpx.get(dash.url + "/dashboard").status_code == 200
+        assert httpx.get(dash.url + "/dashboard/static/plotly.min.js").content.startswith(b"/**")
+        assert httpx.get(dash.url + "/v1/models").status_code == 404  # not a gateway
+    assert sql(ledger, "SELECT count(*), max(version) FROM requests, schema_version")[0] == before
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).close()
+    with pytest.raises(ConfigError, match="schema version 0"):
+        ReadOnlyLedger(f"sqlite:///{empty}")
+
+
+@pytest.mark.skipif(not _chromium_ready() and os.environ.get("CI", "").lower() != "true",
+                    reason="no /usr/bin/chromium (apt-get install -y chromium)")
+def test_snapshot_is_self_contained(filled_gateway: tuple[ThreadedServer, Path, list[Any]], tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from playwright.sync_api import sync_playwright
+
+    from thalamus.gateway.dashboard import write_snapshot
+
+    _, ledger, sent = filled_gateway
+    engine = sa.create_engine(f"sqlite:///{ledger}")
+    out = write_snapshot(engine, tmp_path / "snap.html")
+    engine.dispose()
+    html = out.read_text()
+    assert "<script src=" not in html and 'rel="stylesheet"' not in html  # everything inlined
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: problems.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+        page.goto(out.as_uri())
+        page.wait_for_function("window.thalamusDashboard && window.thalamusDashboard.ready", timeout=30_000)
+        assert int(page.get_attribute("#card-requests", "data-value")) == len(sent)
+        rid = sql(ledger, "SELECT id FROM requests WHERE router = 'best' LIMIT 1")[0][0]
+        page.click(f'#table-requests tr[data-id="{rid}"]')
+        assert page.locator("#table-candidates tbody tr").count() == 3
+        browser.close()
+    assert problems == []  # no network at all
+
+
+WORKER = """
+import sys, time
+from thalamus.gateway.ledger_row import LedgerRow
+from thalamus.gateway.metrics import GatewayMetrics
+m = GatewayMetrics()
+for i in range(int(sys.argv[1])):
+    m.observe(LedgerRow(id=str(i), created_at=time.time(), chosen_model="weak", router="best", status=200,
+                        cost_usd=0.25, total_ms=12.0, upstream_ms=10.0, prompt_tokens=3, completion_tokens=1))
+"""
+
+
+def test_metrics_sum_over_worker_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for n in (7, 5):
+        subprocess.run([sys.executable, "-c", WORKER, str(n)], env=env, check=True, timeout=120)
+    scrape = subprocess.run([sys.executable, "-c", "from thalamus.gateway.metrics import GatewayMetrics; "
+                             "import sys; sys.stdout.write(GatewayMetrics().scrape().decode())"],
+                            env=env, check=True, timeout=120, capture_output=True, text=True).stdout
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(scrape) for s in f.samples}
+    assert samples[("thalamus_requests_total", (("model", "weak"), ("router", "best"), ("status", "200")))] == 12
+    assert samples[("thalamus_cost_usd_total", (("model", "weak"), ("router", "best")))] == pytest.approx(3.0)
+    assert samples[("thalamus_gateway_overhead_seconds_count", (("model", "weak"),))] == 12
+    assert samples[("thalamus_gateway_overhead_seconds_sum", (("model", "weak"),))] == pytest.approx(12 * 0.002)
