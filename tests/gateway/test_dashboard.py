@@ -279,3 +279,21 @@ def test_metrics_sum_over_worker_processes(tmp_path: Path) -> None:
     assert samples[("thalamus_cost_usd_total", (("model", "weak"), ("router", "best")))] == pytest.approx(3.0)
     assert samples[("thalamus_gateway_overhead_seconds_count", (("model", "weak"),))] == 12
     assert samples[("thalamus_gateway_overhead_seconds_sum", (("model", "weak"),))] == pytest.approx(12 * 0.002)
+
+
+def test_grafana_dashboard_uses_only_exported_metrics() -> None:
+    import json
+    import re
+
+    from thalamus.gateway.ledger_row import LedgerRow
+    from thalamus.gateway.metrics import GatewayMetrics
+
+    m = GatewayMetrics()
+    m.observe(LedgerRow(id="x", created_at=0, chosen_model="weak", router="r", status=200, cost_usd=0.1,
+                        baseline_cost_usd=0.2, routing_ms=1, ttft_ms=2, total_ms=3, upstream_ms=1,
+                        prompt_tokens=1, completion_tokens=1, fallback_chain=[{"model": "a", "error": "e"}]))
+    exported = {s.name for f in text_string_to_metric_families(m.scrape().decode()) for s in f.samples}
+    path = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "thalamus-gateway.json"
+    exprs = [t["expr"] for p in json.loads(path.read_text())["panels"] for t in p["targets"]]
+    used = {n for e in exprs for n in re.findall(r"thalamus_[a-z_]+", e)}
+    assert used and used <= exported, used - exported
