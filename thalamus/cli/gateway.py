@@ -135,6 +135,10 @@ def demo_cmd(
     lambda_: Annotated[float, typer.Option("--lambda", help="Cost weight of the knob in [0, 1].")] = 0.05,
     concurrency: int = 8,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report here.")] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Keep the gateway and its dashboard up until Ctrl-C.")]
+    = False,
+    snapshot: Annotated[Path | None, typer.Option("--snapshot", help="Where to write the dashboard snapshot "
+                                                   "(default: <cache>/demo/dashboard.html).")] = None,
 ) -> None:
     """Route held-out RouterBench prompts through a real gateway; compare with always calling GPT-4."""
     import logging
@@ -144,7 +148,8 @@ def demo_cmd(
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("thalamus").setLevel(logging.INFO)
     result = run_demo(limit=limit, router=router, embedder=embedder,
-                      knob={"kind": "lambda", "value": lambda_}, concurrency=concurrency)
+                      knob={"kind": "lambda", "value": lambda_}, concurrency=concurrency, serve=serve,
+                      snapshot=snapshot)
     report = result.report()
     console = Console()
     share = Table(title=f"{report['requests']} requests routed by {report['router']} (lambda={lambda_})")
@@ -162,6 +167,7 @@ def demo_cmd(
     console.print(summary)
     saving = 1 - report["recorded_cost"] / report["recorded_cost_gpt4"]
     console.print(f"cost saving {saving:.1%}; ledger rows written: {report['ledger_rows']}")
+    console.print(f"dashboard snapshot: {result.snapshot}")
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=1))
 

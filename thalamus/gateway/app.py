@@ -19,10 +19,13 @@ from thalamus.errors import ConfigError
 from thalamus.gateway.api import install
 from thalamus.gateway.backends import Backend, make_backends
 from thalamus.gateway.config import GatewayConfig
+from thalamus.gateway.dashboard import install_dashboard
 from thalamus.gateway.ledger import Ledger, LedgerWriter
 from thalamus.gateway.ledger_writer import default_journal_path
+from thalamus.gateway.metrics import GatewayMetrics, install_metrics
 from thalamus.gateway.prompt_hash import PromptHasher, load_key
 from thalamus.gateway.service import GatewayService, LoadedRouter
+from thalamus.gateway.stats_api import install_stats
 
 log = logging.getLogger("thalamus.gateway")
 
@@ -56,7 +59,7 @@ def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
         servable = tuple(m for m in router.models_ if m in backends)
         if not servable:
             raise ConfigError(f"routers.{name}: none of the router's models {router.models_} is a backend")
-        for key in ("strong", "weak"):
+        for key in ("strong", "weak", "baseline"):
             pair_model = getattr(rc, key)
             if pair_model is not None and pair_model not in router.models_:
                 raise ConfigError(f"routers.{name}.{key}: {pair_model!r} is not one of the router's models")
@@ -82,7 +85,8 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
         owned = backends or make_backends(config.backends)
         hasher = PromptHasher(load_key(config.ledger.hash_key_env, (settings or Settings()).cache_dir
                                        / "prompt_hash.key"))
-        app.state.service = GatewayService(config, routers, owned, writer, hasher)
+        app.state.metrics = GatewayMetrics(writer)
+        app.state.service = GatewayService(config, routers, owned, writer, hasher, metrics=app.state.metrics)
         try:
             yield
         finally:
@@ -95,4 +99,7 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     app = FastAPI(title="Thalamus gateway", lifespan=lifespan, docs_url="/docs" if docs else None,
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     install(app)
+    install_stats(app)
+    install_dashboard(app)
+    install_metrics(app)
     return app

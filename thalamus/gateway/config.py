@@ -100,13 +100,18 @@ class KnobConfig(_Strict):
 
 
 class RouterConfig(_Strict):
-    """A trained router artifact. ``strong``/``weak`` enable RouteLLM's ``router-NAME-THRESHOLD`` names."""
+    """A trained router artifact. ``strong``/``weak`` enable RouteLLM's ``router-NAME-THRESHOLD`` names.
+    ``baseline`` is the model the dashboard's counterfactual spend is priced on (default: ``strong``)."""
 
     artifact: Path
     knob: KnobConfig = Field(default_factory=KnobConfig)
     aliases: list[str] = Field(default_factory=list)
     strong: str | None = None
     weak: str | None = None
+    baseline: str | None = None
+
+    def baseline_model(self) -> str | None:
+        return self.baseline or self.strong
 
     @model_validator(mode="after")
     def _pair(self) -> RouterConfig:
@@ -198,7 +203,7 @@ class GatewayConfig(_Strict):
                   f"unknown backend {self.fallback.context_model!r}")
         taken = set(known)
         for rname, router in self.routers.items():
-            for field in ("strong", "weak"):
+            for field in ("strong", "weak", "baseline"):
                 value = getattr(router, field)
                 _need(value is None or value in known, f"routers.{rname}.{field}", f"unknown backend {value!r}")
             for j, name in enumerate(router.knob.allowed or []):

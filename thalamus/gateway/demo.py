@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class DemoResult:
     ledger_cost: float          # USD from usage x catalog prices, as the ledger recorded it
     ledger_rows: int
     test: RoutingDataset
+    snapshot: Path | None = None  # the dashboard of this run, one self-contained HTML file
 
     def report(self) -> dict[str, Any]:
         """Requests, share per model, cost and accuracy vs always calling the reference (GPT-4)."""
@@ -82,7 +84,8 @@ def gateway_config(models: list[str], replay_url: str, artifact: Path, router: s
                          "input_per_m": price.input_per_m if price else 0.0,
                          "output_per_m": price.output_per_m if price else 0.0, "timeout": 30.0})
     return {"backends": backends,
-            "routers": {router: {"artifact": str(artifact), "aliases": ["auto"], "knob": knob}},
+            "routers": {router: {"artifact": str(artifact), "aliases": ["auto"], "knob": knob,
+                                 "baseline": REFERENCE if REFERENCE in models else None}},
             "ledger": {"url": ledger_url, "store_prompts": True}}
 
 
@@ -108,11 +111,25 @@ async def _send(url: str, texts: list[str], concurrency: int,
         return list(await asyncio.gather(*[one(i, t) for i, t in enumerate(texts)]))
 
 
+def _hold(gateway_url: str) -> None:
+    """``thalamus demo --serve``: keep the gateway and its dashboard up until Ctrl-C."""
+    import time
+
+    log.info("gateway on %s/v1, dashboard on %s/dashboard; Ctrl-C to stop", gateway_url, gateway_url)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("stopping")
+
+
 def run_demo(limit: int = 200, router: str = "knn", embedder: str = "minilm", knob: dict[str, Any] | None = None,
-             concurrency: int = 8, delay_ms: float = 0.0, settings: Settings | None = None) -> DemoResult:
+             concurrency: int = 8, delay_ms: float = 0.0, settings: Settings | None = None,
+             serve: bool = False, snapshot: Path | None = None) -> DemoResult:
     from thalamus.datasets.registry import load_dataset
     from thalamus.gateway.app import create_app
     from thalamus.gateway.config import config_from_dict
+    from thalamus.gateway.dashboard import write_snapshot
     from thalamus.gateway.ledger import Ledger
     from thalamus.gateway.replay import create_replay_app
     from thalamus.gateway.server import ThreadedServer
@@ -131,14 +148,19 @@ def run_demo(limit: int = 200, router: str = "knn", embedder: str = "minilm", kn
     with ThreadedServer(create_replay_app(dataset, delay_ms=delay_ms), log_level="error") as replay:
         config = config_from_dict(gateway_config(dataset.models, replay.url, artifact, router,
                                                  knob or {"kind": "lambda", "value": 0.05}, ledger_url))
+        started = time.time()
         with ThreadedServer(create_app(config, settings)) as gateway:
             sent = asyncio.run(_send(gateway.url, texts, concurrency, score_of))
+            if serve:
+                _hold(gateway.url)
     ids = [rid for _, rid in sent]
     ledger = Ledger(ledger_url)
     try:
         df = ledger.recent(limit=100_000)
+        out = write_snapshot(ledger.engine, snapshot or settings.cache_dir / "demo" / "dashboard.html",
+                             since=started - 1)
     finally:
         ledger.close()
     mine = df[df["id"].isin(ids)]
     return DemoResult(rows=rows, chosen=[m for m, _ in sent], request_ids=ids, router=router,
-                      ledger_cost=float(mine["cost_usd"].sum()), ledger_rows=len(mine), test=test)
+                      ledger_cost=float(mine["cost_usd"].sum()), ledger_rows=len(mine), test=test, snapshot=out)

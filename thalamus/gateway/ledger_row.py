@@ -54,6 +54,11 @@ class LedgerRow:
     cost_estimated: bool | None = None
     prompt_hash: str | None = None
     prompt_text: str | None = None
+    # dashboard columns (migration "dashboard"), filled at write time by gateway.counterfactual.annotate
+    baseline_model: str | None = None       # the model the counterfactual spend is priced on
+    baseline_cost_usd: float | None = None  # what this request would have cost on it
+    predicted_quality: float | None = None  # the router's predicted quality of the model that answered
+    upstream_ms: float | None = None        # time spent waiting on upstreams (all attempts): overhead = total - this
 
     def storable(self) -> dict[str, Any]:
         """Column values for the ``requests`` table, each one safe to insert; never raises."""

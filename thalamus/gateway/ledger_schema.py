@@ -50,6 +50,11 @@ requests = sa.Table(
     sa.Column("cost_estimated", sa.Boolean),
     sa.Column("prompt_hash", sa.String(64)),
     sa.Column("prompt_text", sa.Text),
+    # migration 4: what the dashboards aggregate without parsing JSON (portable SQL)
+    sa.Column("baseline_model", sa.String(256)),
+    sa.Column("baseline_cost_usd", sa.Float),
+    sa.Column("predicted_quality", sa.Float),
+    sa.Column("upstream_ms", sa.Float),
 )
 
 feedback = sa.Table(
@@ -86,6 +91,11 @@ _FEEDBACK_V1 = """CREATE TABLE feedback (
 _INDEXES_V2 = ("CREATE INDEX ix_requests_created_at ON requests (created_at)",
                "CREATE INDEX ix_feedback_request_id ON feedback (request_id)")
 
+_DASHBOARD_V4 = ("ALTER TABLE requests ADD COLUMN baseline_model VARCHAR(256)",
+                 "ALTER TABLE requests ADD COLUMN baseline_cost_usd FLOAT",
+                 "ALTER TABLE requests ADD COLUMN predicted_quality FLOAT",
+                 "ALTER TABLE requests ADD COLUMN upstream_ms FLOAT")
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -117,6 +127,7 @@ MIGRATIONS: list[Migration] = [
                        "ALTER TABLE requests ALTER COLUMN prompt_tokens TYPE BIGINT, "
                        "ALTER COLUMN completion_tokens TYPE BIGINT"),
     }),
+    Migration(4, "dashboard columns", {"sqlite": _DASHBOARD_V4, "postgresql": _DASHBOARD_V4}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

@@ -14,12 +14,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,8 +31,10 @@ from thalamus.gateway import protocol as p
 from thalamus.gateway.auth import KeyChecker
 from thalamus.gateway.backends import Backend, UpstreamError
 from thalamus.gateway.config import GatewayConfig, RouterConfig
+from thalamus.gateway.counterfactual import annotate
 from thalamus.gateway.ledger import LedgerWriter
 from thalamus.gateway.ledger_row import LedgerRow
+from thalamus.gateway.metrics import GatewayMetrics
 from thalamus.gateway.prompt_hash import PromptHasher
 from thalamus.router.base import Router
 from thalamus.router.policy import Decision, Knob, allowed_mask
@@ -85,12 +88,22 @@ class Call:
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
+    @contextlib.contextmanager
+    def upstream(self) -> Iterator[None]:
+        """Count the time inside as waiting on upstreams (gateway overhead = total - upstream)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.row.upstream_ms = (self.row.upstream_ms or 0.0) + (time.perf_counter() - t0) * 1000
+
 
 class GatewayService:
     """Owns nothing: the app's lifespan hands it config, routers, backends and the ledger writer."""
 
     def __init__(self, config: GatewayConfig, routers: dict[str, LoadedRouter],
-                 backends: dict[str, Backend], writer: LedgerWriter, hasher: PromptHasher) -> None:
+                 backends: dict[str, Backend], writer: LedgerWriter, hasher: PromptHasher,
+                 metrics: GatewayMetrics | None = None) -> None:
         self.config = config
         self.routers = routers
         self.backends = backends
@@ -98,6 +111,7 @@ class GatewayService:
         self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
         self.keys = KeyChecker(config.auth)
         self.hasher = hasher
+        self.metrics = metrics
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
         self._ids = random.Random(uuid.uuid4().int)
 
@@ -123,6 +137,10 @@ class GatewayService:
         row = call.row
         row.finished_at = row.finished_at if row.finished_at is not None else time.time()
         row.total_ms = row.total_ms if row.total_ms is not None else call.elapsed_ms()
+        loaded = self.routers.get(row.router) if row.router is not None else None
+        annotate(row, loaded.config.baseline_model() if loaded is not None else None)  # dashboard columns
+        if self.metrics is not None:
+            self.metrics.observe(row)
         await self.writer.record(row)
 
     def resolve(self, model: str) -> Target:
@@ -216,7 +234,8 @@ class GatewayService:
             backend = self.backends[name]
             for attempt in range(backend.config.max_retries + 1):
                 try:
-                    return name, await fn(backend)
+                    with call.upstream():
+                        return name, await fn(backend)
                 except UpstreamError as exc:
                     chain.append({"model": name, "attempt": attempt + 1, "status": exc.status, "error": exc.code})
                     if exc.kind == "client":
@@ -290,7 +309,8 @@ class GatewayService:
                 parts.extend(str((c.get("delta") or {}).get("content") or "") for c in chunk.get("choices") or []
                              if isinstance(c, dict))
                 yield _render_chunk(name, chunk)
-                chunk = await anext(iterator, None)
+                with call.upstream():
+                    chunk = await anext(iterator, None)
             call.row.status, call.row.error_type = 200, None
             self._account(call, name, body, usage, "".join(parts))
             finished = True

@@ -1,0 +1,213 @@
+// The dashboard page: fetch the stats API (or read the embedded snapshot), draw cards, charts, tables.
+// Plain browser JavaScript, no build step; plotly.js is served by the gateway from the plotly wheel.
+(function () {
+  "use strict";
+  const SNAP = window.THALAMUS_SNAPSHOT || null;
+  const CONFIG = window.THALAMUS_CONFIG || {};
+  const BUCKET = { 3600: "minute", 86400: "hour", 604800: "hour", 2592000: "day", 0: "day" };
+  const state = { timer: null, data: null, ready: false, loads: 0 };
+  window.thalamusDashboard = state;
+
+  const $ = (id) => document.getElementById(id);
+  const usd = (v) => (v == null ? "–" : "$" + (Math.abs(v) < 0.01 && v !== 0 ? v.toPrecision(3) : v.toFixed(2)));
+  const pct = (v) => (v == null ? "–" : (100 * v).toFixed(1) + "%");
+  const num = (v, d) => (v == null ? "–" : Number(v).toFixed(d == null ? 0 : d));
+  const iso = (t) => new Date(t * 1000).toISOString();
+  const esc = (s) => String(s == null ? "" : s).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
+
+  function params() {
+    const range = Number($("f-range").value);
+    const q = new URLSearchParams();
+    if (range > 0) q.set("since", String(Date.now() / 1000 - range));
+    for (const name of ["router", "key", "model"]) {
+      const v = $("f-" + name).value;
+      if (v) q.set(name, v);
+    }
+    return { q, bucket: BUCKET[range] || "hour" };
+  }
+
+  async function api(path) {
+    const headers = {};
+    const key = $("f-apikey") ? $("f-apikey").value || sessionStorage.getItem("thalamus-key") : null;
+    if (key) {
+      headers.Authorization = "Bearer " + key;
+      sessionStorage.setItem("thalamus-key", key);
+    }
+    const res = await fetch(path, { headers });
+    if (!res.ok) {
+      const body = await res.json().catch(() => ({}));
+      throw new Error(path.split("?")[0] + ": " + res.status + " " + ((body.error || {}).message || ""));
+    }
+    return res.json();
+  }
+
+  async function fetchAll() {
+    const { q, bucket } = params();
+    const s = q.toString();
+    const ts = new URLSearchParams(q);
+    ts.set("bucket", bucket);
+    const [overview, series, models, keys, recent, calibration, options] = await Promise.all([
+      api("/api/stats/overview?" + s), api("/api/stats/timeseries?" + ts), api("/api/stats/models?" + s),
+      api("/api/stats/keys?" + s), api("/api/requests?limit=50&" + s), api("/api/stats/calibration?" + s),
+      api("/api/stats/filters?" + s)]);
+    return { overview, series, models: models.data, keys: keys.data, recent: recent.data,
+             calibration: calibration.data, options };
+  }
+
+  function fillOptions(options) {
+    for (const [name, list] of [["router", options.routers], ["key", options.keys], ["model", options.models]]) {
+      const sel = $("f-" + name);
+      const keep = sel.value;
+      sel.innerHTML = '<option value="">all</option>' +
+        list.map((v) => `<option value="${esc(v)}">${esc(v)}</option>`).join("");
+      if (list.includes(keep)) sel.value = keep;
+    }
+  }
+
+  function cards(o) {
+    const set = (id, text, value, sub) => {
+      $(id).textContent = text;
+      $(id).dataset.value = value == null ? "" : String(value);
+      $(id + "-sub").textContent = sub;
+    };
+    set("card-spend", usd(o.spend_usd), o.spend_usd, `${num(o.prompt_tokens)} + ${num(o.completion_tokens)} tokens`);
+    const share = o.counterfactual_spend_usd ? o.savings_usd / o.counterfactual_spend_usd : null;
+    set("card-savings", usd(o.savings_usd), o.savings_usd,
+        `${pct(share)} of ${usd(o.counterfactual_spend_usd)} on the baseline`);
+    set("card-requests", num(o.requests), o.requests,
+        `errors ${pct(o.error_rate)}, fallbacks ${pct(o.fallback_rate)}, p50 ${num(o.latency_ms.total.p50, 1)} ms`);
+    set("card-quality", num(o.score_mean, 3), o.score_mean,
+        o.feedback_n ? `${o.feedback_n} feedback, ± ${num(1.96 * (o.score_se || 0), 3)}` : "no feedback yet");
+  }
+
+  const LAYOUT = (title, extra) => Object.assign({
+    title: { text: title, font: { size: 14 } }, margin: { l: 50, r: 10, t: 36, b: 36 },
+    legend: { orientation: "h", y: -0.15 }, hovermode: "x unified" }, extra || {});
+  const OPTS = { displaylogo: false, responsive: true };
+
+  function charts(d) {
+    const pts = d.series.points;
+    const x = pts.map((p) => iso(p.t));
+    Plotly.react("chart-spend", [
+      { name: "spend", x, y: pts.map((p) => p.spend_usd), type: "scatter", mode: "lines+markers" },
+      { name: "counterfactual (baseline)", x, y: pts.map((p) => p.counterfactual_spend_usd), type: "scatter",
+        mode: "lines+markers", line: { dash: "dot" } }], LAYOUT("spend vs counterfactual (USD)"), OPTS);
+    const models = Object.keys(d.series.models);
+    Plotly.react("chart-models", models.map((m) => ({
+      name: m, x, y: d.series.models[m].map((p) => p.requests), type: "bar" })),
+      LAYOUT("requests by model", { barmode: "stack" }), OPTS);
+    Plotly.react("chart-quality", models.map((m) => {
+      const s = d.series.models[m];
+      return { name: m, x, y: s.map((p) => p.score_mean), type: "scatter", mode: "lines+markers", connectgaps: false,
+               error_y: { type: "data", array: s.map((p) => (p.score_se == null ? 0 : 1.96 * p.score_se)) } };
+    }), LAYOUT("quality by model (feedback score, 95% interval)", { yaxis: { range: [0, 1.05] } }), OPTS);
+    const lat = (key, q, dash) => ({ name: `${key} p${q}`, x, y: pts.map((p) => p[key + "_ms"]["p" + q]),
+                                     type: "scatter", mode: "lines+markers", line: { dash } });
+    Plotly.react("chart-latency", [lat("total", 50), lat("total", 90), lat("total", 99), lat("ttft", 50, "dot")],
+      LAYOUT("latency percentiles (ms)"), OPTS);
+    Plotly.react("chart-rates", [
+      { name: "error rate", x, y: pts.map((p) => p.error_rate), type: "scatter", mode: "lines+markers" },
+      { name: "fallback rate", x, y: pts.map((p) => p.fallback_rate), type: "scatter", mode: "lines+markers" }],
+      LAYOUT("error and fallback rates", { yaxis: { tickformat: ".0%" } }), OPTS);
+    const cal = d.calibration;
+    Plotly.react("chart-calibration", [
+      { name: "router", x: cal.map((b) => b.predicted), y: cal.map((b) => b.observed), text: cal.map((b) => `n=${b.n}`),
+        type: "scatter", mode: "lines+markers", marker: { size: cal.map((b) => 6 + Math.min(14, Math.sqrt(b.n))) } },
+      { name: "perfect calibration", x: [0, 1], y: [0, 1], type: "scatter", mode: "lines", line: { dash: "dot" } }],
+      LAYOUT("router: predicted quality vs feedback score", { hovermode: "closest",
+        xaxis: { range: [0, 1], title: { text: "predicted" } }, yaxis: { range: [0, 1.05], title: { text: "feedback" } } }),
+      OPTS);
+  }
+
+  function table(id, cols, rows, attrs) {
+    $(id).innerHTML = "<thead><tr>" + cols.map((c) => `<th>${c[0]}</th>`).join("") + "</tr></thead><tbody>" +
+      rows.map((r) => `<tr ${attrs ? attrs(r) : ""}>` + cols.map((c) => `<td>${c[1](r)}</td>`).join("") + "</tr>")
+        .join("") + "</tbody>";
+  }
+
+  function tables(d) {
+    const common = [["requests", (r) => num(r.requests)], ["share", (r) => pct(r.share)],
+      ["spend", (r) => usd(r.spend_usd)], ["counterfactual", (r) => usd(r.counterfactual_spend_usd)],
+      ["errors", (r) => pct(r.error_rate)], ["feedback", (r) => num(r.feedback_n)],
+      ["score", (r) => num(r.score_mean, 3)]];
+    table("table-models", [["model", (r) => esc(r.model)], ...common,
+      ["predicted q", (r) => num(r.mean_predicted_quality, 3)], ["mean ms", (r) => num(r.mean_total_ms, 1)]], d.models);
+    table("table-keys", [["key", (r) => esc(r.key == null ? "(none)" : r.key)], ...common.slice(0, 4),
+      ["savings", (r) => usd(r.savings_usd)]], d.keys);
+    table("table-requests", [["time", (r) => esc(iso(r.created_at).replace("T", " ").slice(0, 19))],
+      ["status", (r) => `<span class="${r.status >= 400 ? "bad" : ""}">${r.status}</span>`],
+      ["requested", (r) => esc(r.requested_model)], ["router", (r) => esc(r.router || "")],
+      ["model", (r) => esc(r.chosen_model || "")], ["p", (r) => num(r.probability, 2)],
+      ["ms", (r) => num(r.total_ms, 1)], ["cost", (r) => usd(r.cost_usd)],
+      ["score", (r) => (r.feedback.length ? num(r.feedback[r.feedback.length - 1].score, 2) : "")]],
+      d.recent, (r) => `data-id="${esc(r.id)}"`);
+  }
+
+  function drilldown(row) {
+    const box = $("drilldown");
+    const cands = Object.entries(row.candidates || {}).sort((a, b) => b[1].quality - a[1].quality);
+    const chain = (row.fallback_chain || []).map((c) => `${esc(c.model)} #${c.attempt}: ${c.status} ${esc(c.error)}`);
+    box.innerHTML = `<h3>request ${esc(row.id)}</h3><p>router <b>${esc(row.router || "none (passthrough)")}</b>,
+      chose <b>${esc(row.chosen_model)}</b> with probability ${num(row.probability, 3)}; baseline
+      ${esc(row.baseline_model || "")} would have cost ${usd(row.baseline_cost_usd)} (actual ${usd(row.cost_usd)}).
+      Fallback chain: ${chain.length ? chain.join("; ") : "none"}. Feedback:
+      ${row.feedback.length ? row.feedback.map((f) => num(f.score, 2) + (f.source ? ` (${esc(f.source)})` : "")).join(", ") : "none"}.</p>
+      <table id="table-candidates"><thead><tr><th>candidate</th><th>predicted quality</th><th>expected cost</th></tr></thead>
+      <tbody>${cands.map(([m, c]) => `<tr data-model="${esc(m)}"><td class="${m === row.chosen_model ? "chosen" : ""}">${esc(m)}</td>
+      <td>${num(c.quality, 4)}</td><td>${usd(c.cost)}</td></tr>`).join("")}</tbody></table>`;
+    box.hidden = false;
+  }
+
+  async function onRowClick(ev) {
+    const tr = ev.target.closest("tr[data-id]");
+    if (!tr) return;
+    document.querySelectorAll("#table-requests tr.selected").forEach((r) => r.classList.remove("selected"));
+    tr.classList.add("selected");
+    const id = tr.dataset.id;
+    try {
+      drilldown(SNAP ? state.data.recent.find((r) => r.id === id) : await api("/api/requests/" + encodeURIComponent(id)));
+    } catch (err) {
+      $("status").textContent = String(err.message || err);
+    }
+  }
+
+  function render(d) {
+    state.data = d;
+    fillOptions(d.options);
+    cards(d.overview);
+    charts(d);
+    tables(d);
+    state.loads += 1;
+    state.ready = true;
+  }
+
+  async function refresh() {
+    try {
+      render(await fetchAll());
+      $("status").textContent = "";
+    } catch (err) {
+      $("status").textContent = String(err.message || err);
+    }
+  }
+
+  function schedule() {
+    clearInterval(state.timer);
+    const every = Number(($("f-refresh") || { value: 0 }).value);
+    if (every > 0) state.timer = setInterval(refresh, every * 1000);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("table-requests").addEventListener("click", onRowClick);
+    if (SNAP) {
+      document.querySelectorAll("#filters select").forEach((s) => { s.disabled = true; });
+      render(SNAP);
+      return;
+    }
+    for (const name of ["range", "router", "key", "model"]) $("f-" + name).addEventListener("change", refresh);
+    if ($("f-refresh")) $("f-refresh").addEventListener("change", schedule);
+    if ($("f-apikey")) $("f-apikey").addEventListener("change", refresh);
+    if (CONFIG.refresh_s != null && $("f-refresh")) $("f-refresh").value = String(CONFIG.refresh_s);
+    refresh();
+    schedule();
+  });
+})();
