@@ -3,7 +3,8 @@
 The gateway never re-models a request: the body stays a plain dict so that every field
 a client sends (tools, response_format, n, seed, vendor extensions ...) reaches the
 upstream untouched. This module only reads what routing needs (model, messages, the
-``routing`` extension), raises OpenAI-shaped errors, and estimates tokens; error bodies and SSE
+``routing`` extension), raises OpenAI-shaped errors, estimates tokens and renders responses (strict JSON:
+an upstream's NaN never reaches a client); error bodies and SSE
 frames come from :mod:`thalamus.openai_wire`, shared with the local server.
 
 Routing text policy: the system prompt(s) followed by the last user turn, joined by a
@@ -18,6 +19,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from thalamus.gateway.upstream import UpstreamError
 
 # error_body, sse and SSE_DONE are re-exported (``X as X``): gateway modules take them from here
 from thalamus.openai_wire import SSE_DONE as SSE_DONE
@@ -198,3 +201,25 @@ def estimate_tokens(text: str) -> int:
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """Per message: its text's estimate plus 4 tokens of chat framing."""
     return sum(estimate_tokens(content_text(m.get("content"))) + 4 for m in messages)
+
+
+def token_count(usage: Any, key: str) -> int | None:
+    """A usage count the upstream reported as a non-negative integer, else None (then it is estimated)."""
+    value = usage.get(key) if isinstance(usage, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**63:
+        return None
+    return int(value)
+
+
+def render(name: str, response: dict[str, Any]) -> bytes:
+    """The response as JSON bytes; an upstream body that cannot be valid JSON (NaN, Infinity) is the
+    upstream's failure, so the request can still fall back."""
+    try:
+        return json.dumps(response, allow_nan=False, separators=(",", ":")).encode()
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise UpstreamError(name, "retry", 502, f"upstream body is not valid JSON: {exc}",
+                            "invalid_upstream_body") from None
+
+
+def render_chunk(name: str, chunk: dict[str, Any]) -> bytes:
+    return b"data: " + render(name, chunk) + b"\n\n"

@@ -8,14 +8,14 @@
 4. call the chosen backend; retry retryable failures with exponential backoff, then fall back
    in the router's score order (or the configured list); a stream falls back only before
    its first byte; a context-length error goes to ``fallback.context_model`` when set
-5. one ledger row per request, submitted to the batched writer, whatever the outcome
+5. one ledger row per admitted request (valid key, or auth off), whatever the outcome, recorded before the
+   response's last byte (with ``ledger.durability: journal``, on disk by then)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import re
 import time
@@ -271,7 +271,7 @@ class GatewayService:
         async def attempt(backend: Backend) -> tuple[dict[str, Any], bytes]:
             response = await backend.complete(body)
             response["model"] = backend.name
-            return response, _render(backend.name, response)
+            return response, p.render(backend.name, response)
 
         name, (response, rendered) = await self._attempt_all(call, candidates, attempt)
         call.row.ttft_ms = call.elapsed_ms()
@@ -308,7 +308,7 @@ class GatewayService:
                 usage = chunk.get("usage") or usage
                 parts.extend(str((c.get("delta") or {}).get("content") or "") for c in chunk.get("choices") or []
                              if isinstance(c, dict))
-                yield _render_chunk(name, chunk)
+                yield p.render_chunk(name, chunk)
                 with call.upstream():
                     chunk = await anext(iterator, None)
             call.row.status, call.row.error_type = 200, None
@@ -334,8 +334,8 @@ class GatewayService:
     def _account(self, call: Call, name: str, body: dict[str, Any], usage: dict[str, Any] | None,
                  text: str) -> None:
         cfg = self.backends[name].config
-        prompt_tokens = _token_count(usage, "prompt_tokens")
-        completion_tokens = _token_count(usage, "completion_tokens")
+        prompt_tokens = p.token_count(usage, "prompt_tokens")
+        completion_tokens = p.token_count(usage, "completion_tokens")
         estimated = prompt_tokens is None
         if prompt_tokens is None:
             prompt_tokens, completion_tokens = p.estimate_prompt_tokens(body["messages"]), p.estimate_tokens(text)
@@ -363,28 +363,6 @@ def _threshold_knob(loaded: LoadedRouter, knob: Knob, threshold: float) -> Knob:
     assert strong is not None and weak is not None
     pair = tuple(m for m in (strong, weak) if knob.allowed is None or m in knob.allowed)
     return Knob("threshold", threshold, strong=strong, max_cost=knob.max_cost, allowed=pair, excluded=knob.excluded)
-
-
-def _token_count(usage: Any, key: str) -> int | None:
-    """A usage count the upstream reported as a non-negative integer, else None (then it is estimated)."""
-    value = usage.get(key) if isinstance(usage, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**63:
-        return None
-    return int(value)
-
-
-def _render(name: str, response: dict[str, Any]) -> bytes:
-    """The response as JSON bytes; an upstream body that cannot be valid JSON (NaN, Infinity) is the
-    upstream's failure, so the request can still fall back."""
-    try:
-        return json.dumps(response, allow_nan=False, separators=(",", ":")).encode()
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise UpstreamError(name, "retry", 502, f"upstream body is not valid JSON: {exc}",
-                            "invalid_upstream_body") from None
-
-
-def _render_chunk(name: str, chunk: dict[str, Any]) -> bytes:
-    return b"data: " + _render(name, chunk) + b"\n\n"
 
 
 def _fallback_order(decision: Decision) -> list[str]:
