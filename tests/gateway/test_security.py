@@ -116,3 +116,15 @@ def test_unauthenticated_requests_leave_no_rows(make_gateway: GatewayFactory) ->
     assert chat(gw.url, "real", A).status_code == 200
     rows = ledger_rows(gw.ledger_path, 1)  # type: ignore[attr-defined]
     assert len(rows) == 1 and rows.iloc[0]["api_key_id"] == "team-a"
+
+
+def test_ledger_and_journal_files_are_owner_only(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    path, journal = tmp_path / "private.sqlite", tmp_path / "private.jsonl"
+    gw = make_gateway(ledger={"url": f"sqlite:///{path}", "flush_ms": 20, "durability": "journal",
+                              "journal_path": str(journal)})
+    assert chat(gw.url, "secret prompt", {}).status_code == 200
+    assert len(ledger_rows(path, 1)) == 1
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("private")]
+    assert path in files and journal in files  # the database, its WAL files, the journal and its lock
+    for file in files:
+        assert stat.S_IMODE(file.stat().st_mode) & 0o077 == 0, (file, oct(file.stat().st_mode))
