@@ -95,7 +95,7 @@ def test_attach_batching_shares_one_wrapper_and_checks_the_embedder_id(plugin: A
     try:
         assert len(wrappers) == 2  # one per embedder id
         assert a.embedder_in_use() is b.embedder_in_use() is wrappers[0]
-        with pytest.raises(ConfigError, match="trained on embedder 'counting-64'.*'hashing-char24-256'"):
+        with pytest.raises(ConfigError, match=r"trained on embedder 'counting-64'.*'hashing-char24-256'"):
             a.use_embedder(static_like.embedder_in_use())
     finally:
         for w in wrappers:

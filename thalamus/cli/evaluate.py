@@ -85,7 +85,8 @@ def references_table(results: list[dict[str, Any]]) -> Table:
             continue
         seen.add(r.get("source", r["dataset"]))
         split = r["split"]
-        table.add_row(r["dataset"], f"{split['n_test']} ({split['n_test_incomplete_dropped']})", r["best_single"]["model"],
+        dropped = f"{split['n_test']} ({split['n_test_incomplete_dropped']})"
+        table.add_row(r["dataset"], dropped, r["best_single"]["model"],
                       *(f"{_fmt(r[k]['quality'])} / {_usd(r[k]['cost'])}"
                         for k in ("best_single", "oracle", "dataset_oracle", "random")))
     return table
