@@ -76,7 +76,7 @@ def results_table(results: list[dict[str, Any]]) -> Table:
 
 def references_table(results: list[dict[str, Any]]) -> Table:
     table = Table(title="references (on the same test prompts)")
-    for col in ("dataset", "n_test", "best single", "best single q / $", "oracle q / $",
+    for col in ("dataset", "n_test (incomplete dropped)", "best single", "best single q / $", "oracle q / $",
                 "dataset oracle q / $", "random q / $"):
         table.add_column(col)
     seen: set[str] = set()
@@ -84,7 +84,9 @@ def references_table(results: list[dict[str, Any]]) -> Table:
         if r.get("source", r["dataset"]) in seen:
             continue
         seen.add(r.get("source", r["dataset"]))
-        table.add_row(r["dataset"], str(r["split"]["n_test"]), r["best_single"]["model"],
+        split = r["split"]
+        dropped = f"{split['n_test']} ({split['n_test_incomplete_dropped']})"
+        table.add_row(r["dataset"], dropped, r["best_single"]["model"],
                       *(f"{_fmt(r[k]['quality'])} / {_usd(r[k]['cost'])}"
                         for k in ("best_single", "oracle", "dataset_oracle", "random")))
     return table
@@ -135,6 +137,9 @@ def register(app: typer.Typer) -> None:
                           budget or [], console)
         console.print(results_table(results))
         console.print(references_table(results))
+        for name in sorted({r["dataset"] for r in results if r.get("cost_metrics_skipped")}):
+            console.print(f"{name}: no cost observed, so cost metrics (AIQ, cost saving, quality at budget) "
+                          "are skipped; quality metrics only")
         if json_out:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(results, indent=1))

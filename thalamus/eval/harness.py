@@ -6,10 +6,16 @@ split by stable prompt hash (or k folds, pooling every prompt's out-of-fold pred
 so the same seed gives the same numbers. Routers train on every training prompt; scoring
 uses complete test rows only (see ``thalamus.eval.metrics``). The per-query oracle router
 is fitted on the test prompts: it is an upper bound, not a learned router.
+
+Every prompt is embedded once, up front, as one job (one progress bar, written to the cache as it
+goes), before any fold is fitted. A quality-only dataset (no cost observed at all, which the user
+formats allow) is scored on quality alone: rows count as complete when every model's quality is
+known, and the cost metrics are reported as None with ``cost_metrics_skipped`` set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -92,6 +98,12 @@ def evaluate(router_name: str, dataset: str | Path | RoutingDataset, params: Map
              budgets: Sequence[float] = ()) -> dict[str, Any]:
     """Evaluate ``router_name`` on ``dataset``; one JSON-able dict of metrics (see ``score``)."""
     ds = load(dataset)
+    quality_only = bool(ds.n_prompts) and bool(np.isnan(ds.cost).all())
+    if quality_only:  # cost 0 everywhere: the sweep then ranks on quality, and cost metrics are dropped
+        ds = dataclasses.replace(ds, cost=np.zeros_like(ds.cost))
+    probe = build_router(router_name, params, seed, embedder)
+    if probe.uses_embeddings:
+        probe.features(ds.texts)  # the whole embedding job at once; the folds then read the cache
     tests: list[RoutingDataset] = []
     preds: list[Predictions] = []
     n_train = n_dropped = 0
@@ -103,7 +115,8 @@ def evaluate(router_name: str, dataset: str | Path | RoutingDataset, params: Map
             tests.append(complete)
         n_train += train.n_prompts
     if not tests:
-        raise DataError(f"{ds.name}: no test prompt has every model's quality and cost observed")
+        raise DataError(f"{ds.name}: no test prompt has every model's quality "
+                        f"{'' if quality_only else 'and cost '}observed")
     result: dict[str, Any] = {
         "router": router_name, "params": dict(params or {}), "dataset": ds.name,
         "source": ds.name if isinstance(dataset, RoutingDataset) else str(dataset), "seed": seed,
@@ -112,7 +125,15 @@ def evaluate(router_name: str, dataset: str | Path | RoutingDataset, params: Map
                   "n_test": sum(t.n_prompts for t in tests), "n_test_incomplete_dropped": n_dropped},
     }
     result.update(score(EvalSet.of(tests), Predictions.concat(preds), budgets))
+    result["cost_metrics_skipped"] = quality_only
+    if quality_only:
+        result.update({k: None for k in COST_METRICS})
     return clean(result)
+
+
+# what a dataset without any cost cannot tell
+COST_METRICS = ("aiq", "zero_router_aiq", "cost_at_max", "cost_saving_at_best_single", "quality_at_budget",
+                "cost_range")
 
 
 def score(ev: EvalSet, pred: Predictions, budgets: Sequence[float] = ()) -> dict[str, Any]:

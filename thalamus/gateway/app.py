@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -26,6 +27,10 @@ from thalamus.gateway.metrics import GatewayMetrics, install_metrics
 from thalamus.gateway.prompt_hash import PromptHasher, load_key
 from thalamus.gateway.service import GatewayService, LoadedRouter
 from thalamus.gateway.stats_api import install_stats
+
+if TYPE_CHECKING:
+    from thalamus.router.base import Router
+    from thalamus.router.batching import BatchingEmbedder
 
 log = logging.getLogger("thalamus.gateway")
 
@@ -70,6 +75,21 @@ def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
     return loaded
 
 
+def start_batching(config: GatewayConfig, routers: list[Router]) -> list[BatchingEmbedder]:
+    """Micro-batch the routers' embedders (server.embed_batch_ms; 0 disables). Routing threads then
+    mostly wait on a shared batch, so the default executor gets enough of them to fill one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from thalamus.router.batching import attach_batching
+
+    if config.server.embed_batch_ms <= 0:
+        return []
+    batchers = attach_batching(routers, config.server.embed_batch_ms)
+    if batchers:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64, thread_name_prefix="route"))
+    return batchers
+
+
 def create_app(config: GatewayConfig, settings: Settings | None = None,
                backends: dict[str, Backend] | None = None) -> FastAPI:
     """The gateway app. ``backends`` is the seam for callers that bring their own Backend objects."""
@@ -77,6 +97,7 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         routers = load_routers(config)
+        batchers = start_batching(config, [loaded.router for loaded in routers.values()])
         for loaded in routers.values():  # load embedders now, once, not under the first requests' race
             await asyncio.to_thread(loaded.router.route, "Thalamus warm-up.", loaded.default_knob())
         ledger, writer = open_ledger(config, settings)
@@ -94,6 +115,8 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
                 await backend.aclose()
             await writer.close()
             ledger.close()
+            for batcher in batchers:
+                batcher.close()
 
     docs = config.server.docs if config.server.docs is not None else not config.auth.enabled
     app = FastAPI(title="Thalamus gateway", lifespan=lifespan, docs_url="/docs" if docs else None,

@@ -174,6 +174,8 @@ class ServerConfig(_Strict):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     docs: bool | None = None  # /docs, /redoc, /openapi.json; None: served only while auth is off
+    # concurrent routing requests wait at most this long to share one embedding pass; 0: no batching
+    embed_batch_ms: float = Field(default=2.0, ge=0, le=100)
 
 
 class GatewayConfig(_Strict):

@@ -9,6 +9,11 @@ Saving writes ``router.json`` (name, hyperparameters, JSON-able fitted attribute
 ``arrays.npz`` (array-valued fitted attributes). A router whose state holds something else
 (a faiss index, boosters, torch weights) writes it in ``_save_extra`` / ``_load_extra`` in
 that library's own format.
+
+A router fitted on one embedder's vectors is meaningless on another's, so the fitted
+``embedder_id_`` is checked whenever an embedder is attached: at ``load`` (the embedder its
+``embedder`` spec names, or one passed in) and in ``use_embedder`` (the gateway's batching
+wrapper). A failed ``fit`` leaves the router unfitted, and a refit starts from a clean state.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.errors import DataError, NotFittedError
+from thalamus.errors import ConfigError, DataError, NotFittedError
 from thalamus.router.embedders import Embedder, get_embedder
 from thalamus.router.policy import Decision, Knob, decide
 
@@ -67,7 +72,21 @@ class Router:
 
     # -- features ------------------------------------------------------------------------
     def _embedder(self) -> Embedder:
-        return get_embedder(self.embedder)
+        attached: Embedder | None = getattr(self, "_attached_embedder", None)
+        return attached if attached is not None else get_embedder(self.embedder)
+
+    def embedder_in_use(self) -> Embedder:
+        """The embedder ``features`` calls: the attached one (``use_embedder``), else the named one."""
+        return self._embedder()
+
+    def use_embedder(self, embedder: Embedder) -> Self:
+        """Embed with ``embedder`` (e.g. a batching wrapper); it must make the vectors the router was fitted on."""
+        fitted = getattr(self, "embedder_id_", None)
+        if self.uses_embeddings and fitted is not None and embedder.id != fitted:
+            raise ConfigError(f"{type(self).__name__} was trained on embedder {fitted!r} and cannot serve with "
+                              f"embedder {embedder.id!r}; retrain it with --embedder for that embedder")
+        self._attached_embedder = embedder
+        return self
 
     def features(self, texts: Sequence[str]) -> Features:
         if not self.uses_embeddings:
@@ -79,10 +98,19 @@ class Router:
         """Learn from a dataset; ``features`` may be passed to reuse embeddings already computed."""
         if dataset.n_prompts == 0:
             raise DataError(f"{dataset.name}: cannot fit a router on an empty dataset")
-        self._init_fitted(dataset.models, dataset.cost)
-        X = features if features is not None else self.features(dataset.texts)
-        self._fit(X, dataset)
+        self._clear_fitted()  # a refit with other parameters keeps nothing of the last fit
+        try:
+            self._init_fitted(dataset.models, dataset.cost)
+            X = features if features is not None else self.features(dataset.texts)
+            self._fit(X, dataset)
+        except BaseException:
+            self._clear_fitted()  # a failed fit must not leave a router that looks fitted
+            raise
         return self
+
+    def _clear_fitted(self) -> None:
+        for key in list(self._fitted_attributes()):
+            delattr(self, key)
 
     def _init_fitted(self, models: Sequence[str], cost: np.ndarray) -> None:
         """The fitted state every router shares: models, embedder id, mean cost and the knob's cost scale."""
@@ -190,8 +218,12 @@ class Router:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> Router:
-        """Load any router's artifact; the registry picks the class named in router.json."""
+    def load(cls, directory: str | Path, embedder: Embedder | None = None) -> Router:
+        """Load any router's artifact; the registry picks the class named in router.json.
+
+        The embedder (``embedder``, else the one the artifact's spec names) must have the id the
+        router was fitted with: a ConfigError names both ids otherwise.
+        """
         from thalamus.router.registry import get_router_class
 
         directory = Path(directory)
@@ -208,6 +240,11 @@ class Router:
             for key in npz.files:
                 setattr(router, key, npz[key])
         router._load_extra(directory)
+        if router.uses_embeddings and getattr(router, "embedder_id_", None) is not None:
+            try:
+                router.use_embedder(embedder or get_embedder(router.embedder))
+            except ConfigError as exc:
+                raise ConfigError(f"{directory}: {exc}") from exc
         return router
 
     def _extra_attributes(self) -> tuple[str, ...]:
