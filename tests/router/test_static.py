@@ -41,17 +41,6 @@ def test_static_table_is_built_once_and_reused(static: StaticEmbedder) -> None:
     np.testing.assert_array_equal(again.embed(["same text"]), static.embed(["same text"]))
 
 
-def test_static_query_is_sub_millisecond(static: StaticEmbedder) -> None:
-    text = "Which model should answer this question about the boiling point of water at altitude? " * 3
-    static.embed([text])
-    times = []
-    for _ in range(200):
-        start = time.perf_counter()
-        static.embed([text])
-        times.append(time.perf_counter() - start)
-    assert float(np.median(times)) < 0.003  # ~0.1-0.4 ms on 2 busy cores; generous for shared machines
-
-
 def test_tail_keeps_the_question_of_a_long_prompt(static: StaticEmbedder) -> None:
     prefix = "Example: the sky is blue because of Rayleigh scattering. " * 80  # far over 512 tokens
     a, b = prefix + "Question: what is the derivative of x squared?", prefix + "Question: who wrote Hamlet?"
