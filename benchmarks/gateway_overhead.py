@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     dataset = load_dataset(DATASET)
     train, test = dataset.train_test()
-    artifact, router = train_or_load(train, Settings().cache_dir, "knn", args.embedder)
+    artifact, router = train_or_load(train, Settings().cache_dir, args.router, args.embedder)
     tmp = Path(tempfile.mkdtemp(prefix="thalamus-bench-"))
     rport = free_port()
     replay_url = f"http://127.0.0.1:{rport}"
@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--n1", type=int, default=300, help="requests at concurrency 1")
     parser.add_argument("--n32", type=int, default=2000, help="requests at concurrency 32")
     parser.add_argument("--embedder", default="minilm")
+    parser.add_argument("--router", default="knn", help="the router behind the routed rows (e.g. cluster)")
     parser.add_argument("--embed-cache", action="store_true",
                         help="let the gateway use the on-disk embedding cache (the benchmark's prompts repeat)")
     parser.add_argument("--proxy-url", help="another OpenAI-compatible proxy to measure side by side")

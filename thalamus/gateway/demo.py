@@ -59,10 +59,11 @@ class DemoResult:
 def train_or_load(train: RoutingDataset, cache_dir: Path, router: str, embedder: str) -> tuple[Path, str]:
     """The router artifact for the demo, trained once and cached; falls back to best-single."""
     from thalamus.router.base import Router
-    from thalamus.router.registry import make_router
+    from thalamus.router.registry import get_router_class, make_router
 
     try:
-        model = make_router(router, embedder=embedder) if router == "knn" else make_router(router)
+        takes_embedder = "embedder" in get_router_class(router).param_names()
+        model = make_router(router, embedder=embedder) if takes_embedder else make_router(router)
     except (UnknownNameError, ModuleNotFoundError) as exc:
         log.warning("router %r unavailable (%s); the demo uses best-single", router, exc)
         router, model = "best-single", make_router("best-single")
