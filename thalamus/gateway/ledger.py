@@ -92,7 +92,11 @@ class Ledger:
     def _insert(self) -> Any:
         dialect = self.engine.dialect.name
         if dialect == "postgresql":
-            return postgresql.insert(requests).on_conflict_do_nothing(index_elements=["id"])
+            # RETURNING makes SQLAlchemy send a batch as one multi-row INSERT ("insertmanyvalues"), not one
+            # statement per row: the rollup's statement trigger then runs once per batch and takes its row
+            # locks in key order (no deadlock between replicas; see ledger_rollup)
+            return postgresql.insert(requests).on_conflict_do_nothing(index_elements=["id"]).returning(
+                requests.c.id)
         if dialect == "sqlite":
             return sqlite.insert(requests).on_conflict_do_nothing(index_elements=["id"])
         raise RuntimeError(f"ledger {self.where}: only sqlite and postgresql are supported")
