@@ -64,9 +64,10 @@ def _create_private(path: Path) -> None:
 
 
 class Ledger:
-    """Synchronous access to a ledger database; migrates it on open."""
+    """Synchronous access to a ledger database; migrates it on open (to ``upto``: tests and benchmarks
+    build older schemas)."""
 
-    def __init__(self, url: str, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, url: str, busy_timeout_ms: int = 5000, *, upto: int | None = None) -> None:
         self.url = url
         path = sqlite_path(url)
         if path is not None:
@@ -74,7 +75,7 @@ class Ledger:
         self.engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine, busy_timeout_ms)
-        self.migrate()
+        self.migrate(upto)
 
     @property
     def where(self) -> str:
@@ -85,9 +86,9 @@ class Ledger:
         with self.engine.connect() as conn:
             return current_version(conn)
 
-    def migrate(self) -> int:
+    def migrate(self, upto: int | None = None) -> int:
         """Apply the migrations not yet recorded (under a lock); returns the schema version."""
-        return migrate(self.engine)
+        return migrate(self.engine, upto)
 
     def _insert(self) -> Any:
         dialect = self.engine.dialect.name

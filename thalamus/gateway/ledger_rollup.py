@@ -114,7 +114,7 @@ def _aggregate(table: str, keys: tuple[str, ...], inner: str) -> str:
     """INSERT one row per key group of ``inner`` (in key order), adding to the row already there."""
     key_list = ", ".join(("hour", *keys))
     sums = [f"SUM({name})" for name in SUM_COLUMNS]
-    sums += [f"SUM(CASE WHEN b_{m} = {b} THEN 1 ELSE 0 END)" for m in METRICS for b in range(N_BUCKETS)]
+    sums += [f"COUNT(*) FILTER (WHERE b_{m} = {b})" for m in METRICS for b in range(N_BUCKETS)]
     targets = ", ".join((*SUM_COLUMNS, *LAT_COLUMNS))
     update = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in (*SUM_COLUMNS, *LAT_COLUMNS))
     return (f"INSERT INTO {table} ({key_list}, {targets}) SELECT {key_list}, {', '.join(sums)} "
