@@ -24,6 +24,8 @@ the tests: never edit it; a change is a new migration.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 # frozen copies (migration 5): stats_sql.LATENCY_BOUNDS_MS must stay equal to these (tested)
@@ -34,22 +36,26 @@ METRICS = ("routing", "ttft", "total")
 HOUR_S = 3600
 ROLLUPS: dict[str, tuple[str, ...]] = {"rollup_hourly": ("router", "api_key_id", "chosen_model"),
                                        "rollup_hourly_router": ("router", "chosen_model")}
-# (column, type, per-row value over the source row aliased "s"; fb_* come from its feedback)
-_VALUES: tuple[tuple[str, str, str], ...] = (
-    ("requests", "BIGINT", "1"),
-    ("errors", "BIGINT", "CASE WHEN s.status >= 400 THEN 1 ELSE 0 END"),
-    ("fallbacks", "BIGINT", "CASE WHEN s.fallback_chain IS NOT NULL AND s.fallback_chain <> '[]' THEN 1 ELSE 0 END"),
-    ("prompt_tokens", "BIGINT", "COALESCE(s.prompt_tokens, 0)"),
-    ("completion_tokens", "BIGINT", "COALESCE(s.completion_tokens, 0)"),
-    ("spend_usd", "FLOAT", "COALESCE(s.cost_usd, 0.0)"),
-    ("counterfactual_spend_usd", "FLOAT", "COALESCE(s.baseline_cost_usd, 0.0)"),
-    ("feedback_n", "BIGINT", "COALESCE(fb.n, 0)"),
-    ("score_sum", "FLOAT", "COALESCE(fb.s, 0.0)"),
-    ("score_sq", "FLOAT", "COALESCE(fb.sq, 0.0)"),
-    ("total_ms_n", "BIGINT", "CASE WHEN s.total_ms IS NULL THEN 0 ELSE 1 END"),
-    ("total_ms_sum", "FLOAT", "COALESCE(s.total_ms, 0.0)"),
-    ("pq_n", "BIGINT", "CASE WHEN s.predicted_quality IS NULL THEN 0 ELSE 1 END"),
-    ("pq_sum", "FLOAT", "COALESCE(s.predicted_quality, 0.0)"),
+# (column, type, per-row value over the source row aliased "s"; fb_* come from its feedback). Sums are
+# clamped to +-CLAMP per row: a garbage value (a token count near 2**63, a cost of 1e308) must never make
+# the trigger overflow and refuse the request row; real values are far inside the bound.
+CLAMP = 1e12
+_VALUES: tuple[tuple[str, str, str, bool], ...] = (
+    ("requests", "BIGINT", "1", False),
+    ("errors", "BIGINT", "CASE WHEN s.status >= 400 THEN 1 ELSE 0 END", False),
+    ("fallbacks", "BIGINT", "CASE WHEN s.fallback_chain IS NOT NULL AND s.fallback_chain <> '[]' THEN 1 ELSE 0 END",
+     False),
+    ("prompt_tokens", "BIGINT", "COALESCE(s.prompt_tokens, 0)", True),
+    ("completion_tokens", "BIGINT", "COALESCE(s.completion_tokens, 0)", True),
+    ("spend_usd", "FLOAT", "COALESCE(s.cost_usd, 0.0)", True),
+    ("counterfactual_spend_usd", "FLOAT", "COALESCE(s.baseline_cost_usd, 0.0)", True),
+    ("feedback_n", "BIGINT", "COALESCE(fb.n, 0)", False),
+    ("score_sum", "FLOAT", "COALESCE(fb.s, 0.0)", False),
+    ("score_sq", "FLOAT", "COALESCE(fb.sq, 0.0)", False),
+    ("total_ms_n", "BIGINT", "CASE WHEN s.total_ms IS NULL THEN 0 ELSE 1 END", False),
+    ("total_ms_sum", "FLOAT", "COALESCE(s.total_ms, 0.0)", True),
+    ("pq_n", "BIGINT", "CASE WHEN s.predicted_quality IS NULL THEN 0 ELSE 1 END", False),
+    ("pq_sum", "FLOAT", "COALESCE(s.predicted_quality, 0.0)", True),
 )
 FEEDBACK_COLUMNS = ("feedback_n", "score_sum", "score_sq")
 N_BUCKETS = len(LATENCY_BOUNDS_V5) + 1
@@ -60,7 +66,7 @@ def lat_column(metric: str, bucket: int) -> str:
 
 
 LAT_COLUMNS = tuple(lat_column(m, b) for m in METRICS for b in range(N_BUCKETS))
-SUM_COLUMNS = tuple(name for name, _, _ in _VALUES)
+SUM_COLUMNS = tuple(name for name, _, _, _ in _VALUES)
 
 
 def key_value(value: str | None) -> str:
@@ -73,9 +79,9 @@ def key_decode(stored: str) -> str | None:
 
 
 def _rollup_table(metadata: sa.MetaData, name: str, keys: tuple[str, ...]) -> sa.Table:
-    cols = [sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False)]
+    cols: list[sa.Column[Any]] = [sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False)]
     cols += [sa.Column(k, sa.Text, primary_key=True) for k in keys]
-    cols += [sa.Column(n, sa.Float if t == "FLOAT" else sa.BigInteger, nullable=False) for n, t, _ in _VALUES]
+    cols += [sa.Column(n, sa.Float if t == "FLOAT" else sa.BigInteger, nullable=False) for n, t, _, _ in _VALUES]
     cols += [sa.Column(n, sa.BigInteger, nullable=False) for n in LAT_COLUMNS]
     return sa.Table(name, metadata, *cols)
 
@@ -95,17 +101,27 @@ def _bucket_sql(x: str, lo: int = 0, hi: int = len(LATENCY_BOUNDS_V5)) -> str:
            f"ELSE {_bucket_sql(x, mid + 1, hi)} END"
 
 
+def _clamp(dialect: str, expr: str, bound: float, low: float | None = None) -> str:
+    lo = -bound if low is None else low
+    if dialect == "sqlite":  # SQLite's two-argument MIN/MAX are scalar functions
+        return f"MIN(MAX({expr}, {lo!r}), {bound!r})"
+    return f"LEAST(GREATEST({expr}, {lo!r}), {bound!r})"
+
+
 def _hour_sql(dialect: str, col: str) -> str:
+    """The hour of created_at; a time outside [0, 1e12) s (never a real one) goes to the nearest edge
+    rather than overflow the cast and refuse the row."""
+    t = _clamp(dialect, col, CLAMP, 0.0)
     if dialect == "sqlite":  # SQLite's CAST truncates: floor for t >= 0
-        return f"CAST({col} / {HOUR_S} AS INTEGER) * {HOUR_S}"
-    return f"CAST(floor({col} / {HOUR_S}) AS BIGINT) * {HOUR_S}"
+        return f"CAST({t} / {HOUR_S} AS INTEGER) * {HOUR_S}"
+    return f"CAST(floor({t} / {HOUR_S}) AS BIGINT) * {HOUR_S}"
 
 
 def _per_row(dialect: str, keys: tuple[str, ...]) -> str:
     """hour, keys, every value and the three latency buckets of source row s (with its feedback fb)."""
     parts = [f"{_hour_sql(dialect, 's.created_at')} AS hour"]
     parts += [f"COALESCE('=' || s.{k}, '') AS {k}" for k in keys]
-    parts += [f"{expr} AS {name}" for name, _, expr in _VALUES]
+    parts += [f"{_clamp(dialect, expr, CLAMP) if clamp else expr} AS {name}" for name, _, expr, clamp in _VALUES]
     parts += [f"CASE WHEN s.{m}_ms IS NULL THEN NULL ELSE {_bucket_sql(f's.{m}_ms')} END AS b_{m}" for m in METRICS]
     return ", ".join(parts)
 
@@ -133,14 +149,15 @@ def _feedback_upsert(table: str, keys: tuple[str, ...], inner: str) -> str:
 
 def _create_table(table: str, keys: tuple[str, ...]) -> str:
     cols = ["hour BIGINT NOT NULL", *(f"{k} TEXT NOT NULL" for k in keys)]
-    cols += [f"{name} {kind} NOT NULL DEFAULT 0" for name, kind, _ in _VALUES]
+    cols += [f"{name} {kind} NOT NULL DEFAULT 0" for name, kind, _, _ in _VALUES]
     cols += [f"{c} BIGINT NOT NULL DEFAULT 0" for c in LAT_COLUMNS]
     return f"CREATE TABLE {table} ({', '.join(cols)}, PRIMARY KEY (hour, {', '.join(keys)}))"
 
 
 def _requests_source(dialect: str, keys: tuple[str, ...], rows: str, fb_where: str) -> str:
     """Per-row values of the request rows ``rows`` joined with the feedback already stored for them."""
-    fb = (f"SELECT request_id, COUNT(*) AS n, SUM(score) AS s, SUM(score * score) AS sq FROM feedback "
+    score = _clamp(dialect, "score", CLAMP)
+    fb = (f"SELECT request_id, COUNT(*) AS n, SUM({score}) AS s, SUM({score} * {score}) AS sq FROM feedback "
           f"{fb_where} GROUP BY request_id")
     return f"SELECT {_per_row(dialect, keys)} FROM {rows} AS s LEFT JOIN ({fb}) AS fb ON fb.request_id = s.id"
 
@@ -148,8 +165,9 @@ def _requests_source(dialect: str, keys: tuple[str, ...], rows: str, fb_where: s
 def _feedback_source(dialect: str, keys: tuple[str, ...], rows: str) -> str:
     """The keys of the requests that the feedback rows ``rows`` score, with each score."""
     key_cols = ", ".join(f"COALESCE('=' || s.{k}, '') AS {k}" for k in keys)
-    return (f"SELECT {_hour_sql(dialect, 's.created_at')} AS hour, {key_cols}, 1 AS n, f.score AS s, "
-            f"f.score * f.score AS sq FROM {rows} AS f JOIN requests AS s ON s.id = f.request_id")
+    score = _clamp(dialect, "f.score", CLAMP)
+    return (f"SELECT {_hour_sql(dialect, 's.created_at')} AS hour, {key_cols}, 1 AS n, {score} AS s, "
+            f"{score} * {score} AS sq FROM {rows} AS f JOIN requests AS s ON s.id = f.request_id")
 
 
 _REQUEST_INPUTS = ("id", "created_at", "router", "api_key_id", "chosen_model", "status", "fallback_chain",
