@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gateway"
 
 from thalamus.gateway import stats
 from thalamus.gateway.ledger import Ledger, feedback, requests
+from thalamus.gateway.ledger_schema import REQUEST_COLUMNS
 from thalamus.gateway.stats_sql import Filters
 
 COLUMNS = ["id", "created_at", "finished_at", "api_key_id", "requested_model", "router", "candidates",
@@ -99,23 +100,59 @@ def timed(fn: Any, reps: int) -> dict[str, float]:
     return {"p50_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
 
 
+def insert_cost(url: str, upto: int, n: int = 10_000, batch: int = 50) -> dict[str, float]:
+    """The writer's normal path (``Ledger.insert_stored``, batches of 50) into a fresh ledger at schema
+    ``upto`` (4: no rollup triggers, 5: with them), then ``add_feedback`` one at a time."""
+    ledger = Ledger(url, upto=upto)
+    # every column, as LedgerRow.storable() gives them (the benchmark rows already hold encoded JSON)
+    stored = [dict.fromkeys(REQUEST_COLUMNS) | dict(zip(COLUMNS, r, strict=True))
+              for r in make_rows(n, time.time(), seed=upto)]
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        ledger.insert_stored(stored[i:i + batch])
+    rows_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for r in stored[:n // 10]:
+        ledger.add_feedback(r["id"], 0.5, None, "bench", None)
+    fb_s = time.perf_counter() - t0
+    ledger.close()
+    return {"rows": n, "batch": batch, "insert_s": rows_s, "us_per_row": rows_s / n * 1e6,
+            "feedback": n // 10, "us_per_feedback": fb_s / (n // 10) * 1e6}
+
+
 def bench(url: str, name: str, rows: list[tuple[Any, ...]], fb: list[tuple[Any, ...]], now: float,
-          reps: int) -> dict[str, Any]:
-    ledger = Ledger(url)
+          reps: int, fresh: Any) -> dict[str, Any]:
+    ledger = Ledger(url, upto=4)  # bulk load without the rollup triggers, then migration 5 backfills
     t0 = time.perf_counter()
     (load_postgres if name == "postgresql" else load_sqlite)(ledger, rows, fb)
     load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert ledger.migrate() == 5
+    backfill_s = time.perf_counter() - t0
+    if name == "postgresql":
+        with ledger.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
     f = Filters(since=now - 7 * 86400, until=now + 1)
     check = stats.overview(ledger.engine, f)
     assert check["requests"] == len(rows), check["requests"]
-    result = {"load_s": load_s, "overview": timed(lambda: stats.overview(ledger.engine, f), reps),
+    result = {"load_s": load_s, "migration_5_backfill_s": backfill_s,
+              "overview": timed(lambda: stats.overview(ledger.engine, f), reps),
               "timeseries_hour_7d": timed(lambda: stats.timeseries(ledger.engine, f, "hour"), reps),
               "overview_one_router": timed(lambda: stats.overview(ledger.engine, Filters(f.since, f.until, "knn")),
-                                           reps)}
+                                           reps),
+              "overview_one_key": timed(lambda: stats.overview(ledger.engine, Filters(f.since, f.until, key="key-3")),
+                                        reps),
+              "timeseries_day_7d": timed(lambda: stats.timeseries(ledger.engine, f, "day"), reps),
+              "models_7d": timed(lambda: stats.grouped(ledger.engine, f, "model"), reps),
+              "keys_7d": timed(lambda: stats.grouped(ledger.engine, f, "key"), reps)}
     with ledger.engine.connect() as conn:
         result["rows"] = conn.execute(sa.select(sa.func.count()).select_from(requests)).scalar()
         result["feedback_rows"] = conn.execute(sa.select(sa.func.count()).select_from(feedback)).scalar()
+        result["rollup_rows"] = conn.exec_driver_sql("SELECT count(*) FROM rollup_hourly").scalar()
+        result["rollup_router_rows"] = conn.exec_driver_sql("SELECT count(*) FROM rollup_hourly_router").scalar()
     ledger.close()
+    result["insert_without_triggers"] = insert_cost(fresh(), 4)
+    result["insert_with_triggers"] = insert_cost(fresh(), 5)
     print(name, json.dumps(result), flush=True)
     return result
 
@@ -132,7 +169,9 @@ def main() -> None:
     results: dict[str, Any] = {"command": " ".join(["benchmarks/dashboard_stats.py", *sys.argv[1:]]),
                                "rows": args.rows, "reps": args.reps, "what": "thalamus.gateway.stats functions"}
     with tempfile.TemporaryDirectory() as tmp:
-        results["sqlite"] = bench(f"sqlite:///{tmp}/bench.sqlite", "sqlite", rows, fb, now, args.reps)
+        n = iter(range(100))
+        results["sqlite"] = bench(f"sqlite:///{tmp}/bench.sqlite", "sqlite", rows, fb, now, args.reps,
+                                  lambda: f"sqlite:///{tmp}/insert{next(n)}.sqlite")
     if not args.skip_postgres:
         from pgserver import PgServer, new_database, pg_bindir
 
@@ -141,7 +180,8 @@ def main() -> None:
         server = PgServer(bindir)
         server.start()
         try:
-            results["postgresql"] = bench(new_database(server.url), "postgresql", rows, fb, now, args.reps)
+            results["postgresql"] = bench(new_database(server.url), "postgresql", rows, fb, now, args.reps,
+                                          lambda: new_database(server.url))
         finally:
             server.stop()
             server.cleanup()

@@ -64,9 +64,10 @@ def _create_private(path: Path) -> None:
 
 
 class Ledger:
-    """Synchronous access to a ledger database; migrates it on open."""
+    """Synchronous access to a ledger database; migrates it on open (to ``upto``: tests and benchmarks
+    build older schemas)."""
 
-    def __init__(self, url: str, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, url: str, busy_timeout_ms: int = 5000, *, upto: int | None = None) -> None:
         self.url = url
         path = sqlite_path(url)
         if path is not None:
@@ -74,7 +75,7 @@ class Ledger:
         self.engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine, busy_timeout_ms)
-        self.migrate()
+        self.migrate(upto)
 
     @property
     def where(self) -> str:
@@ -85,14 +86,18 @@ class Ledger:
         with self.engine.connect() as conn:
             return current_version(conn)
 
-    def migrate(self) -> int:
+    def migrate(self, upto: int | None = None) -> int:
         """Apply the migrations not yet recorded (under a lock); returns the schema version."""
-        return migrate(self.engine)
+        return migrate(self.engine, upto)
 
     def _insert(self) -> Any:
         dialect = self.engine.dialect.name
         if dialect == "postgresql":
-            return postgresql.insert(requests).on_conflict_do_nothing(index_elements=["id"])
+            # RETURNING makes SQLAlchemy send a batch as one multi-row INSERT ("insertmanyvalues"), not one
+            # statement per row: the rollup's statement trigger then runs once per batch and takes its row
+            # locks in key order (no deadlock between replicas; see ledger_rollup)
+            return postgresql.insert(requests).on_conflict_do_nothing(index_elements=["id"]).returning(
+                requests.c.id)
         if dialect == "sqlite":
             return sqlite.insert(requests).on_conflict_do_nothing(index_elements=["id"])
         raise RuntimeError(f"ledger {self.where}: only sqlite and postgresql are supported")

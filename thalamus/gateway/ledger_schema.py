@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from thalamus.gateway.ledger_rollup import ROLLUP_V5
+
 metadata = sa.MetaData()
 
 schema_version = sa.Table(
@@ -128,6 +130,7 @@ MIGRATIONS: list[Migration] = [
                        "ALTER COLUMN completion_tokens TYPE BIGINT"),
     }),
     Migration(4, "dashboard columns", {"sqlite": _DASHBOARD_V4, "postgresql": _DASHBOARD_V4}),
+    Migration(5, "hourly rollups kept by triggers", ROLLUP_V5),  # DDL in ledger_rollup, pinned by a test
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway
@@ -139,21 +142,21 @@ def current_version(conn: Connection) -> int:
     return int(conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0)
 
 
-def _apply_pending(conn: Connection) -> int:
+def _apply_pending(conn: Connection, upto: int | None = None) -> int:
     conn.exec_driver_sql(_SCHEMA_VERSION_DDL)
     current = current_version(conn)
-    for migration in MIGRATIONS[current:]:
+    for migration in MIGRATIONS[current:upto]:
         migration.apply(conn)
         conn.execute(schema_version.insert().values(version=migration.number, applied_at=time.time()))
-    return len(MIGRATIONS)
+    return current_version(conn)
 
 
-def _migrate_sqlite(engine: Engine) -> int:
+def _migrate_sqlite(engine: Engine, upto: int | None) -> int:
     # pysqlite's own transaction handling does not wrap DDL: drive BEGIN IMMEDIATE ourselves
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
         try:
-            version = _apply_pending(conn)
+            version = _apply_pending(conn, upto)
         except BaseException:
             conn.exec_driver_sql("ROLLBACK")
             raise
@@ -161,11 +164,12 @@ def _migrate_sqlite(engine: Engine) -> int:
         return version
 
 
-def migrate(engine: Engine) -> int:
-    """Apply the migrations not yet recorded, under one lock; returns the schema version."""
+def migrate(engine: Engine, upto: int | None = None) -> int:
+    """Apply the migrations not yet recorded (up to version ``upto``, default all), under one lock;
+    returns the schema version."""
     if engine.dialect.name == "sqlite":
-        return _migrate_sqlite(engine)
+        return _migrate_sqlite(engine, upto)
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        return _apply_pending(conn)
+        return _apply_pending(conn, upto)

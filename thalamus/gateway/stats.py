@@ -14,50 +14,28 @@ import time
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.engine import Engine
 
 from thalamus.gateway.ledger import feedback, requests
-from thalamus.gateway.stats_sql import (
-    PERCENTILES,
-    Filters,
-    fell_back,
-    floor_div,
-    is_error,
-    latency_bucket,
-    percentile,
-    total,
-)
+from thalamus.gateway.ledger_rollup import FEEDBACK_COLUMNS, HOUR_S, METRICS, SUM_COLUMNS
+from thalamus.gateway.stats_rollup import Acc, Groups, Level, collect
+from thalamus.gateway.stats_sql import PERCENTILES, Filters, floor_div, percentile
 
 Bucket = Literal["minute", "hour", "day"]
 BUCKET_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
 MAX_POINTS = 2000  # a series longer than this is refused: pick a coarser bucket or a shorter range
-LATENCIES = ("routing_ms", "ttft_ms", "total_ms")
 c = requests.c
 
 
-def _sums() -> list[ColumnElement[Any]]:
-    return [sa.func.count().label("requests"), total(is_error()).label("errors"),
-            total(fell_back()).label("fallbacks"), total(c.prompt_tokens).label("prompt_tokens"),
-            total(c.completion_tokens).label("completion_tokens"), total(c.cost_usd).label("spend_usd"),
-            total(c.baseline_cost_usd).label("counterfactual_spend_usd")]
-
-
-def _shape(rec: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"requests": int(rec.requests), "errors": int(rec.errors), "fallbacks": int(rec.fallbacks),
-           "prompt_tokens": int(rec.prompt_tokens), "completion_tokens": int(rec.completion_tokens),
-           "spend_usd": float(rec.spend_usd), "counterfactual_spend_usd": float(rec.counterfactual_spend_usd)}
+def _shape(sums: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {name: int(sums[name]) for name in ("requests", "errors", "fallbacks", "prompt_tokens",
+                                                               "completion_tokens")}
+    out |= {name: float(sums[name]) for name in ("spend_usd", "counterfactual_spend_usd")}
     out["savings_usd"] = out["counterfactual_spend_usd"] - out["spend_usd"]
     n = out["requests"]
     out["error_rate"] = out["errors"] / n if n else None
     out["fallback_rate"] = out["fallbacks"] / n if n else None
     return out
-
-
-def _feedback_cols() -> list[ColumnElement[Any]]:
-    return [sa.func.count(feedback.c.score).label("feedback_n"),
-            total(feedback.c.score).label("score_sum"),
-            total(feedback.c.score * feedback.c.score).label("score_sq")]
 
 
 def _score(n: int, s: float, sq: float) -> dict[str, Any]:
@@ -69,30 +47,22 @@ def _score(n: int, s: float, sq: float) -> dict[str, Any]:
     return {"feedback_n": n, "score_mean": mean, "score_se": math.sqrt(var / n) if var is not None else None}
 
 
-def _joined(f: Filters) -> sa.Select[Any]:
-    return sa.select(*_feedback_cols()).select_from(
-        feedback.join(requests, requests.c.id == feedback.c.request_id)).where(*f.where())
-
-
-def latency_histogram(conn: Connection, f: Filters, column: str) -> dict[int, int]:
-    col = c[column]
-    bucket = latency_bucket(col).label("b")
-    query = sa.select(bucket, sa.func.count()).where(*f.where(), col.is_not(None)).group_by(bucket)
-    return {int(b): int(n) for b, n in conn.execute(query)}
+def _acc_score(acc: Acc) -> dict[str, Any]:
+    return _score(int(acc.sums["feedback_n"]), float(acc.sums["score_sum"]), float(acc.sums["score_sq"]))
 
 
 def _percentiles(counts: dict[int, int]) -> dict[str, float | None]:
     return {f"p{round(q * 100)}": percentile(counts, q) for q in PERCENTILES}
 
 
-def overview(engine: Engine, f: Filters) -> dict[str, Any]:
-    """Totals for the filtered requests, feedback, and latency percentiles (ms)."""
+def overview(engine: Engine, f: Filters, use_rollup: bool = True) -> dict[str, Any]:
+    """Totals for the filtered requests, feedback, and latency percentiles (ms). ``use_rollup=False``
+    reads raw rows only (the reference the rollup-backed answer is tested against)."""
     with engine.connect() as conn:
-        out = _shape(conn.execute(sa.select(*_sums()).where(*f.where())).one())
-        fb = conn.execute(_joined(f)).one()
-        out |= _score(int(fb.feedback_n), float(fb.score_sum), float(fb.score_sq))
-        out["latency_ms"] = {name.removesuffix("_ms"): _percentiles(latency_histogram(conn, f, name))
-                             for name in LATENCIES}
+        (groups,) = collect(conn, f, [Level(())], use_rollup=use_rollup)
+    acc = groups.get((), Acc())
+    out = _shape(acc.sums) | _acc_score(acc)
+    out["latency_ms"] = {m: _percentiles(acc.hist[m]) for m in METRICS}
     out["filters"] = f.as_dict()
     return out
 
@@ -111,96 +81,63 @@ def series_range(f: Filters, bucket: str, now: float | None = None) -> tuple[flo
     return first, end, width
 
 
-def timeseries(engine: Engine, f: Filters, bucket: str = "hour", now: float | None = None) -> dict[str, Any]:
+SERIES_LEVELS = [Level(("ts", "model"), ("requests", "spend_usd", *FEEDBACK_COLUMNS), ()),
+                 Level(("ts",), SUM_COLUMNS, ("ttft", "total"))]
+
+
+def timeseries(engine: Engine, f: Filters, bucket: str = "hour", now: float | None = None,
+               use_rollup: bool = True) -> dict[str, Any]:
     """Per bucket: the overview's sums, latency percentiles, feedback; per bucket and model: requests,
-    their share, spend and feedback score. Dense: empty buckets are zeros."""
+    their share, spend and feedback score. Dense: empty buckets are zeros. Minute buckets read raw rows."""
     first, end, width = series_range(f, bucket, now)
     fr = Filters(first if f.since is None else f.since, end, f.router, f.key, f.model)
-    t = (floor_div(c.created_at, width) * width).label("ts")
     starts = [first + i * width for i in range(math.ceil((end - first) / width) or 1)]
     with engine.connect() as conn:
-        sums = {float(r[0]): r for r in conn.execute(sa.select(t, *_sums()).where(*fr.where()).group_by(t))}
-        fbt = (floor_div(requests.c.created_at, width) * width).label("ts")
-        fbq = sa.select(fbt, c.chosen_model, *_feedback_cols()).select_from(
-            feedback.join(requests, requests.c.id == feedback.c.request_id)).where(*fr.where()).group_by(
-            fbt, c.chosen_model)
-        scores = list(conn.execute(fbq))
-        per_model = list(conn.execute(sa.select(t, c.chosen_model, sa.func.count().label("n"),
-                                                total(c.cost_usd).label("spend")).where(*fr.where())
-                                      .group_by(t, c.chosen_model)))
-        lat = {name: _series_histogram(conn, fr, name, width) for name in ("total_ms", "ttft_ms")}
+        per_model, per_ts = collect(conn, fr, SERIES_LEVELS, width, use_rollup and width % HOUR_S == 0)
     return {"bucket": bucket, "width_s": width, "filters": fr.as_dict(),
-            "points": [_point(s, sums.get(s), lat, scores) for s in starts],
-            "models": _model_series(starts, per_model, scores)}
+            "points": [_point(s, per_ts.get((float(s),), Acc())) for s in starts],
+            "models": _model_series(starts, per_model)}
 
 
-def _series_histogram(conn: Connection, f: Filters, column: str, width: int) -> dict[float, dict[int, int]]:
-    col = c[column]
-    t = (floor_div(c.created_at, width) * width).label("ts")
-    b = latency_bucket(col).label("b")
-    out: dict[float, dict[int, int]] = {}
-    for tv, bv, n in conn.execute(sa.select(t, b, sa.func.count()).where(*f.where(), col.is_not(None))
-                                  .group_by(t, b)):
-        out.setdefault(float(tv), {})[int(bv)] = int(n)
+def _point(start: float, acc: Acc) -> dict[str, Any]:
+    out: dict[str, Any] = {"t": start} | _shape(acc.sums) | _acc_score(acc)
+    for m in ("total", "ttft"):
+        out[m + "_ms"] = _percentiles(acc.hist[m])
     return out
 
 
-def _point(start: float, rec: Any, lat: dict[str, dict[float, dict[int, int]]], scores: list[Any]) -> dict[str, Any]:
-    zero = {"requests": 0, "errors": 0, "fallbacks": 0, "prompt_tokens": 0, "completion_tokens": 0,
-            "spend_usd": 0.0, "counterfactual_spend_usd": 0.0}
-    out: dict[str, Any] = {"t": start} | _shape(rec if rec is not None else _Rec(zero))
-    mine = [s for s in scores if float(s.ts) == start]
-    out |= _score(sum(int(s.feedback_n) for s in mine), sum(float(s.score_sum) for s in mine),
-                  sum(float(s.score_sq) for s in mine))
-    for name, hist in lat.items():
-        out[name.removesuffix("_ms") + "_ms"] = _percentiles(hist.get(start, {}))
-    return out
-
-
-class _Rec:
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
-
-
-def _model_series(starts: list[float], per_model: list[Any], scores: list[Any]) -> dict[str, Any]:
+def _model_series(starts: list[float], per_model: Groups) -> dict[str, Any]:
     totals: dict[float, int] = {}
-    for r in per_model:
-        totals[float(r.ts)] = totals.get(float(r.ts), 0) + int(r.n)
-    names = sorted({str(r.chosen_model) for r in per_model if r.chosen_model is not None})
+    for (ts, _), acc in per_model.items():
+        totals[ts] = totals.get(ts, 0) + int(acc.sums["requests"])
+    names = sorted({str(m) for _, m in per_model if m is not None})
     out: dict[str, Any] = {}
     for name in names:
-        counts = {float(r.ts): r for r in per_model if r.chosen_model == name}
-        fb = {float(s.ts): s for s in scores if s.chosen_model == name}
         points = []
         for s in starts:
-            r, q = counts.get(s), fb.get(s)
-            n = int(r.n) if r is not None else 0
-            point = {"t": s, "requests": n, "share": n / totals[s] if totals.get(s) else 0.0,
-                     "spend_usd": float(r.spend) if r is not None else 0.0}
-            points.append(point | (_score(int(q.feedback_n), float(q.score_sum), float(q.score_sq))
-                                   if q is not None else _score(0, 0.0, 0.0)))
+            acc = per_model.get((float(s), name), Acc())
+            n = int(acc.sums["requests"])
+            points.append({"t": s, "requests": n, "share": n / totals[s] if totals.get(s) else 0.0,
+                           "spend_usd": float(acc.sums["spend_usd"])} | _acc_score(acc))
         out[name] = points
     return out
 
 
-def grouped(engine: Engine, f: Filters, by: Literal["model", "key"]) -> list[dict[str, Any]]:
+def grouped(engine: Engine, f: Filters, by: Literal["model", "key"], use_rollup: bool = True
+            ) -> list[dict[str, Any]]:
     """Per model (the one that answered) or per API key: sums, latency mean, feedback; by spend."""
-    col = c.chosen_model if by == "model" else c.api_key_id
-    extra = [sa.func.avg(c.total_ms).label("mean_total_ms"), sa.func.avg(c.predicted_quality).label("mean_pq")]
     with engine.connect() as conn:
-        rows = list(conn.execute(sa.select(col.label("name"), *_sums(), *extra).where(*f.where()).group_by(col)))
-        fbq = sa.select(col.label("name"), *_feedback_cols()).select_from(
-            feedback.join(requests, requests.c.id == feedback.c.request_id)).where(*f.where()).group_by(col)
-        fb = {r.name: r for r in conn.execute(fbq)}
-    n_all = sum(int(r.requests) for r in rows)
+        (groups,) = collect(conn, f, [Level((by,), SUM_COLUMNS, ())], use_rollup=use_rollup)
+    rows = {k: a for k, a in groups.items() if a.sums["requests"]}  # feedback alone cannot make a group
+    n_all = sum(int(a.sums["requests"]) for a in rows.values())
     out = []
-    for r in rows:
-        item = {by: r.name} | _shape(r) | {"share": int(r.requests) / n_all if n_all else 0.0,
-                                           "mean_total_ms": _num(r.mean_total_ms),
-                                           "mean_predicted_quality": _num(r.mean_pq)}
-        q = fb.get(r.name)
-        item |= _score(int(q.feedback_n), float(q.score_sum), float(q.score_sq)) if q else _score(0, 0.0, 0.0)
-        out.append(item)
+    for (name,), acc in rows.items():
+        s = acc.sums
+        item = {by: name} | _shape(s) | {"share": int(s["requests"]) / n_all if n_all else 0.0,
+                                         "mean_total_ms": s["total_ms_sum"] / s["total_ms_n"] if s["total_ms_n"]
+                                         else None,
+                                         "mean_predicted_quality": s["pq_sum"] / s["pq_n"] if s["pq_n"] else None}
+        out.append(item | _acc_score(acc))
     return sorted(out, key=lambda x: (-x["spend_usd"], -x["requests"], str(x[by])))
 
 
