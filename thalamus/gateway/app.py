@@ -47,7 +47,8 @@ def open_ledger(config: GatewayConfig, settings: Settings | None = None) -> tupl
 
 
 def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
-    from thalamus.router.base import Router, artifact_version
+    from thalamus.gateway.learning import load_artifact
+    from thalamus.router.base import artifact_version
 
     loaded: dict[str, LoadedRouter] = {}
     backends = {b.name for b in config.backends}
@@ -55,7 +56,7 @@ def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
         if not Path(rc.artifact).is_dir():
             raise ConfigError(f"routers.{name}.artifact: {rc.artifact} is not a directory; train a router "
                               "and save it there")
-        router = Router.load(rc.artifact)
+        router = load_artifact(rc.artifact)  # its online checkpoint when the gateway has written one
         servable = tuple(m for m in router.models_ if m in backends)
         if not servable:
             raise ConfigError(f"routers.{name}: none of the router's models {router.models_} is a backend")
@@ -90,6 +91,7 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
         try:
             yield
         finally:
+            await asyncio.to_thread(app.state.service.learning.close, routers)
             for backend in owned.values():
                 await backend.aclose()
             await writer.close()

@@ -99,9 +99,20 @@ class KnobConfig(_Strict):
                     excluded=tuple(self.excluded))
 
 
+class ExploreConfig(_Strict):
+    """Exploration for off-policy learning (docs/learning.md): ``epsilon`` (share of requests sent to a
+    uniformly drawn eligible model) or ``softmax`` (temperature in utility units). ``seed`` for replays."""
+
+    kind: Literal["epsilon", "softmax"]
+    value: float = Field(ge=0)
+    seed: int | None = None
+
+
 class RouterConfig(_Strict):
     """A trained router artifact. ``strong``/``weak`` enable RouteLLM's ``router-NAME-THRESHOLD`` names.
-    ``baseline`` is the model the dashboard's counterfactual spend is priced on (default: ``strong``)."""
+    ``baseline`` is the model the dashboard's counterfactual spend is priced on (default: ``strong``).
+    ``explore`` is off by default. ``learn_online``: a router with ``partial_fit`` (linucb, thompson)
+    learns from feedback in the gateway and checkpoints every ``checkpoint_every`` updates."""
 
     artifact: Path
     knob: KnobConfig = Field(default_factory=KnobConfig)
@@ -109,6 +120,9 @@ class RouterConfig(_Strict):
     strong: str | None = None
     weak: str | None = None
     baseline: str | None = None
+    explore: ExploreConfig | None = None
+    learn_online: bool = True
+    checkpoint_every: int = Field(default=50, ge=1)
 
     def baseline_model(self) -> str | None:
         return self.baseline or self.strong
@@ -141,6 +155,7 @@ class LedgerConfig(_Strict):
 
     url: str | None = None  # None: sqlite file ledger.sqlite under Settings().cache_dir
     store_prompts: bool = False
+    store_embeddings: bool = False  # the routing embedding (float16) + embedder id, for re-training
     flush_ms: int = Field(default=50, gt=0)
     batch_rows: int = Field(default=500, gt=0)
     hash_key_env: str = "THALAMUS_PROMPT_HASH_KEY"  # secret of the keyed prompt hash (gateway/prompt_hash.py)

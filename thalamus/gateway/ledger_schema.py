@@ -55,6 +55,9 @@ requests = sa.Table(
     sa.Column("baseline_cost_usd", sa.Float),
     sa.Column("predicted_quality", sa.Float),
     sa.Column("upstream_ms", sa.Float),
+    # migration 7: learning loop (docs/learning.md): every model's propensity lives in ``candidates``
+    sa.Column("embedding", sa.Text),        # base64 of the routing embedding as little-endian float16
+    sa.Column("embedder_id", sa.String(128)),
 )
 
 feedback = sa.Table(
@@ -96,6 +99,9 @@ _DASHBOARD_V4 = ("ALTER TABLE requests ADD COLUMN baseline_model VARCHAR(256)",
                  "ALTER TABLE requests ADD COLUMN predicted_quality FLOAT",
                  "ALTER TABLE requests ADD COLUMN upstream_ms FLOAT")
 
+_LEARNING_V7 = ("ALTER TABLE requests ADD COLUMN embedding TEXT",
+                "ALTER TABLE requests ADD COLUMN embedder_id VARCHAR(128)")
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -128,6 +134,7 @@ MIGRATIONS: list[Migration] = [
                        "ALTER COLUMN completion_tokens TYPE BIGINT"),
     }),
     Migration(4, "dashboard columns", {"sqlite": _DASHBOARD_V4, "postgresql": _DASHBOARD_V4}),
+    Migration(7, "learning loop: routing embedding", {"sqlite": _LEARNING_V7, "postgresql": _LEARNING_V7}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway
@@ -142,10 +149,10 @@ def current_version(conn: Connection) -> int:
 def _apply_pending(conn: Connection) -> int:
     conn.exec_driver_sql(_SCHEMA_VERSION_DDL)
     current = current_version(conn)
-    for migration in MIGRATIONS[current:]:
+    for migration in (m for m in MIGRATIONS if m.number > current):  # numbers may have gaps
         migration.apply(conn)
         conn.execute(schema_version.insert().values(version=migration.number, applied_at=time.time()))
-    return len(MIGRATIONS)
+    return MIGRATIONS[-1].number
 
 
 def _migrate_sqlite(engine: Engine) -> int:

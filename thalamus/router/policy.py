@@ -68,6 +68,10 @@ class Decision:
     knob: Knob
     probability: float = 1.0
     extra: dict[str, float] = field(default_factory=dict)
+    # every model's probability when the decision is stochastic (exploration); None: all on ``model``
+    probabilities: list[float] | None = None
+    # the routing features (embedding) the decision was made on, for online updates; not serialised
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def quality(self) -> float:
@@ -86,6 +90,7 @@ class Decision:
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["knob"] = asdict(self.knob)
+        out.pop("features", None)
         return out
 
 
