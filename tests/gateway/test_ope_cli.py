@@ -77,3 +77,23 @@ def test_ope_cli_says_no_support_when_the_logs_never_tried_the_candidates_model(
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())
     assert "NO SUPPORT - no estimate" in flat and "weak on 12 rows" in flat and "12 of 12" in flat
+
+
+def test_retrain_cli_fits_a_router_on_the_logged_feedback(
+        make_gateway: GatewayFactory, dataset: RoutingDataset, artifact: Path, tmp_path: Path) -> None:
+    routers = {"best": {"artifact": str(artifact), "aliases": ["auto"], "knob": {"kind": "lambda", "value": 0.0},
+                        "explore": {"kind": "epsilon", "value": 0.9, "seed": 5}}}
+    gw = make_gateway(routers=routers)
+    _drive(gw.url, dataset, 30)
+    rows = ledger_rows(gw.ledger_path, 30)  # type: ignore[attr-defined]
+    out = tmp_path / "retrained"
+    result = CliRunner().invoke(build_app(), [
+        "retrain", "knn", "--ledger", f"sqlite:///{gw.ledger_path}", "--out", str(out),  # type: ignore[attr-defined]
+        "--embedder", "hashing", "--param", "k=3", "--clip", "5"])
+    assert result.exit_code == 0, result.output
+    from thalamus.router.base import Router
+
+    router = Router.load(out)
+    assert router.models_ == sorted(rows["chosen_model"].unique())
+    expected_rows = sum(int(max(round(min(1 / p, 5.0)), 1)) for p in rows["probability"])  # one model per prompt here
+    assert f"{expected_rows} rows after inverse-propensity repetition" in " ".join(result.output.split())

@@ -102,5 +102,46 @@ def ope_cmd(
         json_out.write_text(json.dumps(out, indent=1))
 
 
+def retrain_cmd(
+    router: Annotated[str, typer.Argument(help="A registered router name (knn, mf, linucb, ...).")],
+    ledger: Annotated[str, typer.Option("--ledger", help="Ledger database URL.")],
+    out: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")],
+    data: Annotated[str | None, typer.Option("--data", help="Base dataset (name or file) to train on too.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Hyperparameter NAME=VALUE (repeat).")] = None,
+    embedder: Annotated[str | None, typer.Option("--embedder", help="minilm, minilm-int8 or hashing.")] = None,
+    clip: Annotated[float, typer.Option("--clip", help="Largest inverse-propensity weight.")] = 10.0,
+    ips: Annotated[bool, typer.Option("--ips/--no-ips", help="Weight logged rows by 1/propensity.")] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (default THALAMUS_DATA_DIR).")] = None,
+) -> None:
+    """Fit ROUTER on base data plus every logged (prompt, model, feedback) triple and save it."""
+    from thalamus.cli.train import parse_pairs
+    from thalamus.datasets.registry import load_dataset
+    from thalamus.gateway.ledger import Ledger
+    from thalamus.router.base import artifact_version
+    from thalamus.router.registry import make_router
+    from thalamus.training.retrain import training_set
+    from thalamus.training.train import coerce_params
+
+    params = coerce_params(router, parse_pairs(param or [], "--param")) | {"seed": seed}
+    if embedder is not None:
+        params["embedder"] = embedder
+    model = make_router(router, **params)
+    db = Ledger(ledger)
+    try:
+        rows = db.rows_with_feedback()
+    finally:
+        db.close()
+    base = load_dataset(data, data_dir) if data else None
+    ts = training_set(rows, model, base, clip=clip, ips=ips)
+    model.fit(ts.dataset, features=ts.features)
+    directory = model.save(out)
+    Console().print(f"retrained {router} on {ts.base_prompts} base prompts + {ts.logged_requests} logged requests "
+                    f"({ts.logged_prompts} prompts, {ts.dataset.n_prompts - ts.base_prompts} rows after "
+                    f"inverse-propensity repetition, clip {clip:g}); artifact {directory} "
+                    f"(version {artifact_version(directory)})")
+
+
 def register(app: typer.Typer) -> None:
     app.command("ope")(ope_cmd)
+    app.command("retrain")(retrain_cmd)
