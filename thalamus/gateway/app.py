@@ -24,6 +24,7 @@ from thalamus.gateway.ledger import Ledger, LedgerWriter
 from thalamus.gateway.ledger_writer import default_journal_path
 from thalamus.gateway.metrics import GatewayMetrics, install_metrics
 from thalamus.gateway.prompt_hash import PromptHasher, load_key
+from thalamus.gateway.rollout_api import install_rollout
 from thalamus.gateway.service import GatewayService, LoadedRouter
 from thalamus.gateway.stats_api import install_stats
 
@@ -104,4 +105,5 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     install_stats(app)
     install_dashboard(app)
     install_metrics(app)
+    install_rollout(app)
     return app

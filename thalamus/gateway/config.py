@@ -191,6 +191,24 @@ class ServerConfig(_Strict):
     docs: bool | None = None  # /docs, /redoc, /openapi.json; None: served only while auth is off
 
 
+class AdminConfig(_Strict):
+    """The admin endpoints (/admin/...: hot reload, shadow, canary, promotion, controller state).
+    Off by default; when on they need ``Authorization: Bearer <key>`` with the key given here."""
+
+    enabled: bool = False
+    key: str | None = None
+    key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdminConfig:
+        if self.enabled and (self.key is None) == (self.key_env is None):
+            raise ValueError("admin is enabled: give exactly one of 'key' or 'key_env'")
+        return self
+
+    def secret(self) -> str | None:
+        return self.key if self.key is not None else os.environ.get(self.key_env or "") or None
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     backends: list[BackendConfig] = Field(min_length=1)
@@ -198,6 +216,7 @@ class GatewayConfig(_Strict):
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("backends")
     @classmethod

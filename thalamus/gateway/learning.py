@@ -20,6 +20,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ import sqlalchemy as sa
 from thalamus.gateway.config import GatewayConfig, RouterConfig
 from thalamus.gateway.ledger_row import LedgerRow
 from thalamus.gateway.ledger_schema import feedback, requests
+from thalamus.gateway.rollout import Rollout, mixed, restrict_knob, shadowed
 from thalamus.router.base import Router
 from thalamus.router.explore import Explorer, deterministic_probabilities
 from thalamus.router.policy import Decision, Knob
@@ -85,18 +87,44 @@ class LearningLoop:
         self.max_pending = max_pending
         self.updates: dict[str, int] = dict.fromkeys(config.routers, 0)
         self._pending_lock = threading.Lock()
+        self.rollout = Rollout()
+        self.backend_names = tuple(b.name for b in config.backends)
 
     # -- deciding -----------------------------------------------------------------------
     def route(self, loaded: LoadedRouter, text: str, knob: Knob) -> Decision:
         with self.locks[loaded.name]:
-            decision = loaded.router.route(text, knob)
-        explorer = self.explorers.get(loaded.name)
+            decision = self._explore(loaded.name, loaded.router.route(text, knob))
+        candidate = self.rollout.candidates.get(loaded.name)
+        if candidate is None:
+            return decision
+        wide = knob if knob.allowed is not None else replace(knob, allowed=self.backend_names)
+        other = candidate.router.route(text, restrict_knob(wide, candidate.router.models_))
+        if candidate.mode == "shadow":
+            return shadowed(decision, other, candidate)
+        return mixed(decision, self._explore(loaded.name, other), candidate, self.rollout.draw(candidate.share))
+
+    def _explore(self, name: str, decision: Decision) -> Decision:
+        explorer = self.explorers.get(name)
         return explorer.explore(decision) if explorer is not None else decision
+
+    def swap(self, loaded: LoadedRouter, router: Router, version: str, backends: set[str]) -> None:
+        """Serve ``router`` from now on (hot reload, promotion); decisions in flight keep the old one."""
+        with self.locks[loaded.name]:
+            loaded.router, loaded.version = router, version
+            loaded.servable = tuple(m for m in router.models_ if m in backends)
+            self.updates[loaded.name] = 0
+        with self._pending_lock:  # contexts of the old artifact cannot update the new one
+            for key in [k for k, (name, _) in self.pending.items() if name == loaded.name]:
+                del self.pending[key]
 
     def record(self, row: LedgerRow, loaded: LoadedRouter, decision: Decision) -> None:
         """Propensities and candidate set on the row; context kept for a later feedback."""
         p = deterministic_probabilities(decision)
         row.probability = float(decision.probability)
+        log = decision.log
+        row.artifact_version = log.get("artifact_version", row.artifact_version)
+        row.rollout, row.shadow_model, row.shadow_version = (log.get(k) for k in (
+            "rollout", "shadow_model", "shadow_version"))
         row.candidates = {m: {"quality": float(q), "cost": float(c), "p": float(pi)} for m, q, c, pi in zip(
             decision.models, decision.predicted_quality, decision.expected_cost, p, strict=True)}
         features = decision.features
@@ -105,7 +133,7 @@ class LearningLoop:
         if self.config.ledger.store_embeddings:
             row.embedding = encode_embedding(features)
             row.embedder_id = getattr(loaded.router, "embedder_id_", None)
-        if self._learns(loaded.name, loaded.router):
+        if self._learns(loaded.name, loaded.router) and log.get("rollout") != "canary":
             with self._pending_lock:
                 self.pending[row.id] = (loaded.name, np.asarray(features, dtype=np.float32))
                 while len(self.pending) > self.max_pending:

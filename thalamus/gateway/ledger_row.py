@@ -62,6 +62,9 @@ class LedgerRow:
     # learning loop (migration 7): with ledger.store_embeddings, the routing embedding instead of the text
     embedding: str | None = None            # base64 of little-endian float16 (gateway.learning.encode_embedding)
     embedder_id: str | None = None
+    rollout: str | None = None              # serving | canary, when the router has a candidate
+    shadow_model: str | None = None         # a shadow candidate's choice (logged, not used)
+    shadow_version: str | None = None
 
     def storable(self) -> dict[str, Any]:
         """Column values for the ``requests`` table, each one safe to insert; never raises."""

@@ -58,6 +58,9 @@ requests = sa.Table(
     # migration 7: learning loop (docs/learning.md): every model's propensity lives in ``candidates``
     sa.Column("embedding", sa.Text),        # base64 of the routing embedding as little-endian float16
     sa.Column("embedder_id", sa.String(128)),
+    sa.Column("rollout", sa.String(16)),          # serving | canary: which artifact decided (gateway/rollout.py)
+    sa.Column("shadow_model", sa.String(256)),    # a shadow candidate's choice, logged, not used
+    sa.Column("shadow_version", sa.String(64)),
 )
 
 feedback = sa.Table(
@@ -100,7 +103,10 @@ _DASHBOARD_V4 = ("ALTER TABLE requests ADD COLUMN baseline_model VARCHAR(256)",
                  "ALTER TABLE requests ADD COLUMN upstream_ms FLOAT")
 
 _LEARNING_V7 = ("ALTER TABLE requests ADD COLUMN embedding TEXT",
-                "ALTER TABLE requests ADD COLUMN embedder_id VARCHAR(128)")
+                "ALTER TABLE requests ADD COLUMN embedder_id VARCHAR(128)",
+                "ALTER TABLE requests ADD COLUMN rollout VARCHAR(16)",
+                "ALTER TABLE requests ADD COLUMN shadow_model VARCHAR(256)",
+                "ALTER TABLE requests ADD COLUMN shadow_version VARCHAR(64)")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,6 +72,8 @@ class Decision:
     probabilities: list[float] | None = None
     # the routing features (embedding) the decision was made on, for online updates; not serialised
     features: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # what the gateway logs about how the decision was made (rollout variant, shadow choice)
+    log: dict[str, Any] = field(default_factory=dict)
 
     @property
     def quality(self) -> float:
