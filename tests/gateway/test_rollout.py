@@ -110,3 +110,27 @@ def test_canary_routes_a_share_with_mixture_propensities_then_promotes(
     assert _ask(gw.url, dataset.texts[1], 3) == ["weak"] * 3
     assert _admin(gw.url, "GET", "/admin/routers")["routers"][0]["candidate"] is None
     assert _admin(gw.url, "POST", "/admin/routers/best/promote", status=409)["error"]["code"] == "no_candidate"
+
+
+def test_rollout_cli_drives_the_admin_endpoints(gw: ThreadedServer, dataset: RoutingDataset, cheap: Path) -> None:
+    from typer.testing import CliRunner
+
+    from thalamus.cli import build_app
+
+    env = {"THALAMUS_ADMIN_KEY": "admin-secret"}
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(build_app(), ["rollout", *args, "--gateway", gw.url], env=env)
+
+    result = run("candidate", "best", "--artifact", str(cheap), "--mode", "shadow")
+    assert result.exit_code == 0, result.output
+    assert _ask(gw.url, dataset.texts[0]) == ["strong"]
+    assert run("promote", "best").exit_code == 0
+    assert _ask(gw.url, dataset.texts[0]) == ["weak"]
+    assert run("reload", "best").exit_code == 0
+    assert _ask(gw.url, dataset.texts[0]) == ["strong"]
+    status = run("status")
+    assert status.exit_code == 0 and '"candidate": null' in status.output
+    denied = runner.invoke(build_app(), ["rollout", "status", "--gateway", gw.url], env={"THALAMUS_ADMIN_KEY": "x"})
+    assert denied.exit_code == 1 and "HTTP 401" in str(denied.exception)
