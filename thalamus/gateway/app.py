@@ -19,6 +19,7 @@ from thalamus.errors import ConfigError
 from thalamus.gateway.api import install
 from thalamus.gateway.backends import Backend, make_backends
 from thalamus.gateway.config import GatewayConfig
+from thalamus.gateway.controller import Controllers, install_controller_api
 from thalamus.gateway.dashboard import install_dashboard
 from thalamus.gateway.ledger import Ledger, LedgerWriter
 from thalamus.gateway.ledger_writer import default_journal_path
@@ -89,9 +90,12 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
                                        / "prompt_hash.key"))
         app.state.metrics = GatewayMetrics(writer)
         app.state.service = GatewayService(config, routers, owned, writer, hasher, metrics=app.state.metrics)
+        app.state.controllers = Controllers(routers)
+        app.state.controllers.start(ledger)
         try:
             yield
         finally:
+            await app.state.controllers.stop()
             await asyncio.to_thread(app.state.service.learning.close, routers)
             for backend in owned.values():
                 await backend.aclose()
@@ -106,4 +110,5 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     install_dashboard(app)
     install_metrics(app)
     install_rollout(app)
+    install_controller_api(app)
     return app

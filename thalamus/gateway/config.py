@@ -108,6 +108,25 @@ class ExploreConfig(_Strict):
     seed: int | None = None
 
 
+class ControllerConfig(_Strict):
+    """Hold a target by moving the router's lambda knob (gateway/controller.py, docs/learning.md)."""
+
+    target: Literal["strong_share", "spend_per_hour", "quality_floor"]
+    value: float = Field(ge=0)
+    strong: str | None = None  # the model counted by strong_share
+    window: int = Field(default=200, ge=10)  # the last N answered requests of the router
+    min_rows: int = Field(default=50, ge=1)
+    interval_s: float = Field(default=10.0, gt=0)
+    max_step: float = Field(default=0.05, gt=0, le=1)
+    gain: float = Field(default=0.5, gt=0)  # quality_floor: lambda change per unit of score shortfall
+
+    @model_validator(mode="after")
+    def _strong(self) -> ControllerConfig:
+        if self.target == "strong_share" and (self.strong is None or self.value > 1):
+            raise ValueError("target strong_share needs 'strong' (a model) and a value in [0, 1]")
+        return self
+
+
 class RouterConfig(_Strict):
     """A trained router artifact. ``strong``/``weak`` enable RouteLLM's ``router-NAME-THRESHOLD`` names.
     ``baseline`` is the model the dashboard's counterfactual spend is priced on (default: ``strong``).
@@ -123,6 +142,7 @@ class RouterConfig(_Strict):
     explore: ExploreConfig | None = None
     learn_online: bool = True
     checkpoint_every: int = Field(default=50, ge=1)
+    controller: ControllerConfig | None = None
 
     def baseline_model(self) -> str | None:
         return self.baseline or self.strong
