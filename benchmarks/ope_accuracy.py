@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import tempfile
 import time
@@ -180,11 +181,40 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{np.mean([r['ess'] for r in rs]):.0f} | "
                      f"{np.mean([r['agreement_with_logger'] for r in rs]):.0%} |")
     goal_err, goal_cov = s["dr"]["mean_abs_error"] <= 0.01, s["dr"]["coverage_95"] >= 0.9
+    lines += ["", "![DR estimates vs truth](ope_accuracy.png)"]
     lines += ["", f"Goal: DR within 0.01 of the truth: mean abs error {s['dr']['mean_abs_error']:.4f} "
               f"({'met' if goal_err else 'NOT met'}; {s['dr']['share_within_0.01']:.0%} of pairs individually "
               f"within 0.01); truth inside the DR 95% interval for >= 90% of pairs: {s['dr']['coverage_95']:.0%} "
               f"({'met' if goal_cov else 'NOT met'}).", ""]
     return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Each (candidate, seed): the DR estimate and its 95% interval against the true value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from thalamus.eval.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for k, label in enumerate(CANDIDATES):
+        rs = [r for r in rows if r["candidate"] == label]
+        truth = np.array([r["truth"] for r in rs])
+        dr = np.array([r["dr"] for r in rs])
+        err = np.array([[r["dr"] - r["dr_lo"] for r in rs], [r["dr_hi"] - r["dr"] for r in rs]])
+        ax.errorbar(truth, dr, yerr=err, fmt="o", ms=4, capsize=2, alpha=0.7, color=f"C{k}", label=label)
+    lo = min(min(r["dr_lo"] for r in rows), min(r["truth"] for r in rows))
+    hi = max(max(r["dr_hi"] for r in rows), max(r["truth"] for r in rows))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="estimate = truth")
+    ax.fill_between([lo, hi], [lo - 0.01, hi - 0.01], [lo + 0.01, hi + 0.01], color="grey", alpha=0.2,
+                    label="within 0.01")
+    ax.set(xlabel="true mean quality (full matrix)", ylabel="DR estimate (95% bootstrap interval)",
+           title="off-policy estimates vs truth, 10 seeds x 6 candidates")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, path, dpi=100)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -200,7 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--explore", default="epsilon:0.1", help="KIND:VALUE (epsilon or softmax)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ope_accuracy")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from the JSON in --out")
     args = ap.parse_args(argv)
+    if args.replot:
+        plot(json.loads(args.out.with_suffix(".json").read_text())["rows"], args.out.with_suffix(".png"))
+        return
     kind, value = args.explore.split(":")
     explore = {"kind": kind, "value": float(value)}
     dataset = load_dataset(DATASET)
@@ -220,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
               "n": args.n, "seeds": args.seeds, "n_train": train.n_prompts, "n_pool": pool.n_prompts,
               "load": load_average(), "runs": runs, "rows": rows, "summary": summarise(rows)}
     write(args.out, report, markdown(report))
+    plot(rows, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
