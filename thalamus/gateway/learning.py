@@ -92,8 +92,13 @@ class LearningLoop:
 
     # -- deciding -----------------------------------------------------------------------
     def route(self, loaded: LoadedRouter, text: str, knob: Knob) -> Decision:
-        with self.locks[loaded.name]:
-            decision = self._explore(loaded.name, loaded.router.route(text, knob))
+        router = loaded.router  # one read: a concurrent swap gives this decision the old or the new artifact
+        if self._learns(loaded.name, router):  # its arrays change under partial_fit: read them under the lock
+            with self.locks[loaded.name]:
+                decision = router.route(text, knob)
+        else:  # read-only routers decide in parallel (the embedder releases the GIL)
+            decision = router.route(text, knob)
+        decision = self._explore(loaded.name, decision)
         candidate = self.rollout.candidates.get(loaded.name)
         if candidate is None:
             return decision
