@@ -1,8 +1,11 @@
 """Benchmark 3 of the learning loop: the controller holds the strong-model share when traffic drifts.
 
-routerbench_subset: a kNN router (k=50, MiniLM) trained on half of the prompts (by text hash); the
-other half is the traffic pool. A prompt is "hard" when the models other than the strong one
-(gpt-4-1106-preview) score below 0.5 on it on average. Traffic: ``--n`` requests with 20% hard
+llmrouter_dcrouter: a kNN router (k=50, MiniLM) trained on half of the prompts (by text hash), routing
+between llama-3.3-nemotron-super-49b (strong) and qwen2.5-7b (weak), the knob's allowed pair; the
+other half is the traffic pool. A prompt is "hard" when the strong model's recorded quality is at
+least 0.25 above the weak one's. (routerbench_subset was tried first: with its binary outcomes every
+router's strong share moves in steps of 20-50 points as lambda moves, so no knob value gives 30%.)
+Traffic: ``--n`` requests with 20% hard
 prompts, then ``--n`` with 40% (the share doubles). Two real gateways (uvicorn on 127.0.0.1, the
 replay upstream) get the same request sequence, both starting at the lambda calibrated to a 30%
 strong share on a phase-1 sample: one with the knob fixed, one with the controller
@@ -33,23 +36,27 @@ from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset, hash_fraction
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
+from thalamus.gateway.controller import smallest_lambda
 from thalamus.gateway.ledger import Ledger
 from thalamus.gateway.replay import create_replay_app
 from thalamus.gateway.server import ThreadedServer
 from thalamus.router.embedders import get_embedder
 from thalamus.router.knn import KNNRouter
-from thalamus.router.policy import calibrate
+from thalamus.router.policy import Knob, choose
 
 ROOT = Path(__file__).resolve().parent.parent
-STRONG = "gpt-4-1106-preview"
+DATASET = "llmrouter_dcrouter"
+STRONG = "llama-3.3-nemotron-super-49b-v1"
+WEAK = "qwen2.5-7b-instruct"  # the router routes between this pair (RouteLLM's setting)
+HARD_MARGIN = 0.25  # a prompt is hard when the strong model scores this much above the weak one
 TARGET = 0.30
 SHARES = (0.2, 0.4)
 WINDOW = 200
 
 
 def traffic(pool: RoutingDataset, n: int, seed: int) -> tuple[list[str], np.ndarray]:
-    others = [j for j, m in enumerate(pool.models) if m != STRONG]
-    hard = np.nanmean(pool.quality[:, others], axis=1) < 0.5
+    margin = pool.quality[:, pool.models.index(STRONG)] - pool.quality[:, pool.models.index(WEAK)]
+    hard = margin >= HARD_MARGIN
     rng = np.random.default_rng(seed)
     picks = []
     for share in SHARES:
@@ -62,7 +69,8 @@ def config(replay_url: str, pool: RoutingDataset, artifact: Path, ledger: Path, 
            controlled: bool) -> dict[str, Any]:
     backends = [{"name": m, "provider": "openai-compatible", "model": m, "api_base": replay_url + "/v1",
                  "input_per_m": 1.0, "output_per_m": 1.0, "timeout": 30.0} for m in pool.models]
-    router: dict[str, Any] = {"artifact": str(artifact), "aliases": ["auto"], "knob": {"kind": "lambda", "value": knob}}
+    router: dict[str, Any] = {"artifact": str(artifact), "aliases": ["auto"],
+                              "knob": {"kind": "lambda", "value": knob, "allowed": [STRONG, WEAK]}}
     if controlled:
         router["controller"] = {"target": "strong_share", "value": TARGET, "strong": STRONG, "window": WINDOW,
                                 "min_rows": 50, "interval_s": 1.0, "max_step": 0.05}
@@ -134,13 +142,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/target_control")
     args = ap.parse_args(argv)
-    data = load_dataset("routerbench_subset")
+    data = load_dataset(DATASET)
     train_mask = np.array([hash_fraction(t, 11) < 0.5 for t in data.texts])
     train, pool = data.subset(train_mask, "train"), data.subset(~train_mask, "pool")
     router = KNNRouter(k=50, embedder="minilm").fit(train, features=get_embedder("minilm").embed(train.texts))
     texts, hard = traffic(pool, args.n, args.seed)
     q, c = router.predict_quality(texts[: args.n]), router.predict_cost(texts[: args.n])
-    knob = calibrate(q, c, router.models_, strong_share=TARGET, strong=STRONG, cost_scale=router.cost_scale_).value
+    s = router.models_.index(STRONG)
+    knob = smallest_lambda(lambda lam: float(np.mean(choose(q, c, Knob("lambda", lam, allowed=(STRONG, WEAK)),
+                                                            router.models_, router.cost_scale_) == s)), TARGET)
     res: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp, ThreadedServer(create_replay_app(pool), log_level="error") as replay:
         artifact = router.save(Path(tmp) / "knn")
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
               "start_knob": knob, "hard_share": [float(hard[: args.n].mean()), float(hard[args.n:].mean())],
               "summary": summary, "goal_met": met, "controller_state": res["controller"]["controller"]}
     lines = [f"# Target control under drift ({report['when']})", "", f"Command: `{report['command']}`", "",
-             f"routerbench_subset, kNN k=50 (MiniLM); strong model {STRONG}, target share {TARGET:.0%}. "
+             f"{DATASET}, kNN k=50 (MiniLM) between {STRONG} and {WEAK}; target share {TARGET:.0%}. "
              f"{args.n} requests at {report['hard_share'][0]:.0%} hard prompts then {args.n} at "
              f"{report['hard_share'][1]:.0%}; both gateways start at lambda {knob:.4f}. "
              f"Load average: {report['load']}.",

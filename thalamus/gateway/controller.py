@@ -7,7 +7,8 @@ step of at most ``max_step`` in lambda:
 
 - ``strong_share`` / ``spend_per_hour``: each row holds every candidate's predicted quality and
   expected cost, so the lambda that would have met the target on exactly these recent prompts is
-  computed (``policy.calibrate``); the knob moves toward it. Spend per hour becomes a mean cost per
+  computed (bisection on the logged predictions, within the knob's allowed models); the knob moves
+  toward it. Spend per hour becomes a mean cost per
   request at the window's request rate.
 - ``quality_floor``: feedback is only known for the model that answered, so it is integral control:
   below the floor lambda falls (more quality) by ``gain * shortfall``, above it rises by the same rule.
@@ -23,6 +24,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +35,7 @@ from fastapi.responses import JSONResponse
 
 from thalamus.errors import ConfigError
 from thalamus.gateway.ledger_schema import feedback, requests
-from thalamus.router.policy import calibrate
+from thalamus.router.policy import Knob, choose
 
 if TYPE_CHECKING:
     from thalamus.gateway.config import ControllerConfig
@@ -84,20 +86,29 @@ class Controller:
         """(measured value, lambda that meets the target on these rows) for the model-based targets."""
         cfg, router = self.config, self.loaded.router
         cands = [json.loads(r["candidates"]) for r in rows if r["candidates"]]
-        models = [m for m in router.models_ if all(m in c for c in cands)]
-        if not cands or not models:
+        models = [m for m in router.models_ if cands and all(m in c for c in cands)]
+        allowed = self.loaded.default_knob().allowed
+        allowed = tuple(m for m in (allowed or models) if m in models)
+        if not allowed or (cfg.target == "strong_share" and cfg.strong not in allowed):
             return None, None
         q = np.array([[c[m]["quality"] for m in models] for c in cands])
-        c = np.array([[c[m]["cost"] for m in models] for c in cands])
+        cost = np.array([[c[m]["cost"] for m in models] for c in cands])
+
+        def picks(lam: float) -> np.ndarray:
+            return choose(q, cost, Knob("lambda", lam, allowed=allowed), models, router.cost_scale_)
+
         if cfg.target == "strong_share":
+            s = models.index(str(cfg.strong))
             measured = float(np.mean([r["chosen_model"] == cfg.strong for r in rows]))
-            knob = calibrate(q, c, models, strong_share=cfg.value, strong=cfg.strong, cost_scale=router.cost_scale_)
-            return measured, knob.value
+            return measured, smallest_lambda(lambda lam: float(np.mean(picks(lam) == s)), cfg.value)
         span_h = max((rows[0]["created_at"] - rows[-1]["created_at"]) / 3600, 1e-9)
         spend = float(sum(r["cost_usd"] or 0.0 for r in rows))
         per_request = cfg.value * span_h / len(rows)  # the mean cost that spends value per hour at this rate
-        knob = calibrate(q, c, models, mean_cost=per_request, cost_scale=router.cost_scale_)
-        return spend / span_h, knob.value
+
+        def predicted(lam: float) -> float:
+            return float(np.mean(cost[np.arange(len(cost)), picks(lam)]))
+
+        return spend / span_h, smallest_lambda(predicted, per_request)
 
     def step(self, ledger: Ledger) -> ControllerState:
         rows = self._window(ledger)
@@ -123,6 +134,17 @@ class Controller:
         st.knob, st.steps, st.updated_at = new, st.steps + 1, time.time()
         st.history = [*st.history[-99:], {"t": st.updated_at, "measured": st.measured, "knob": new}]
         return st
+
+
+def smallest_lambda(measure: Callable[[float], float], target: float, iters: int = 30) -> float:
+    """The smallest lambda (most quality) whose measure, non-increasing in lambda, is <= target."""
+    if measure(0.0) <= target:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if measure(mid) <= target else (mid, hi)
+    return hi
 
 
 class Controllers:
