@@ -47,7 +47,7 @@ def test_a_stochastic_base_router_keeps_its_own_probability_under_epsilon() -> N
 
 
 def test_bad_settings_name_the_field() -> None:
-    with pytest.raises(ConfigError, match="explore.value: epsilon"):
+    with pytest.raises(ConfigError, match=r"explore\.value: epsilon"):
         Explorer("epsilon", 1.5)
     with pytest.raises(ConfigError, match="softmax temperature"):
         Explorer("softmax", 0.0)
