@@ -135,7 +135,9 @@ def test_fastapi_has_nothing_to_validate(replay: ThreadedServer, artifact: Path,
     assert {r.path for r in routes} == {
         "/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/readyz", "/metrics", "/dashboard",
         "/dashboard/static/plotly.min.js", "/dashboard/static/{name}", "/api/requests", "/api/requests/{request_id}",
-        *(f"/api/stats/{name}" for name in ("overview", "timeseries", "models", "keys", "calibration", "filters"))}
+        *(f"/api/stats/{name}" for name in ("overview", "timeseries", "models", "keys", "calibration", "filters")),
+        "/api/controller", "/admin/routers", "/admin/routers/{name}/reload", "/admin/routers/{name}/candidate",
+        "/admin/routers/{name}/promote"}
     for route in routes:
         d = route.dependant
         assert not (d.path_params or d.query_params or d.header_params or d.cookie_params or d.body_params

@@ -133,7 +133,18 @@ async def post_feedback(request: Request) -> JSONResponse:
                            type_="permission_error")
     fid = await asyncio.to_thread(ledger.add_feedback, request_id, score, label, body.get("source"),
                                   body.get("comment"), key_id)
-    return JSONResponse({"id": fid, "object": "feedback", "request_id": request_id, "score": score})
+    learned = await _learn(service, ledger, request_id, score)
+    return JSONResponse({"id": fid, "object": "feedback", "request_id": request_id, "score": score,
+                         "learned": learned})
+
+
+async def _learn(service: GatewayService, ledger: Ledger, request_id: str, score: float) -> bool:
+    """Online update of the router that served the request; a failure never fails the stored feedback."""
+    try:
+        return await asyncio.to_thread(service.learning.feedback, ledger, service.routers, request_id, score)
+    except Exception:  # logged with its traceback: the feedback row is stored either way
+        log.exception("online update from feedback on %s failed", request_id)
+        return False
 
 
 async def healthz() -> dict[str, str]:

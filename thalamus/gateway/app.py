@@ -20,11 +20,13 @@ from thalamus.errors import ConfigError
 from thalamus.gateway.api import install
 from thalamus.gateway.backends import Backend, make_backends
 from thalamus.gateway.config import GatewayConfig
+from thalamus.gateway.controller import Controllers, install_controller_api
 from thalamus.gateway.dashboard import install_dashboard
 from thalamus.gateway.ledger import Ledger, LedgerWriter
 from thalamus.gateway.ledger_writer import default_journal_path
 from thalamus.gateway.metrics import GatewayMetrics, install_metrics
 from thalamus.gateway.prompt_hash import PromptHasher, load_key
+from thalamus.gateway.rollout_api import install_rollout
 from thalamus.gateway.service import GatewayService, LoadedRouter
 from thalamus.gateway.stats_api import install_stats
 
@@ -52,7 +54,8 @@ def open_ledger(config: GatewayConfig, settings: Settings | None = None) -> tupl
 
 
 def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
-    from thalamus.router.base import Router, artifact_version
+    from thalamus.gateway.learning import load_artifact
+    from thalamus.router.base import artifact_version
 
     loaded: dict[str, LoadedRouter] = {}
     backends = {b.name for b in config.backends}
@@ -60,7 +63,7 @@ def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
         if not Path(rc.artifact).is_dir():
             raise ConfigError(f"routers.{name}.artifact: {rc.artifact} is not a directory; train a router "
                               "and save it there")
-        router = Router.load(rc.artifact)
+        router = load_artifact(rc.artifact)  # its online checkpoint when the gateway has written one
         servable = tuple(m for m in router.models_ if m in backends)
         if not servable:
             raise ConfigError(f"routers.{name}: none of the router's models {router.models_} is a backend")
@@ -108,9 +111,13 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
                                        / "prompt_hash.key"))
         app.state.metrics = GatewayMetrics(writer)
         app.state.service = GatewayService(config, routers, owned, writer, hasher, metrics=app.state.metrics)
+        app.state.controllers = Controllers(routers)
+        app.state.controllers.start(ledger)
         try:
             yield
         finally:
+            await app.state.controllers.stop()
+            await asyncio.to_thread(app.state.service.learning.close, routers)
             for backend in owned.values():
                 await backend.aclose()
             await writer.close()
@@ -125,4 +132,6 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     install_stats(app)
     install_dashboard(app)
     install_metrics(app)
+    install_rollout(app)
+    install_controller_api(app)
     return app

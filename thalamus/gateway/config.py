@@ -99,9 +99,39 @@ class KnobConfig(_Strict):
                     excluded=tuple(self.excluded))
 
 
+class ExploreConfig(_Strict):
+    """Exploration for off-policy learning (docs/learning.md): ``epsilon`` (share of requests sent to a
+    uniformly drawn eligible model) or ``softmax`` (temperature in utility units). ``seed`` for replays."""
+
+    kind: Literal["epsilon", "softmax"]
+    value: float = Field(ge=0)
+    seed: int | None = None
+
+
+class ControllerConfig(_Strict):
+    """Hold a target by moving the router's lambda knob (gateway/controller.py, docs/learning.md)."""
+
+    target: Literal["strong_share", "spend_per_hour", "quality_floor"]
+    value: float = Field(ge=0)
+    strong: str | None = None  # the model counted by strong_share
+    window: int = Field(default=200, ge=10)  # the last N answered requests of the router
+    min_rows: int = Field(default=50, ge=1)
+    interval_s: float = Field(default=10.0, gt=0)
+    max_step: float = Field(default=0.05, gt=0, le=1)
+    gain: float = Field(default=0.5, gt=0)  # quality_floor: lambda change per unit of score shortfall
+
+    @model_validator(mode="after")
+    def _strong(self) -> ControllerConfig:
+        if self.target == "strong_share" and (self.strong is None or self.value > 1):
+            raise ValueError("target strong_share needs 'strong' (a model) and a value in [0, 1]")
+        return self
+
+
 class RouterConfig(_Strict):
     """A trained router artifact. ``strong``/``weak`` enable RouteLLM's ``router-NAME-THRESHOLD`` names.
-    ``baseline`` is the model the dashboard's counterfactual spend is priced on (default: ``strong``)."""
+    ``baseline`` is the model the dashboard's counterfactual spend is priced on (default: ``strong``).
+    ``explore`` is off by default. ``learn_online``: a router with ``partial_fit`` (linucb, thompson)
+    learns from feedback in the gateway and checkpoints every ``checkpoint_every`` updates."""
 
     artifact: Path
     knob: KnobConfig = Field(default_factory=KnobConfig)
@@ -109,6 +139,10 @@ class RouterConfig(_Strict):
     strong: str | None = None
     weak: str | None = None
     baseline: str | None = None
+    explore: ExploreConfig | None = None
+    learn_online: bool = True
+    checkpoint_every: int = Field(default=50, ge=1)
+    controller: ControllerConfig | None = None
 
     def baseline_model(self) -> str | None:
         return self.baseline or self.strong
@@ -141,6 +175,7 @@ class LedgerConfig(_Strict):
 
     url: str | None = None  # None: sqlite file ledger.sqlite under Settings().cache_dir
     store_prompts: bool = False
+    store_embeddings: bool = False  # the routing embedding (float16) + embedder id, for re-training
     flush_ms: int = Field(default=50, gt=0)
     batch_rows: int = Field(default=500, gt=0)
     hash_key_env: str = "THALAMUS_PROMPT_HASH_KEY"  # secret of the keyed prompt hash (gateway/prompt_hash.py)
@@ -178,6 +213,24 @@ class ServerConfig(_Strict):
     embed_batch_ms: float = Field(default=2.0, ge=0, le=100)
 
 
+class AdminConfig(_Strict):
+    """The admin endpoints (/admin/...: hot reload, shadow, canary, promotion, controller state).
+    Off by default; when on they need ``Authorization: Bearer <key>`` with the key given here."""
+
+    enabled: bool = False
+    key: str | None = None
+    key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdminConfig:
+        if self.enabled and (self.key is None) == (self.key_env is None):
+            raise ValueError("admin is enabled: give exactly one of 'key' or 'key_env'")
+        return self
+
+    def secret(self) -> str | None:
+        return self.key if self.key is not None else os.environ.get(self.key_env or "") or None
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     backends: list[BackendConfig] = Field(min_length=1)
@@ -185,6 +238,7 @@ class GatewayConfig(_Strict):
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
     @field_validator("backends")
     @classmethod

@@ -57,6 +57,12 @@ requests = sa.Table(
     sa.Column("baseline_cost_usd", sa.Float),
     sa.Column("predicted_quality", sa.Float),
     sa.Column("upstream_ms", sa.Float),
+    # migration 7: learning loop (docs/learning.md): every model's propensity lives in ``candidates``
+    sa.Column("embedding", sa.Text),        # base64 of the routing embedding as little-endian float16
+    sa.Column("embedder_id", sa.String(128)),
+    sa.Column("rollout", sa.String(16)),          # serving | canary: which artifact decided (gateway/rollout.py)
+    sa.Column("shadow_model", sa.String(256)),    # a shadow candidate's choice, logged, not used
+    sa.Column("shadow_version", sa.String(64)),
 )
 
 feedback = sa.Table(
@@ -98,6 +104,12 @@ _DASHBOARD_V4 = ("ALTER TABLE requests ADD COLUMN baseline_model VARCHAR(256)",
                  "ALTER TABLE requests ADD COLUMN predicted_quality FLOAT",
                  "ALTER TABLE requests ADD COLUMN upstream_ms FLOAT")
 
+_LEARNING_V6 = ("ALTER TABLE requests ADD COLUMN embedding TEXT",
+                "ALTER TABLE requests ADD COLUMN embedder_id VARCHAR(128)",
+                "ALTER TABLE requests ADD COLUMN rollout VARCHAR(16)",
+                "ALTER TABLE requests ADD COLUMN shadow_model VARCHAR(256)",
+                "ALTER TABLE requests ADD COLUMN shadow_version VARCHAR(64)")
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -131,6 +143,8 @@ MIGRATIONS: list[Migration] = [
     }),
     Migration(4, "dashboard columns", {"sqlite": _DASHBOARD_V4, "postgresql": _DASHBOARD_V4}),
     Migration(5, "hourly rollups kept by triggers", ROLLUP_V5),  # DDL in ledger_rollup, pinned by a test
+    Migration(6, "learning loop: routing embedding, rollout",
+              {"sqlite": _LEARNING_V6, "postgresql": _LEARNING_V6}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

@@ -32,6 +32,7 @@ from thalamus.gateway.auth import KeyChecker
 from thalamus.gateway.backends import Backend, UpstreamError
 from thalamus.gateway.config import GatewayConfig, RouterConfig
 from thalamus.gateway.counterfactual import annotate
+from thalamus.gateway.learning import LearningLoop
 from thalamus.gateway.ledger import LedgerWriter
 from thalamus.gateway.ledger_row import LedgerRow
 from thalamus.gateway.metrics import GatewayMetrics
@@ -112,6 +113,7 @@ class GatewayService:
         self.keys = KeyChecker(config.auth)
         self.hasher = hasher
         self.metrics = metrics
+        self.learning = LearningLoop(config)  # exploration, propensities, online updates (gateway/learning.py)
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
         self._ids = random.Random(uuid.uuid4().int)
 
@@ -211,6 +213,7 @@ class GatewayService:
         row.candidates = {m: {"quality": float(q), "cost": float(c)} for m, q, c in zip(
             decision.models, decision.predicted_quality, decision.expected_cost, strict=True)}
         row.chosen_model, row.probability = decision.model, decision.probability
+        self.learning.record(row, loaded, decision)
         order = [decision.model, *(fallback.models if fallback.order == "list" else _fallback_order(decision))]
         candidates = _unique([m for m in order if m in self.backends])[: fallback.max_candidates]
         if decision.model not in self.backends:
@@ -218,11 +221,10 @@ class GatewayService:
                                  "restrict routing.allowed to backends", param="routing.allowed")
         return candidates
 
-    @staticmethod
-    def _route(loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
+    def _route(self, loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
         if threshold is not None:  # RouteLLM form: the configured strong/weak pair of a many-model router
             knob = _threshold_knob(loaded, knob, threshold)
-        return loaded.router.route(text, knob)
+        return self.learning.route(loaded, text, knob)
 
     # -- 4. calling, retries, fallbacks ---------------------------------------------------
     async def _attempt_all(self, call: Call, candidates: list[str],

@@ -182,7 +182,11 @@ class Router:
 
     def route(self, text: str, knob: Knob | None = None) -> Decision:
         self.check_fitted()
-        return self.route_features(self.features([text]), knob)
+        X = self.features([text])
+        decision = self.route_features(X, knob)
+        if self.uses_embeddings:  # kept for online updates and the ledger's store_embeddings
+            decision.features = np.asarray(X[0])
+        return decision
 
     def route_features(self, X: Features, knob: Knob | None = None) -> Decision:
         """The decision for one prompt given its features (a batch of one): ``route`` after embedding.

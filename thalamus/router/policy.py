@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -68,6 +68,12 @@ class Decision:
     knob: Knob
     probability: float = 1.0
     extra: dict[str, float] = field(default_factory=dict)
+    # every model's probability when the decision is stochastic (exploration); None: all on ``model``
+    probabilities: list[float] | None = None
+    # the routing features (embedding) the decision was made on, for online updates; not serialised
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # what the gateway logs about how the decision was made (rollout variant, shadow choice)
+    log: dict[str, Any] = field(default_factory=dict)
 
     @property
     def quality(self) -> float:
@@ -86,6 +92,7 @@ class Decision:
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["knob"] = asdict(self.knob)
+        out.pop("features", None)
         return out
 
 
