@@ -27,15 +27,17 @@ def test_migrations_are_numbered_and_upgrade_in_place(tmp_path: Path) -> None:
         conn.execute(schema_version.insert().values(version=1, applied_at=time.time()))
     engine.dispose()
     ledger = Ledger(url)
-    assert ledger.version() == len(MIGRATIONS) == 4
+    assert ledger.version() == MIGRATIONS[-1].number == 6 and len(MIGRATIONS) == 5
     with ledger.engine.connect() as conn:
         indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("feedback")}
         versions = conn.execute(sa.text("SELECT version FROM schema_version ORDER BY version")).scalars().all()
         columns = {c["name"] for c in sa.inspect(conn).get_columns("requests")}
         feedback_columns = {c["name"] for c in sa.inspect(conn).get_columns("feedback")}
-    assert "ix_feedback_request_id" in indexes and versions == [1, 2, 3, 4] and "api_key_id" in feedback_columns
+    assert "ix_feedback_request_id" in indexes and versions == [1, 2, 3, 4, 6] and "api_key_id" in feedback_columns
     assert {"baseline_model", "baseline_cost_usd", "predicted_quality", "upstream_ms"} <= columns  # migration 4
-    assert Ledger(url).migrate() == 4  # idempotent
+    tables = set(sa.inspect(ledger.engine).get_table_names())
+    assert {"api_keys", "key_usage"} <= tables  # migration 6
+    assert Ledger(url).migrate() == 6  # idempotent
 
 
 def test_writer_batches_and_drains_on_close(db_url: str) -> None:

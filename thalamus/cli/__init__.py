@@ -15,7 +15,7 @@ from rich.console import Console
 from thalamus.errors import ThalamusError
 
 # modules under thalamus.cli that each expose register(app: typer.Typer)
-AREAS = ("data", "evaluate", "train", "gateway", "serving", "dashboard")
+AREAS = ("data", "evaluate", "train", "gateway", "keys", "serving", "dashboard")
 
 
 def build_app() -> typer.Typer:

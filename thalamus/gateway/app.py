@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from thalamus.config import Settings
 from thalamus.errors import ConfigError
+from thalamus.gateway.admin_api import install_admin
 from thalamus.gateway.api import install
 from thalamus.gateway.backends import Backend, make_backends
 from thalamus.gateway.config import GatewayConfig
@@ -87,9 +88,11 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
                                        / "prompt_hash.key"))
         app.state.metrics = GatewayMetrics(writer)
         app.state.service = GatewayService(config, routers, owned, writer, hasher, metrics=app.state.metrics)
+        await app.state.service.controls.start()
         try:
             yield
         finally:
+            await app.state.service.controls.close()
             for backend in owned.values():
                 await backend.aclose()
             await writer.close()
@@ -99,6 +102,7 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     app = FastAPI(title="Thalamus gateway", lifespan=lifespan, docs_url="/docs" if docs else None,
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     install(app)
+    install_admin(app)
     install_stats(app)
     install_dashboard(app)
     install_metrics(app)

@@ -165,8 +165,21 @@ class ApiKeyConfig(_Strict):
 
 
 class AuthConfig(_Strict):
+    """Static keys from this file, plus virtual keys from the ledger database (``thalamus keys``, the admin
+    API). ``admin_key_env`` (or ``admin_key`` for tests) names the admin secret: it manages virtual keys and
+    reads every key's spend. Usage counters are shared through the database every ``sync_ms``."""
+
     enabled: bool = False
     keys: list[ApiKeyConfig] = Field(default_factory=list)
+    admin_key: str | None = None
+    admin_key_env: str | None = None
+    virtual_keys: bool = True  # accept keys created with ``thalamus keys create`` / POST /admin/keys
+    sync_ms: int = Field(default=100, ge=1, le=60_000)  # counters and key list: database round trip period
+
+    def admin_secret(self) -> str | None:
+        if self.admin_key is not None:
+            return self.admin_key
+        return os.environ.get(self.admin_key_env) if self.admin_key_env else None
 
 
 class ServerConfig(_Strict):
@@ -213,7 +226,8 @@ class GatewayConfig(_Strict):
                       f"{alias!r} is already a backend name or another alias")
                 taken.add(alias)
         if self.auth.enabled:
-            _need(bool(self.auth.keys), "auth.keys", "auth is enabled but no keys are configured")
+            _need(bool(self.auth.keys) or self.auth.admin_key is not None or self.auth.admin_key_env is not None,
+                  "auth.keys", "auth is enabled but neither keys nor an admin key are configured")
         return self
 
     def backend(self, name: str) -> BackendConfig:

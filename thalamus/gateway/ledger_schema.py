@@ -69,6 +69,36 @@ feedback = sa.Table(
     sa.Column("api_key_id", sa.String(128)),  # the key that posted it (migration 3)
 )
 
+# migration 6: virtual keys (hashed secrets, scopes, limits) and their usage counters (docs/gateway.md,
+# "Virtual keys"): the counters every replica adds to and reads, so limits hold across replicas
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # sha256 hex of the secret
+    sa.Column("key_prefix", sa.String(16)),  # the secret's first characters, to tell keys apart in listings
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+    sa.Column("models", sa.Text),   # JSON list of backend names, NULL: any
+    sa.Column("routers", sa.Text),  # JSON list of router names, NULL: any
+    sa.Column("budget_day_usd", sa.Float),
+    sa.Column("budget_month_usd", sa.Float),
+    sa.Column("rpm", sa.Integer),
+    sa.Column("tpm", sa.BigInteger),
+    sa.Column("team", sa.String(128)),
+    sa.Column("owner", sa.String(128)),
+    sa.Column("metadata", sa.Text),  # JSON object
+)
+
+key_usage = sa.Table(
+    "key_usage", metadata,
+    sa.Column("key_id", sa.String(128), primary_key=True),
+    sa.Column("period", sa.String(32), primary_key=True),  # min:<epoch minute>, day:YYYY-MM-DD, month:YYYY-MM (UTC)
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("spend_usd", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 REQUEST_COLUMNS = [c.name for c in requests.columns]
 
 # -- frozen DDL: never edit a released version; add a new one -------------------------------
@@ -95,6 +125,18 @@ _DASHBOARD_V4 = ("ALTER TABLE requests ADD COLUMN baseline_model VARCHAR(256)",
                  "ALTER TABLE requests ADD COLUMN baseline_cost_usd FLOAT",
                  "ALTER TABLE requests ADD COLUMN predicted_quality FLOAT",
                  "ALTER TABLE requests ADD COLUMN upstream_ms FLOAT")
+
+_API_KEYS_V6 = """CREATE TABLE api_keys (
+    id VARCHAR(128) NOT NULL, key_hash VARCHAR(64) NOT NULL, key_prefix VARCHAR(16), created_at FLOAT NOT NULL,
+    revoked_at FLOAT, models TEXT, routers TEXT, budget_day_usd FLOAT, budget_month_usd FLOAT, rpm INTEGER,
+    tpm BIGINT, team VARCHAR(128), owner VARCHAR(128), metadata TEXT, PRIMARY KEY (id), UNIQUE (key_hash))"""
+
+_KEY_USAGE_V6 = """CREATE TABLE key_usage (
+    key_id VARCHAR(128) NOT NULL, period VARCHAR(32) NOT NULL, requests BIGINT NOT NULL, tokens BIGINT NOT NULL,
+    spend_usd FLOAT NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (key_id, period))"""
+
+_KEYS_V6 = (_API_KEYS_V6, _KEY_USAGE_V6,
+            "CREATE INDEX ix_requests_key_created ON requests (api_key_id, created_at)")
 
 
 @dataclass(frozen=True)
@@ -128,6 +170,8 @@ MIGRATIONS: list[Migration] = [
                        "ALTER COLUMN completion_tokens TYPE BIGINT"),
     }),
     Migration(4, "dashboard columns", {"sqlite": _DASHBOARD_V4, "postgresql": _DASHBOARD_V4}),
+    # numbered 6: migration 5 (dashboard rollups) is being added on another branch
+    Migration(6, "virtual keys and usage counters", {"sqlite": _KEYS_V6, "postgresql": _KEYS_V6}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway
@@ -142,10 +186,11 @@ def current_version(conn: Connection) -> int:
 def _apply_pending(conn: Connection) -> int:
     conn.exec_driver_sql(_SCHEMA_VERSION_DDL)
     current = current_version(conn)
-    for migration in MIGRATIONS[current:]:
-        migration.apply(conn)
-        conn.execute(schema_version.insert().values(version=migration.number, applied_at=time.time()))
-    return len(MIGRATIONS)
+    for migration in MIGRATIONS:
+        if migration.number > current:  # by number, not position: numbers may skip while branches merge
+            migration.apply(conn)
+            conn.execute(schema_version.insert().values(version=migration.number, applied_at=time.time()))
+    return MIGRATIONS[-1].number
 
 
 def _migrate_sqlite(engine: Engine) -> int:

@@ -31,6 +31,7 @@ from thalamus.gateway import protocol as p
 from thalamus.gateway.auth import KeyChecker
 from thalamus.gateway.backends import Backend, UpstreamError
 from thalamus.gateway.config import GatewayConfig, RouterConfig
+from thalamus.gateway.controls import TeamControls
 from thalamus.gateway.counterfactual import annotate
 from thalamus.gateway.ledger import LedgerWriter
 from thalamus.gateway.ledger_row import LedgerRow
@@ -109,7 +110,8 @@ class GatewayService:
         self.backends = backends
         self.writer = writer
         self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
-        self.keys = KeyChecker(config.auth)
+        self.controls = TeamControls(config.auth, writer.ledger.engine)  # virtual keys, budgets, rate limits
+        self.keys = KeyChecker(config.auth, self.controls.lookup)
         self.hasher = hasher
         self.metrics = metrics
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
@@ -141,6 +143,7 @@ class GatewayService:
         annotate(row, loaded.config.baseline_model() if loaded is not None else None)  # dashboard columns
         if self.metrics is not None:
             self.metrics.observe(row)
+        self.controls.observe(row)
         await self.writer.record(row)
 
     def resolve(self, model: str) -> Target:
@@ -161,6 +164,7 @@ class GatewayService:
     async def chat(self, call: Call, raw: bytes) -> ChatResult:
         """One admitted chat request; every outcome, errors included, leaves its ledger row."""
         try:
+            self.controls.admit(call.row.api_key_id)
             body = p.parse_json_body(raw)
             p.validate_chat(body)
             call.row.requested_model, call.row.stream = body["model"], bool(body.get("stream"))
@@ -179,12 +183,15 @@ class GatewayService:
 
     async def _chat(self, call: Call, body: dict[str, Any]) -> ChatResult:
         target = self.resolve(body["model"])
-        overrides = p.parse_routing(body.pop("routing", None))
+        overrides = self.controls.scope(call.row.api_key_id, target.backend,
+                                        target.router.name if target.router else None,
+                                        p.parse_routing(body.pop("routing", None)))
         text = p.routing_text(body["messages"])
         call.row.prompt_hash = self.hasher(text)
         if self.config.ledger.store_prompts:
             call.row.prompt_text = text
         candidates = await self._candidates(call, target, overrides, text)
+        self.controls.reserve(call.row, body, self.backends[candidates[0]].config)
         if body.get("stream"):
             return await self._stream(call, body, candidates)
         return await self._complete(call, body, candidates)
