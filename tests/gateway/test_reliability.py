@@ -134,7 +134,8 @@ def test_fastapi_has_nothing_to_validate(replay: ThreadedServer, artifact: Path,
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
     assert {r.path for r in routes} == {
         "/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/readyz", "/metrics",
-        "/admin/keys", "/admin/keys/{key_id:path}", "/api/spend", "/api/requests", "/api/requests/{request_id}",
+        "/admin/keys", "/admin/keys/{key_id:path}", "/api/spend", "/v1/responses", "/api/requests",
+        "/api/requests/{request_id}",
         "/api/stats/calibration", "/api/stats/filters", "/api/stats/keys", "/api/stats/models",
         "/api/stats/overview", "/api/stats/timeseries", "/dashboard", "/dashboard/static/plotly.min.js",
         "/dashboard/static/{name}"}

@@ -27,6 +27,7 @@ from thalamus.gateway.metrics import GatewayMetrics, install_metrics
 from thalamus.gateway.prompt_hash import PromptHasher, load_key
 from thalamus.gateway.service import GatewayService, LoadedRouter
 from thalamus.gateway.stats_api import install_stats
+from thalamus.gateway.surface import install_surface
 
 log = logging.getLogger("thalamus.gateway")
 
@@ -103,6 +104,7 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     install(app)
     install_admin(app)
+    install_surface(app)
     install_stats(app)
     install_dashboard(app)
     install_metrics(app)

@@ -47,6 +47,9 @@ class BackendConfig(_Strict):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # one SSE line or non-stream body
     max_retries: int = Field(default=2, ge=0, le=10)
     context_window: int | None = Field(default=None, gt=0)
+    # the upstream speaks POST /responses itself (openai-compatible only): Responses requests are forwarded
+    # as they are, not translated to chat completions
+    responses: bool = False
 
     @model_validator(mode="after")
     def _fill_from_catalog(self) -> BackendConfig:
@@ -61,6 +64,9 @@ class BackendConfig(_Strict):
             raise ValueError(f"backend {self.name!r} is not in the catalog: set its litellm 'model' id")
         if self.provider == "openai-compatible" and not self.api_base:
             raise ValueError(f"backend {self.name!r}: provider 'openai-compatible' needs 'api_base'")
+        if self.responses and self.provider != "openai-compatible":
+            raise ValueError(f"backend {self.name!r}: 'responses: true' needs provider 'openai-compatible' "
+                             "(litellm backends get Responses requests translated to chat)")
         return self
 
     def api_key(self) -> str | None:

@@ -32,6 +32,7 @@ from thalamus.datasets.schema import RoutingDataset, stable_hash
 from thalamus.gateway.faults import fault_answer
 from thalamus.gateway.protocol import (
     SSE_DONE,
+    RequestError,
     content_text,
     error_body,
     estimate_prompt_tokens,
@@ -39,6 +40,7 @@ from thalamus.gateway.protocol import (
     routing_text,
     sse,
 )
+from thalamus.gateway.responses import encode, events, from_chat, to_chat
 
 
 @dataclass
@@ -222,4 +224,33 @@ def create_replay_app(dataset: RoutingDataset | None = None, delay_ms: float = 0
             return StreamingResponse(_stream(chunks), media_type="text/event-stream")
         return JSONResponse(done)
 
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        """The Responses API, natively: answers as the chat endpoint would, in Responses shapes (ids
+        ``resp_replay...``, so a test can tell a forwarded request from a translated one)."""
+        body = await request.json()
+        state.requests.append(body)
+        try:
+            chat = to_chat(body)
+        except RequestError as exc:
+            return JSONResponse(exc.body(), exc.status)
+        model = str(chat["model"])
+        done, chunks = _answer(chat, model, state.book)
+        rid = "resp_replay" + stable_hash(model + json.dumps(chat["messages"]))[:16]
+        if body.get("stream"):
+            return StreamingResponse(_response_events(chunks, body, rid, model), media_type="text/event-stream")
+        return JSONResponse(from_chat(done, body, rid, model))
+
     return app
+
+
+async def _response_events(chunks: list[dict[str, Any]], body: dict[str, Any], rid: str,
+                           model: str) -> AsyncIterator[bytes]:
+    async def source() -> AsyncIterator[dict[str, Any]]:
+        for chunk in chunks:
+            yield chunk
+
+    seq = 0
+    async for event in events(source(), body, rid, model):
+        yield encode(event, seq)
+        seq += 1

@@ -182,6 +182,14 @@ class GatewayService:
                               code="request_too_large")
 
     async def _chat(self, call: Call, body: dict[str, Any]) -> ChatResult:
+        candidates = await self.plan(call, body)
+        if body.get("stream"):
+            return await self._stream(call, body, candidates)
+        return await self._complete(call, body, candidates)
+
+    async def plan(self, call: Call, body: dict[str, Any]) -> list[str]:
+        """Resolve, check the key's scope, route and reserve budget: the backends to try, in order
+        (shared by chat and the Responses API, whose body arrives here in its chat form)."""
         target = self.resolve(body["model"])
         overrides = self.controls.scope(call.row.api_key_id, target.backend,
                                         target.router.name if target.router else None,
@@ -192,9 +200,7 @@ class GatewayService:
             call.row.prompt_text = text
         candidates = await self._candidates(call, target, overrides, text)
         self.controls.reserve(call.row, body, self.backends[candidates[0]].config)
-        if body.get("stream"):
-            return await self._stream(call, body, candidates)
-        return await self._complete(call, body, candidates)
+        return candidates
 
     # -- 2-3. routing ---------------------------------------------------------------------
     async def _candidates(self, call: Call, target: Target, overrides: p.RoutingOverrides,
