@@ -104,8 +104,8 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     install(app)
     install_admin(app)
-    install_surface(app)
     install_stats(app)
     install_dashboard(app)
     install_metrics(app)
+    install_surface(app, config.server)  # last: it copies the /v1 routes
     return app

@@ -188,11 +188,23 @@ class AuthConfig(_Strict):
         return os.environ.get(self.admin_key_env) if self.admin_key_env else None
 
 
+class CorsConfig(_Strict):
+    """Browser access from other origins; off (no CORS headers) unless ``allow_origins`` lists some."""
+
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"])
+    allow_headers: list[str] = Field(default_factory=lambda: ["authorization", "content-type"])
+    allow_credentials: bool = False
+    max_age: int = Field(default=600, ge=0)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     docs: bool | None = None  # /docs, /redoc, /openapi.json; None: served only while auth is off
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+    forward_headers: list[str] = Field(default_factory=list)  # request headers sent on upstream (gateway/headers.py)
 
 
 class GatewayConfig(_Strict):

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from thalamus.gateway.config import BackendConfig
+from thalamus.gateway.headers import upstream_headers
 from thalamus.gateway.upstream import (
     ErrorKind,
     UpstreamError,
@@ -132,7 +133,8 @@ class OpenAICompatBackend:
 
     async def _post(self, body: dict[str, Any], deadline: float, url: str | None = None) -> aiohttp.ClientResponse:
         async with asyncio.timeout_at(deadline):
-            response = await self._client().post(url or self.url, data=self._payload(body))
+            response = await self._client().post(url or self.url, data=self._payload(body),
+                                                 headers=upstream_headers() or None)
         if response.status != 200:
             try:
                 raise await self._error(response)
