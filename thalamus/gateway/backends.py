@@ -230,7 +230,12 @@ class LiteLLMBackend:
 
 
 def make_backend(config: BackendConfig) -> Backend:
-    """The backend for a config entry: litellm unless ``provider: openai-compatible``."""
+    """The backend for a config entry: litellm unless ``provider: openai-compatible``; a group of them
+    for a backend with ``deployments`` (gateway/deployments.py)."""
+    if config.deployments:
+        from thalamus.gateway.deployments import DeploymentGroup
+
+        return DeploymentGroup(config, make_backend)
     if config.provider == "openai-compatible":
         from thalamus.gateway.openai_compat import OpenAICompatBackend
 

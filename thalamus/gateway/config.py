@@ -25,6 +25,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class DeploymentConfig(_Strict):
+    """One of several places serving a backend (gateway/deployments.py); unset fields come from the backend."""
+
+    api_base: str | None = None
+    model: str | None = None
+    provider: Literal["litellm", "openai-compatible"] | None = None
+    api_key_env: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+
+
 class BackendConfig(_Strict):
     """One callable model. ``model`` is a litellm model id (``openai/<name>`` + ``api_base`` for
     any OpenAI-compatible server); ``api_key_env`` names the environment variable holding the key.
@@ -50,6 +60,13 @@ class BackendConfig(_Strict):
     # the upstream speaks POST /responses itself (openai-compatible only): Responses requests are forwarded
     # as they are, not translated to chat completions
     responses: bool = False
+    # several deployments behind this name: balanced least in-flight (weighted); one that fails
+    # ``cooldown_failures`` times in a row, or answers with Retry-After, rests for ``cooldown_s`` (capped
+    # ``max_cooldown_s``) and is tried again after
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+    cooldown_failures: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=30.0, ge=0)
+    max_cooldown_s: float = Field(default=300.0, ge=0)
 
     @model_validator(mode="after")
     def _fill_from_catalog(self) -> BackendConfig:
@@ -62,8 +79,11 @@ class BackendConfig(_Strict):
             self.context_window = self.context_window or entry.context_window
         if self.model is None:
             raise ValueError(f"backend {self.name!r} is not in the catalog: set its litellm 'model' id")
-        if self.provider == "openai-compatible" and not self.api_base:
+        if self.provider == "openai-compatible" and not self.api_base and not self.deployments:
             raise ValueError(f"backend {self.name!r}: provider 'openai-compatible' needs 'api_base'")
+        for i, dep in enumerate(self.deployments):
+            if (dep.provider or self.provider) == "openai-compatible" and not (dep.api_base or self.api_base):
+                raise ValueError(f"backend {self.name!r}: deployments[{i}] is openai-compatible and needs 'api_base'")
         if self.responses and self.provider != "openai-compatible":
             raise ValueError(f"backend {self.name!r}: 'responses: true' needs provider 'openai-compatible' "
                              "(litellm backends get Responses requests translated to chat)")
