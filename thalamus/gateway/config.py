@@ -227,7 +227,18 @@ class ServerConfig(_Strict):
     forward_headers: list[str] = Field(default_factory=list)  # request headers sent on upstream (gateway/headers.py)
 
 
+class CacheConfig(_Strict):
+    """The exact-match response cache (gateway/cache.py); off unless ``enabled``."""
+
+    enabled: bool = False
+    ttl_s: float = Field(default=300.0, gt=0)
+    max_entries: int = Field(default=1000, ge=1)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    per_key: bool = True  # an answer cached for one API key is served to that key only
+
+
 class GatewayConfig(_Strict):
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     backends: list[BackendConfig] = Field(min_length=1)
     routers: dict[str, RouterConfig] = Field(default_factory=dict)

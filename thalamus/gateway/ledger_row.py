@@ -59,6 +59,7 @@ class LedgerRow:
     baseline_cost_usd: float | None = None  # what this request would have cost on it
     predicted_quality: float | None = None  # the router's predicted quality of the model that answered
     upstream_ms: float | None = None        # time spent waiting on upstreams (all attempts): overhead = total - this
+    cache: str | None = None                # "hit": answered by the response cache (gateway/cache.py), cost 0
 
     def storable(self) -> dict[str, Any]:
         """Column values for the ``requests`` table, each one safe to insert; never raises."""

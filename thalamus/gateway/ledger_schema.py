@@ -55,6 +55,7 @@ requests = sa.Table(
     sa.Column("baseline_cost_usd", sa.Float),
     sa.Column("predicted_quality", sa.Float),
     sa.Column("upstream_ms", sa.Float),
+    sa.Column("cache", sa.String(16)),  # migration 6: "hit" when the response cache answered
 )
 
 feedback = sa.Table(
@@ -136,7 +137,8 @@ _KEY_USAGE_V6 = """CREATE TABLE key_usage (
     spend_usd FLOAT NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (key_id, period))"""
 
 _KEYS_V6 = (_API_KEYS_V6, _KEY_USAGE_V6,
-            "CREATE INDEX ix_requests_key_created ON requests (api_key_id, created_at)")
+            "CREATE INDEX ix_requests_key_created ON requests (api_key_id, created_at)",
+            "ALTER TABLE requests ADD COLUMN cache VARCHAR(16)")
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ MIGRATIONS: list[Migration] = [
     }),
     Migration(4, "dashboard columns", {"sqlite": _DASHBOARD_V4, "postgresql": _DASHBOARD_V4}),
     # numbered 6: migration 5 (dashboard rollups) is being added on another branch
-    Migration(6, "virtual keys and usage counters", {"sqlite": _KEYS_V6, "postgresql": _KEYS_V6}),
+    Migration(6, "virtual keys, usage counters, cache column", {"sqlite": _KEYS_V6, "postgresql": _KEYS_V6}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

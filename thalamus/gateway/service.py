@@ -30,6 +30,7 @@ from thalamus.errors import ConfigError
 from thalamus.gateway import protocol as p
 from thalamus.gateway.auth import KeyChecker
 from thalamus.gateway.backends import Backend, UpstreamError
+from thalamus.gateway.cache import ResponseCache, answer_cached
 from thalamus.gateway.config import GatewayConfig, RouterConfig
 from thalamus.gateway.controls import TeamControls
 from thalamus.gateway.counterfactual import annotate
@@ -111,6 +112,7 @@ class GatewayService:
         self.writer = writer
         self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
         self.controls = TeamControls(config.auth, writer.ledger.engine)  # virtual keys, budgets, rate limits
+        self.cache = ResponseCache(config.cache)
         self.keys = KeyChecker(config.auth, self.controls.lookup)
         self.hasher = hasher
         self.metrics = metrics
@@ -182,9 +184,12 @@ class GatewayService:
                               code="request_too_large")
 
     async def _chat(self, call: Call, body: dict[str, Any]) -> ChatResult:
+        whole = dict(body) if self.cache.enabled and not body.get("stream") else None  # before plan() pops
         candidates = await self.plan(call, body)
         if body.get("stream"):
             return await self._stream(call, body, candidates)
+        if whole is not None:
+            return await answer_cached(self, call, body, candidates, whole)
         return await self._complete(call, body, candidates)
 
     async def plan(self, call: Call, body: dict[str, Any]) -> list[str]:
