@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,32 @@ def test_limits_hold_across_two_replicas_on_postgres(make_gateway: GatewayFactor
     with pytest.raises(openai.RateLimitError) as refused:
         ask(replicas[1], budget)  # the other replica saw the first one's spend
     assert "daily budget" in str(refused.value)
+
+
+def test_limits_hold_while_the_database_is_away_and_counts_reach_it_after(make_gateway: GatewayFactory,
+                                                                          tmp_path: Path) -> None:
+    path = tmp_path / "locked.sqlite"
+    gw = make_gateway(auth=AUTH, ledger={"url": f"sqlite:///{path}", "flush_ms": 20, "busy_timeout_ms": 50,
+                                         "journal_path": str(tmp_path / "j.jsonl")})
+    fresh_minute()
+    secret = make_key(gw, id="offline", rpm=3)
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # every sync (and ledger write) fails while this is held
+    try:
+        time.sleep(0.2)
+        for _ in range(3):
+            assert ask(gw, secret).http_response.status_code == 200
+        with pytest.raises(openai.RateLimitError):
+            ask(gw, secret)  # enforced on what this replica knows
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    deadline, counted = time.monotonic() + 10, None
+    while time.monotonic() < deadline and counted != 3:
+        time.sleep(0.1)
+        with engine.connect() as conn:
+            counted = conn.execute(sa.text("SELECT requests FROM key_usage WHERE key_id = 'offline' "
+                                           "AND period LIKE 'min:%'")).scalar()
+    engine.dispose()
+    assert counted == 3  # the additions kept through the failed syncs reached the database
