@@ -129,3 +129,17 @@ def test_stream_falls_back_before_its_first_event_and_reports_a_later_failure(
         list(cut)
     row = row_for(gw.ledger_path, cut.response.headers["x-thalamus-request-id"])  # type: ignore[attr-defined]
     assert row["status"] == 502
+
+
+@pytest.mark.parametrize("provider", ["litellm", "openai-compatible"])
+def test_the_sdks_stream_helper_accumulates_our_events(make_gateway: GatewayFactory, provider: str) -> None:
+    """``client.responses.stream`` rebuilds the response from the events: every item must be opened,
+    filled and closed in order for its final response to match."""
+    gw = make_gateway(provider=provider)
+    with sdk(gw).responses.stream(model="mid", input="Hello there") as stream:
+        deltas = "".join(e.delta for e in stream if isinstance(e, ResponseTextDeltaEvent))
+        final = stream.get_final_response()
+    assert final.output_text == deltas and deltas.endswith("from mid.") and final.usage is not None
+    with sdk(gw).responses.stream(model="weak", input="Weather?", tools=[TOOL]) as stream:  # type: ignore[list-item]
+        calls = stream.get_final_response().output
+    assert [(c.type, getattr(c, "name", None)) for c in calls] == [("function_call", "get_weather")]
