@@ -4,8 +4,9 @@ Two gateway processes (``thalamus serve``) in front of one replay upstream (``th
 loopback, the same concrete backend (``provider: openai-compatible``): one with auth off, one with auth on.
 The second is called with a static YAML key and with a virtual key that has allowed models, a daily and a
 monthly budget and rpm / tpm limits (high enough never to refuse). The three targets are called in turn,
-one request each, at concurrency 1, so drift on a shared machine hits all three alike. Reported: p50 / p99
-latency per target and the difference of the limited virtual key to auth off and to the static key.
+one request each, at concurrency 1, each round starting with the next target, so drift on a shared machine
+and the position in a round hit all three alike. Reported: p50 / p99 latency per target and the difference
+of the limited virtual key to auth off and to the static key.
 
     .venv/bin/python benchmarks/key_overhead.py [--n 1000]
 """
@@ -59,8 +60,10 @@ async def _run(targets: dict[str, tuple[str, str | None]], texts: list[str], n: 
                     raise RuntimeError(f"{url}: status {resp.status}")
             return (time.perf_counter() - t0) * 1000
 
-        for i in range(-50, n):  # 50 warm-up rounds
-            for name, (url, key) in targets.items():
+        names = list(targets)
+        for i in range(-50, n):  # 50 warm-up rounds; each round starts with the next target (no order bias)
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                url, key = targets[name]
                 ms = await one(url, key, i)
                 if i >= 0:
                     out[name][i] = ms
@@ -109,15 +112,18 @@ def report(r: dict[str, Any]) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [f"# Virtual keys, budgets and rate limits: added latency ({stamp})", "",
              f"Command: `{meta['command']}`; {meta['n']} requests per target, the targets called in turn at "
-             f"concurrency 1; {meta['cpus']} CPU cores shared with other jobs (load average at the end: "
+             f"concurrency 1, each round starting with the next one; {meta['cpus']} CPU cores shared with other "
+             "jobs (load average at the end: "
              f"{', '.join(f'{x:.1f}' for x in meta['loadavg_at_end'])}).", "",
              "| target | p50 ms | p99 ms | mean ms |", "|---|---|---|---|"]
     lines += [f"| {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['mean_ms']:.3f} |" for name, v in t.items()]
     added_off = limited["p50_ms"] - off["p50_ms"]
     added_static = limited["p50_ms"] - static["p50_ms"]
-    lines += ["", f"- virtual key with budgets and rate limits vs auth off: {added_off:+.3f} ms p50; "
-              f"vs a static key: {added_static:+.3f} ms p50 (target: <= 0.5 ms: "
-              f"{'met' if added_off <= 0.5 else 'NOT met'})."]
+    worst = max(added_off, added_static)
+    lines += ["", f"- virtual key with budgets and rate limits vs a static key (same gateway process): "
+              f"{added_static:+.3f} ms p50; vs auth off (another process of the same build): {added_off:+.3f} ms "
+              f"p50. Target <= 0.5 ms on both: {'met' if worst <= 0.5 else 'NOT met'}. Differences of a few "
+              "tenths of a ms between two processes are this shared machine's noise."]
     return "\n".join(lines) + "\n"
 
 
