@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ import httpx
 import openai
 import pytest
 import sqlalchemy as sa
-from gwhelpers import GatewayFactory, row_for
+from gwhelpers import MODELS, GatewayFactory, backend, row_for
 from typer.testing import CliRunner
 
 from thalamus.cli import build_app
 from thalamus.datasets.schema import RoutingDataset
+from thalamus.gateway.replay import create_replay_app
 from thalamus.gateway.server import ThreadedServer
 
 ADMIN = "sk-admin-test"
@@ -229,3 +231,29 @@ def test_limits_hold_while_the_database_is_away_and_counts_reach_it_after(make_g
                                            "AND period LIKE 'min:%'")).scalar()
     engine.dispose()
     assert counted == 3  # the additions kept through the failed syncs reached the database
+
+
+def test_concurrent_requests_see_each_others_reserved_cost(make_gateway: GatewayFactory,
+                                                           dataset: RoutingDataset) -> None:
+    with ThreadedServer(create_replay_app(dataset, delay_ms=1000), log_level="critical") as slow:
+        gw = make_gateway(auth=AUTH, backends=[backend(m, m, slow.url + "/v1") for m in MODELS])
+        _burst(gw)
+
+
+def _burst(gw: ThreadedServer) -> None:
+    usage = ask(gw, "sk-static").parse().usage
+    estimate = (usage.prompt_tokens * 1.0 + 50 * 2.0) / 1e6  # the prompt + max_tokens=50 at 'mid' prices
+    secret = make_key(gw, id="burst", budget_day_usd=3 * estimate + 1e-12)
+
+    def one(_: int) -> int:
+        try:
+            client(gw, secret).chat.completions.create(
+                model="mid", max_tokens=50, messages=[{"role": "user", "content": "How far is the moon?"}])
+            return 200
+        except openai.RateLimitError:
+            return 429
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sorted(pool.map(one, range(8)))
+    # all 8 in flight at once (the upstream takes 1 s): each sees the others' reserved estimates
+    assert statuses == [200] * 3 + [429] * 5
