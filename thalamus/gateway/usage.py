@@ -66,11 +66,13 @@ class UsageCounters:
         self.engine = engine
         self._synced: dict[Slot, Count] = {}
         self._pending: defaultdict[Slot, Count] = defaultdict(Count)
+        self._syncing: dict[Slot, Count] = {}  # taken by the sync in flight: still counted until it ends
         self.last_sync: float | None = None
 
     def total(self, key_id: str, period: str) -> Count:
         slot = (key_id, period)
-        return self._synced.get(slot, Count()) + self._pending.get(slot, Count())
+        return (self._synced.get(slot, Count()) + self._syncing.get(slot, Count())
+                + self._pending.get(slot, Count()))
 
     def add(self, key_id: str, periods: tuple[str, ...], requests: int = 0, tokens: int = 0,
             spend_usd: float = 0.0) -> None:
@@ -83,10 +85,12 @@ class UsageCounters:
     def take_pending(self) -> dict[Slot, Count]:
         """The unsynced additions, handed to ``sync``; later additions start a new batch."""
         taken, self._pending = dict(self._pending), defaultdict(Count)
+        self._syncing = taken
         return taken
 
     def give_back(self, taken: dict[Slot, Count]) -> None:
         """A failed sync's additions, kept for the next one."""
+        self._syncing = {}
         for slot, count in taken.items():
             self._pending[slot] = self._pending[slot] + count
 
@@ -102,7 +106,8 @@ class UsageCounters:
         return {(r.key_id, r.period): Count(int(r.requests), int(r.tokens), float(r.spend_usd)) for r in totals}
 
     def apply(self, totals: dict[Slot, Count], when: float) -> None:
-        self._synced, self.last_sync = totals, when
+        """The database's totals, which now hold what the sync took."""
+        self._synced, self._syncing, self.last_sync = totals, {}, when
 
     def prune(self, now: float) -> None:
         """Drop minute counters nobody reads any more (a worker thread; day and month rows stay as history)."""
