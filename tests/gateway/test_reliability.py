@@ -132,12 +132,14 @@ def test_fastapi_has_nothing_to_validate(replay: ThreadedServer, artifact: Path,
     parameter would bring back FastAPI's 422, which is not OpenAI-shaped: this test guards that."""
     app = create_app(config_from_dict(base_config(replay.url, artifact, tmp_path / "ledger.sqlite")))
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
-    assert {r.path for r in routes} == {
-        "/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/readyz", "/metrics", "/dashboard",
-        "/dashboard/static/plotly.min.js", "/dashboard/static/{name}", "/api/requests", "/api/requests/{request_id}",
-        *(f"/api/stats/{name}" for name in ("overview", "timeseries", "models", "keys", "calibration", "filters")),
-        "/api/controller", "/admin/routers", "/admin/routers/{name}/reload", "/admin/routers/{name}/candidate",
-        "/admin/routers/{name}/promote"}
+    openai_paths = {"/chat/completions", "/models", "/models/{model_id:path}", "/feedback", "/responses",
+                    "/embeddings", "/completions"}  # each also without the /v1 prefix
+    assert {r.path for r in routes} == {"/v1" + p for p in openai_paths} | openai_paths | {
+        "/healthz", "/readyz", "/metrics", "/admin/keys", "/admin/keys/{key_id:path}", "/api/spend",
+        "/api/requests", "/api/requests/{request_id}", "/api/stats/calibration", "/api/stats/filters",
+        "/api/stats/keys", "/api/stats/models", "/api/stats/overview", "/api/stats/timeseries", "/dashboard",
+        "/dashboard/static/plotly.min.js", "/dashboard/static/{name}", "/api/controller", "/admin/routers",
+        "/admin/routers/{name}/reload", "/admin/routers/{name}/candidate", "/admin/routers/{name}/promote"}
     for route in routes:
         d = route.dependant
         assert not (d.path_params or d.query_params or d.header_params or d.cookie_params or d.body_params

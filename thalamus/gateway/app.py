@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from thalamus.config import Settings
 from thalamus.errors import ConfigError
+from thalamus.gateway.admin_api import install_admin
 from thalamus.gateway.api import install
 from thalamus.gateway.backends import Backend, make_backends
 from thalamus.gateway.config import GatewayConfig
@@ -29,6 +30,7 @@ from thalamus.gateway.prompt_hash import PromptHasher, load_key
 from thalamus.gateway.rollout_api import install_rollout
 from thalamus.gateway.service import GatewayService, LoadedRouter
 from thalamus.gateway.stats_api import install_stats
+from thalamus.gateway.surface import install_surface
 
 if TYPE_CHECKING:
     from thalamus.router.base import Router
@@ -113,9 +115,11 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
         app.state.service = GatewayService(config, routers, owned, writer, hasher, metrics=app.state.metrics)
         app.state.controllers = Controllers(routers)
         app.state.controllers.start(ledger)
+        await app.state.service.controls.start()
         try:
             yield
         finally:
+            await app.state.service.controls.close()
             await app.state.controllers.stop()
             await asyncio.to_thread(app.state.service.learning.close, routers)
             for backend in owned.values():
@@ -129,9 +133,11 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     app = FastAPI(title="Thalamus gateway", lifespan=lifespan, docs_url="/docs" if docs else None,
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     install(app)
+    install_admin(app)
     install_stats(app)
     install_dashboard(app)
     install_metrics(app)
     install_rollout(app)
     install_controller_api(app)
+    install_surface(app, config.server)  # last: it copies the /v1 routes
     return app

@@ -8,6 +8,7 @@ time, so any header value, non-ASCII included, is a 401 at worst, never an error
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from thalamus.gateway.config import AuthConfig
 from thalamus.gateway.protocol import RequestError
@@ -23,11 +24,13 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 class KeyChecker:
-    """Maps a presented key to its configured id (static keys from the YAML config)."""
+    """Maps a presented key to its id: static keys from the YAML config, then ``virtual`` (the virtual
+    keys of the ledger database, looked up by the secret's hash: gateway/keys.py)."""
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, virtual: Callable[[str], str | None] | None = None) -> None:
         self.enabled = config.enabled
         self._keys = [(secret.encode(), k.id) for k in config.keys if (secret := k.secret())]
+        self._virtual = virtual
 
     def identify(self, authorization: str | None) -> str | None:
         """The key id of a valid key, else None (also None when auth is off)."""
@@ -39,6 +42,8 @@ class KeyChecker:
         for secret, key_id in self._keys:  # no early exit: the time taken does not tell which key matched
             if hmac.compare_digest(secret, presented):
                 found = key_id
+        if found is None and self._virtual is not None:
+            found = self._virtual(token)
         return found
 
     def authorize(self, authorization: str | None) -> str | None:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from thalamus.gateway.config import BackendConfig
+from thalamus.gateway.headers import upstream_headers
 
 # UpstreamError and ErrorKind live in upstream.py (shared with openai_compat); re-exported for the service
 from thalamus.gateway.upstream import ErrorKind as ErrorKind
@@ -165,6 +166,8 @@ class LiteLLMBackend:
             kwargs["_skip_mcp_handler"] = True
         if self.config.api_base:
             kwargs["api_base"] = self.config.api_base
+        if forwarded := upstream_headers():  # server.forward_headers (gateway/headers.py)
+            kwargs["extra_headers"] = forwarded
         key = self.config.api_key()
         if key:
             kwargs["api_key"] = key
@@ -227,7 +230,12 @@ class LiteLLMBackend:
 
 
 def make_backend(config: BackendConfig) -> Backend:
-    """The backend for a config entry: litellm unless ``provider: openai-compatible``."""
+    """The backend for a config entry: litellm unless ``provider: openai-compatible``; a group of them
+    for a backend with ``deployments`` (gateway/deployments.py)."""
+    if config.deployments:
+        from thalamus.gateway.deployments import DeploymentGroup
+
+        return DeploymentGroup(config, make_backend)
     if config.provider == "openai-compatible":
         from thalamus.gateway.openai_compat import OpenAICompatBackend
 

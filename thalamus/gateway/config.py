@@ -25,6 +25,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class DeploymentConfig(_Strict):
+    """One of several places serving a backend (gateway/deployments.py); unset fields come from the backend."""
+
+    api_base: str | None = None
+    model: str | None = None
+    provider: Literal["litellm", "openai-compatible"] | None = None
+    api_key_env: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+
+
 class BackendConfig(_Strict):
     """One callable model. ``model`` is a litellm model id (``openai/<name>`` + ``api_base`` for
     any OpenAI-compatible server); ``api_key_env`` names the environment variable holding the key.
@@ -47,6 +57,16 @@ class BackendConfig(_Strict):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # one SSE line or non-stream body
     max_retries: int = Field(default=2, ge=0, le=10)
     context_window: int | None = Field(default=None, gt=0)
+    # the upstream speaks POST /responses itself (openai-compatible only): Responses requests are forwarded
+    # as they are, not translated to chat completions
+    responses: bool = False
+    # several deployments behind this name: balanced least in-flight (weighted); one that fails
+    # ``cooldown_failures`` times in a row, or answers with Retry-After, rests for ``cooldown_s`` (capped
+    # ``max_cooldown_s``) and is tried again after
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+    cooldown_failures: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=30.0, ge=0)
+    max_cooldown_s: float = Field(default=300.0, ge=0)
 
     @model_validator(mode="after")
     def _fill_from_catalog(self) -> BackendConfig:
@@ -59,8 +79,14 @@ class BackendConfig(_Strict):
             self.context_window = self.context_window or entry.context_window
         if self.model is None:
             raise ValueError(f"backend {self.name!r} is not in the catalog: set its litellm 'model' id")
-        if self.provider == "openai-compatible" and not self.api_base:
+        if self.provider == "openai-compatible" and not self.api_base and not self.deployments:
             raise ValueError(f"backend {self.name!r}: provider 'openai-compatible' needs 'api_base'")
+        for i, dep in enumerate(self.deployments):
+            if (dep.provider or self.provider) == "openai-compatible" and not (dep.api_base or self.api_base):
+                raise ValueError(f"backend {self.name!r}: deployments[{i}] is openai-compatible and needs 'api_base'")
+        if self.responses and self.provider != "openai-compatible":
+            raise ValueError(f"backend {self.name!r}: 'responses: true' needs provider 'openai-compatible' "
+                             "(litellm backends get Responses requests translated to chat)")
         return self
 
     def api_key(self) -> str | None:
@@ -200,8 +226,31 @@ class ApiKeyConfig(_Strict):
 
 
 class AuthConfig(_Strict):
+    """Static keys from this file, plus virtual keys from the ledger database (``thalamus keys``, the admin
+    API). ``admin_key_env`` (or ``admin_key`` for tests) names the admin secret: it manages virtual keys and
+    reads every key's spend. Usage counters are shared through the database every ``sync_ms``."""
+
     enabled: bool = False
     keys: list[ApiKeyConfig] = Field(default_factory=list)
+    admin_key: str | None = None
+    admin_key_env: str | None = None
+    virtual_keys: bool = True  # accept keys created with ``thalamus keys create`` / POST /admin/keys
+    sync_ms: int = Field(default=100, ge=1, le=60_000)  # counters and key list: database round trip period
+
+    def admin_secret(self) -> str | None:
+        if self.admin_key is not None:
+            return self.admin_key
+        return os.environ.get(self.admin_key_env) if self.admin_key_env else None
+
+
+class CorsConfig(_Strict):
+    """Browser access from other origins; off (no CORS headers) unless ``allow_origins`` lists some."""
+
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"])
+    allow_headers: list[str] = Field(default_factory=lambda: ["authorization", "content-type"])
+    allow_credentials: bool = False
+    max_age: int = Field(default=600, ge=0)
 
 
 class ServerConfig(_Strict):
@@ -211,6 +260,8 @@ class ServerConfig(_Strict):
     docs: bool | None = None  # /docs, /redoc, /openapi.json; None: served only while auth is off
     # concurrent routing requests wait at most this long to share one embedding pass; 0: no batching
     embed_batch_ms: float = Field(default=2.0, ge=0, le=100)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+    forward_headers: list[str] = Field(default_factory=list)  # request headers sent on upstream (gateway/headers.py)
 
 
 class AdminConfig(_Strict):
@@ -231,7 +282,18 @@ class AdminConfig(_Strict):
         return self.key if self.key is not None else os.environ.get(self.key_env or "") or None
 
 
+class CacheConfig(_Strict):
+    """The exact-match response cache (gateway/cache.py); off unless ``enabled``."""
+
+    enabled: bool = False
+    ttl_s: float = Field(default=300.0, gt=0)
+    max_entries: int = Field(default=1000, ge=1)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    per_key: bool = True  # an answer cached for one API key is served to that key only
+
+
 class GatewayConfig(_Strict):
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     backends: list[BackendConfig] = Field(min_length=1)
     routers: dict[str, RouterConfig] = Field(default_factory=dict)
@@ -269,7 +331,8 @@ class GatewayConfig(_Strict):
                       f"{alias!r} is already a backend name or another alias")
                 taken.add(alias)
         if self.auth.enabled:
-            _need(bool(self.auth.keys), "auth.keys", "auth is enabled but no keys are configured")
+            _need(bool(self.auth.keys) or self.auth.admin_key is not None or self.auth.admin_key_env is not None,
+                  "auth.keys", "auth is enabled but neither keys nor an admin key are configured")
         return self
 
     def backend(self, name: str) -> BackendConfig:

@@ -59,12 +59,13 @@ class LedgerRow:
     baseline_cost_usd: float | None = None  # what this request would have cost on it
     predicted_quality: float | None = None  # the router's predicted quality of the model that answered
     upstream_ms: float | None = None        # time spent waiting on upstreams (all attempts): overhead = total - this
-    # learning loop (migration 7): with ledger.store_embeddings, the routing embedding instead of the text
+    # learning loop (migration 6): with ledger.store_embeddings, the routing embedding instead of the text
     embedding: str | None = None            # base64 of little-endian float16 (gateway.learning.encode_embedding)
     embedder_id: str | None = None
     rollout: str | None = None              # serving | canary, when the router has a candidate
     shadow_model: str | None = None         # a shadow candidate's choice (logged, not used)
     shadow_version: str | None = None
+    cache: str | None = None                # migration 7: "hit" when the response cache answered (cost 0)
 
     def storable(self) -> dict[str, Any]:
         """Column values for the ``requests`` table, each one safe to insert; never raises."""

@@ -57,12 +57,13 @@ requests = sa.Table(
     sa.Column("baseline_cost_usd", sa.Float),
     sa.Column("predicted_quality", sa.Float),
     sa.Column("upstream_ms", sa.Float),
-    # migration 7: learning loop (docs/learning.md): every model's propensity lives in ``candidates``
+    # migration 6: learning loop (docs/learning.md): every model's propensity lives in ``candidates``
     sa.Column("embedding", sa.Text),        # base64 of the routing embedding as little-endian float16
     sa.Column("embedder_id", sa.String(128)),
     sa.Column("rollout", sa.String(16)),          # serving | canary: which artifact decided (gateway/rollout.py)
     sa.Column("shadow_model", sa.String(256)),    # a shadow candidate's choice, logged, not used
     sa.Column("shadow_version", sa.String(64)),
+    sa.Column("cache", sa.String(16)),  # migration 7: "hit" when the response cache answered
 )
 
 feedback = sa.Table(
@@ -75,6 +76,36 @@ feedback = sa.Table(
     sa.Column("source", sa.String(128)),
     sa.Column("comment", sa.Text),
     sa.Column("api_key_id", sa.String(128)),  # the key that posted it (migration 3)
+)
+
+# migration 7: virtual keys (hashed secrets, scopes, limits) and their usage counters (docs/gateway.md,
+# "Virtual keys"): the counters every replica adds to and reads, so limits hold across replicas
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # sha256 hex of the secret
+    sa.Column("key_prefix", sa.String(16)),  # the secret's first characters, to tell keys apart in listings
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+    sa.Column("models", sa.Text),   # JSON list of backend names, NULL: any
+    sa.Column("routers", sa.Text),  # JSON list of router names, NULL: any
+    sa.Column("budget_day_usd", sa.Float),
+    sa.Column("budget_month_usd", sa.Float),
+    sa.Column("rpm", sa.Integer),
+    sa.Column("tpm", sa.BigInteger),
+    sa.Column("team", sa.String(128)),
+    sa.Column("owner", sa.String(128)),
+    sa.Column("metadata", sa.Text),  # JSON object
+)
+
+key_usage = sa.Table(
+    "key_usage", metadata,
+    sa.Column("key_id", sa.String(128), primary_key=True),
+    sa.Column("period", sa.String(32), primary_key=True),  # min:<epoch minute>, day:YYYY-MM-DD, month:YYYY-MM (UTC)
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("spend_usd", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
 )
 
 REQUEST_COLUMNS = [c.name for c in requests.columns]
@@ -109,6 +140,19 @@ _LEARNING_V6 = ("ALTER TABLE requests ADD COLUMN embedding TEXT",
                 "ALTER TABLE requests ADD COLUMN rollout VARCHAR(16)",
                 "ALTER TABLE requests ADD COLUMN shadow_model VARCHAR(256)",
                 "ALTER TABLE requests ADD COLUMN shadow_version VARCHAR(64)")
+
+_API_KEYS_V7 = """CREATE TABLE api_keys (
+    id VARCHAR(128) NOT NULL, key_hash VARCHAR(64) NOT NULL, key_prefix VARCHAR(16), created_at FLOAT NOT NULL,
+    revoked_at FLOAT, models TEXT, routers TEXT, budget_day_usd FLOAT, budget_month_usd FLOAT, rpm INTEGER,
+    tpm BIGINT, team VARCHAR(128), owner VARCHAR(128), metadata TEXT, PRIMARY KEY (id), UNIQUE (key_hash))"""
+
+_KEY_USAGE_V7 = """CREATE TABLE key_usage (
+    key_id VARCHAR(128) NOT NULL, period VARCHAR(32) NOT NULL, requests BIGINT NOT NULL, tokens BIGINT NOT NULL,
+    spend_usd FLOAT NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (key_id, period))"""
+
+_KEYS_V7 = (_API_KEYS_V7, _KEY_USAGE_V7,
+            "CREATE INDEX ix_requests_key_created ON requests (api_key_id, created_at)",
+            "ALTER TABLE requests ADD COLUMN cache VARCHAR(16)")
 
 
 @dataclass(frozen=True)
@@ -145,6 +189,7 @@ MIGRATIONS: list[Migration] = [
     Migration(5, "hourly rollups kept by triggers", ROLLUP_V5),  # DDL in ledger_rollup, pinned by a test
     Migration(6, "learning loop: routing embedding, rollout",
               {"sqlite": _LEARNING_V6, "postgresql": _LEARNING_V6}),
+    Migration(7, "virtual keys, usage counters, cache column", {"sqlite": _KEYS_V7, "postgresql": _KEYS_V7}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

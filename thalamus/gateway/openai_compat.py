@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from thalamus.gateway.config import BackendConfig
+from thalamus.gateway.headers import upstream_headers
 from thalamus.gateway.upstream import (
     ErrorKind,
     UpstreamError,
@@ -130,9 +131,10 @@ class OpenAICompatBackend:
     def _payload(self, body: dict[str, Any]) -> bytes:
         return json.dumps({**body, "model": self.upstream_model}).encode()
 
-    async def _post(self, body: dict[str, Any], deadline: float) -> aiohttp.ClientResponse:
+    async def _post(self, body: dict[str, Any], deadline: float, url: str | None = None) -> aiohttp.ClientResponse:
         async with asyncio.timeout_at(deadline):
-            response = await self._client().post(self.url, data=self._payload(body))
+            response = await self._client().post(url or self.url, data=self._payload(body),
+                                                 headers=upstream_headers() or None)
         if response.status != 200:
             try:
                 raise await self._error(response)
@@ -221,6 +223,42 @@ class OpenAICompatBackend:
                 yield chunk
         raise bad_answer(self.name, f"the stream ended without [DONE] after {count} chunks (connection "
                          "closed early)", "incomplete_stream")
+
+    # -- other endpoints of the same upstream (Responses API, embeddings, completions) ------------
+    def endpoint(self, path: str) -> str:
+        return (self.config.api_base or "").rstrip("/") + path
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        """POST ``body`` (model replaced) to ``{api_base}{path}``; the parsed JSON answer, or UpstreamError."""
+        deadline, first = asyncio.get_running_loop().time() + self.config.first_byte_s, True
+        try:
+            resp = await self._post(body, deadline, self.endpoint(path))
+            first = False
+            try:
+                return await self._body(resp, deadline)
+            finally:
+                resp.release()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._transport_error(exc, first) from exc
+
+    async def stream_json(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """The parsed ``data`` of each SSE event of a streamed answer from ``{api_base}{path}`` (a closing
+        ``[DONE]`` is optional: Responses streams end without one)."""
+        deadline, reader = asyncio.get_running_loop().time() + self.config.first_byte_s, None
+        try:
+            resp = await self._post(body, deadline, self.endpoint(path))
+            try:
+                reader = _Reader(resp.content, self.config.max_message_bytes, self.config.idle_s, deadline)
+                while (data := await reader.event(self.name)) is not None:
+                    if data == b"[DONE]":
+                        return
+                    if data.strip():
+                        reader.deadline = None
+                        yield loads(self.name, data)
+            finally:
+                resp.release()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._transport_error(exc, reader is None or reader.deadline is not None) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -32,6 +32,7 @@ from thalamus.datasets.schema import RoutingDataset, stable_hash
 from thalamus.gateway.faults import fault_answer
 from thalamus.gateway.protocol import (
     SSE_DONE,
+    RequestError,
     content_text,
     error_body,
     estimate_prompt_tokens,
@@ -39,6 +40,7 @@ from thalamus.gateway.protocol import (
     routing_text,
     sse,
 )
+from thalamus.gateway.responses import encode, events, from_chat, to_chat
 
 
 @dataclass
@@ -115,6 +117,7 @@ class ReplayState:
         self.delay_s = delay_ms / 1000
         self.fault_counts: dict[str, int] = defaultdict(int)
         self.requests: deque[dict[str, Any]] = deque(maxlen=log_size)
+        self.headers: deque[dict[str, str]] = deque(maxlen=log_size)  # of each request, in the same order
 
     def fault_active(self, key: str, fault: str | None, limit: int | None) -> bool:
         if fault is None:
@@ -206,6 +209,7 @@ def create_replay_app(dataset: RoutingDataset | None = None, delay_ms: float = 0
     async def chat(request: Request) -> Response:
         body = await request.json()
         state.requests.append(body)
+        state.headers.append(dict(request.headers))
         raw_model = str(body.get("model", ""))
         model, fault, limit = _parse_fault(raw_model, request.headers.get("x-replay-fault"))
         if not isinstance(body.get("messages"), list) or not body["messages"]:
@@ -222,4 +226,78 @@ def create_replay_app(dataset: RoutingDataset | None = None, delay_ms: float = 0
             return StreamingResponse(_stream(chunks), media_type="text/event-stream")
         return JSONResponse(done)
 
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        """Deterministic unit vectors from the text's hash (``dimensions``, default 8)."""
+        body = await request.json()
+        state.requests.append(body)
+        state.headers.append(dict(request.headers))
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not texts:
+            return JSONResponse(error_body("'input' is required", "invalid_request_error", "input"), 400)
+        dims = int(body.get("dimensions") or 8)
+        data = [{"object": "embedding", "index": i, "embedding": _vector(str(t), dims)} for i, t in enumerate(texts)]
+        tokens = sum(estimate_tokens(str(t)) for t in texts)
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model"),
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        """Legacy text completions: the chat answer to the prompt as a user message."""
+        body = await request.json()
+        state.requests.append(body)
+        state.headers.append(dict(request.headers))
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            return JSONResponse(error_body("'prompt' must be a string", "invalid_request_error", "prompt"), 400)
+        model = str(body.get("model", ""))
+        done, _ = _answer({"messages": [{"role": "user", "content": prompt}]}, model, state.book)
+        text = done["choices"][0]["message"]["content"] or ""
+        out = {"id": "cmpl-" + done["id"][9:], "object": "text_completion", "created": done["created"],
+               "model": model, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+               "usage": done["usage"]}
+        if body.get("stream"):
+            pieces = [w + " " for w in text.split(" ")[:-1]] + text.split(" ")[-1:]
+            chunks = [{**out, "choices": [{"index": 0, "text": w, "logprobs": None, "finish_reason": None}]}
+                      for w in pieces] + [{**out, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                                               "finish_reason": "stop"}]}]
+            return StreamingResponse(_stream(chunks), media_type="text/event-stream")
+        return JSONResponse(out)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        """The Responses API, natively: answers as the chat endpoint would, in Responses shapes (ids
+        ``resp_replay...``, so a test can tell a forwarded request from a translated one)."""
+        body = await request.json()
+        state.requests.append(body)
+        try:
+            chat = to_chat(body)
+        except RequestError as exc:
+            return JSONResponse(exc.body(), exc.status)
+        model = str(chat["model"])
+        done, chunks = _answer(chat, model, state.book)
+        rid = "resp_replay" + stable_hash(model + json.dumps(chat["messages"]))[:16]
+        if body.get("stream"):
+            return StreamingResponse(_response_events(chunks, body, rid, model), media_type="text/event-stream")
+        return JSONResponse(from_chat(done, body, rid, model))
+
     return app
+
+
+def _vector(text: str, dims: int) -> list[float]:
+    seed = bytes.fromhex(stable_hash(text))
+    vec = np.frombuffer((seed * (dims // len(seed) + 1))[:dims], dtype=np.uint8).astype(float) - 127.5
+    return [float(x) for x in vec / (np.linalg.norm(vec) or 1.0)]
+
+
+async def _response_events(chunks: list[dict[str, Any]], body: dict[str, Any], rid: str,
+                           model: str) -> AsyncIterator[bytes]:
+    async def source() -> AsyncIterator[dict[str, Any]]:
+        for chunk in chunks:
+            yield chunk
+
+    seq = 0
+    async for event in events(source(), body, rid, model):
+        yield encode(event, seq)
+        seq += 1

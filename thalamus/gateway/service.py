@@ -30,7 +30,9 @@ from thalamus.errors import ConfigError
 from thalamus.gateway import protocol as p
 from thalamus.gateway.auth import KeyChecker
 from thalamus.gateway.backends import Backend, UpstreamError
+from thalamus.gateway.cache import ResponseCache, answer_cached
 from thalamus.gateway.config import GatewayConfig, RouterConfig
+from thalamus.gateway.controls import TeamControls
 from thalamus.gateway.counterfactual import annotate
 from thalamus.gateway.learning import LearningLoop
 from thalamus.gateway.ledger import LedgerWriter
@@ -110,7 +112,9 @@ class GatewayService:
         self.backends = backends
         self.writer = writer
         self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
-        self.keys = KeyChecker(config.auth)
+        self.controls = TeamControls(config.auth, writer.ledger.engine)  # virtual keys, budgets, rate limits
+        self.cache = ResponseCache(config.cache)
+        self.keys = KeyChecker(config.auth, self.controls.lookup)
         self.hasher = hasher
         self.metrics = metrics
         self.learning = LearningLoop(config)  # exploration, propensities, online updates (gateway/learning.py)
@@ -143,6 +147,7 @@ class GatewayService:
         annotate(row, loaded.config.baseline_model() if loaded is not None else None)  # dashboard columns
         if self.metrics is not None:
             self.metrics.observe(row)
+        self.controls.observe(row)
         await self.writer.record(row)
 
     def resolve(self, model: str) -> Target:
@@ -163,6 +168,7 @@ class GatewayService:
     async def chat(self, call: Call, raw: bytes) -> ChatResult:
         """One admitted chat request; every outcome, errors included, leaves its ledger row."""
         try:
+            self.controls.admit(call.row.api_key_id)
             body = p.parse_json_body(raw)
             p.validate_chat(body)
             call.row.requested_model, call.row.stream = body["model"], bool(body.get("stream"))
@@ -180,16 +186,28 @@ class GatewayService:
                               code="request_too_large")
 
     async def _chat(self, call: Call, body: dict[str, Any]) -> ChatResult:
+        whole = dict(body) if self.cache.enabled and not body.get("stream") else None  # before plan() pops
+        candidates = await self.plan(call, body)
+        if body.get("stream"):
+            return await self._stream(call, body, candidates)
+        if whole is not None:
+            return await answer_cached(self, call, body, candidates, whole)
+        return await self._complete(call, body, candidates)
+
+    async def plan(self, call: Call, body: dict[str, Any]) -> list[str]:
+        """Resolve, check the key's scope, route and reserve budget: the backends to try, in order
+        (shared by chat and the Responses API, whose body arrives here in its chat form)."""
         target = self.resolve(body["model"])
-        overrides = p.parse_routing(body.pop("routing", None))
+        overrides = self.controls.scope(call.row.api_key_id, target.backend,
+                                        target.router.name if target.router else None,
+                                        p.parse_routing(body.pop("routing", None)))
         text = p.routing_text(body["messages"])
         call.row.prompt_hash = self.hasher(text)
         if self.config.ledger.store_prompts:
             call.row.prompt_text = text
         candidates = await self._candidates(call, target, overrides, text)
-        if body.get("stream"):
-            return await self._stream(call, body, candidates)
-        return await self._complete(call, body, candidates)
+        self.controls.reserve(call.row, body, self.backends[candidates[0]].config)
+        return candidates
 
     # -- 2-3. routing ---------------------------------------------------------------------
     async def _candidates(self, call: Call, target: Target, overrides: p.RoutingOverrides,

@@ -1,0 +1,86 @@
+"""HTTP handlers of the OpenAI surface beyond chat completions, and the app-wide surface settings.
+
+``/v1/responses``, ``/v1/embeddings``, ``/v1/completions`` and ``/v1/models/{id}`` (ids may hold ``/``);
+every ``/v1/...`` route is also served without the prefix (clients configured with a bare base URL);
+CORS when ``server.cors.allow_origins`` lists origins; ``server.forward_headers`` (gateway/headers.py).
+The handlers follow api.py's rules: the key is checked before the body is read (401, no ledger row), the
+body size is capped (413 with a row), and every admitted request leaves one row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+
+from thalamus.gateway.api import _declared_size, _read_capped, _service, error_response, list_models
+from thalamus.gateway.config import ServerConfig
+from thalamus.gateway.headers import ForwardHeaders
+from thalamus.gateway.passthrough import Passthrough
+from thalamus.gateway.protocol import RequestError
+from thalamus.gateway.responses_flow import ResponsesFlow
+from thalamus.gateway.service import Call, ChatResult, GatewayService
+
+Flow = Callable[[GatewayService, Call, bytes], Awaitable[ChatResult]]
+
+
+def _handler(flow: Flow) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        service = _service(request)
+        call = service.new_call(service.authorize(request.headers.get("authorization")))
+        limit = service.config.server.max_body_bytes
+        raw = await _read_capped(request, limit)
+        if raw is None:
+            return error_response(await service.reject(call, service.too_large(_declared_size(request, limit))))
+        result = await flow(service, call, raw)
+        if result.stream is not None:
+            return StreamingResponse(result.stream, media_type="text/event-stream", headers=result.headers)
+        return Response(result.body, status_code=result.status, headers=result.headers,
+                        media_type="application/json")
+
+    return handle
+
+
+async def _responses(service: GatewayService, call: Call, raw: bytes) -> ChatResult:
+    return await ResponsesFlow(service).handle(call, raw)
+
+
+async def _embeddings(service: GatewayService, call: Call, raw: bytes) -> ChatResult:
+    return await Passthrough(service).handle("embeddings", call, raw)
+
+
+async def _completions(service: GatewayService, call: Call, raw: bytes) -> ChatResult:
+    return await Passthrough(service).handle("completions", call, raw)
+
+
+async def retrieve_model(request: Request) -> JSONResponse:
+    """``models.retrieve``: one entry of ``GET /v1/models`` by its id (``router:NAME``, aliases, ``a/b``)."""
+    model_id = request.path_params["model_id"]
+    listing: dict[str, Any] = await list_models(request)
+    for entry in listing["data"]:
+        if entry["id"] == model_id:
+            return JSONResponse(entry)
+    raise RequestError(404, f"model {model_id!r} is not a configured backend, router or alias", param="model",
+                       code="model_not_found", type_="not_found_error")
+
+
+def install_surface(app: FastAPI, server: ServerConfig) -> None:
+    """Call after every other install: the unprefixed copies are made of the routes present then."""
+    app.add_api_route("/v1/responses", _handler(_responses), methods=["POST"])
+    app.add_api_route("/v1/embeddings", _handler(_embeddings), methods=["POST"])
+    app.add_api_route("/v1/completions", _handler(_completions), methods=["POST"])
+    app.add_api_route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"])
+    for route in [r for r in app.routes if isinstance(r, APIRoute) and r.path.startswith("/v1/")]:
+        app.add_api_route(route.path.removeprefix("/v1"), route.endpoint, methods=sorted(route.methods or ()))
+    if server.forward_headers:
+        app.add_middleware(ForwardHeaders, names=server.forward_headers)
+    cors = server.cors
+    if cors.allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cors.allow_origins, allow_methods=cors.allow_methods,
+                           allow_headers=cors.allow_headers, allow_credentials=cors.allow_credentials,
+                           max_age=cors.max_age, expose_headers=["x-thalamus-request-id", "x-thalamus-model",
+                                                                 "x-thalamus-router"])
