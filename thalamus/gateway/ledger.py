@@ -76,6 +76,8 @@ class Ledger:
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine, busy_timeout_ms)
         self.migrate(upto)
+        # an older schema (upto) lacks the later columns: rows are cut to the columns it has
+        self._columns = None if upto is None else {c["name"] for c in sa.inspect(self.engine).get_columns("requests")}
 
     @property
     def where(self) -> str:
@@ -105,6 +107,8 @@ class Ledger:
     def insert_stored(self, rows: list[dict[str, Any]]) -> None:
         """Insert ``storable()`` rows; a row whose id is already stored is skipped (replay-safe)."""
         if rows:
+            if self._columns is not None:
+                rows = [{k: v for k, v in row.items() if k in self._columns} for row in rows]
             with self.engine.begin() as conn:
                 conn.execute(self._insert(), rows)
 
