@@ -216,3 +216,15 @@ def test_generated_bodies_left_one_row_per_chat_request(prop: PropertyRun) -> No
     rows = ledger_rows(prop.ledger_path, prop.sent, timeout=20)
     assert len(rows) == prop.sent
     assert rows["status"].lt(500).all()
+
+
+@pytest.mark.parametrize("provider", ["litellm", "openai-compatible"])
+@pytest.mark.parametrize("part", [{"type": "image_url"}, {"type": "text"}, {"type": "input_audio"}, "just text",
+                                  {"text": "no type"}])
+def test_malformed_content_parts_are_400(make_gateway: GatewayFactory, provider: str, part: Any) -> None:
+    """litellm fails on a part without its payload and reports it as a connection error (a 502 after
+    retries): the gateway answers the client's mistake itself."""
+    gw = make_gateway(provider=provider)
+    r = httpx.post(gw.url + "/v1/chat/completions", timeout=10, content=chat_bytes([part]), headers=HEADERS)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"].startswith("messages[0].content[0]")

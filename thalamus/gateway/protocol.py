@@ -121,8 +121,26 @@ def validate_chat(body: dict[str, Any]) -> None:
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
             raise RequestError(400, f"messages[{i}] must be an object with a string 'role'",
                                param=f"messages[{i}].role")
+        if isinstance(msg.get("content"), list):
+            _check_parts(msg["content"], f"messages[{i}].content")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise RequestError(400, "'stream' must be a boolean", param="stream")
+
+
+# the field each OpenAI content part type carries its payload in; litellm fails on a part without it (with an
+# error it reports as a connection failure), and OpenAI answers 400: the gateway answers that 400 itself
+_PART_FIELDS = {"text": "text", "image_url": "image_url", "input_audio": "input_audio", "file": "file",
+                "refusal": "refusal"}
+
+
+def _check_parts(parts: list[Any], path: str) -> None:
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise RequestError(400, f"{path}[{j}] must be an object with a string 'type'", param=f"{path}[{j}].type")
+        field = _PART_FIELDS.get(part["type"])
+        if field is not None and part.get(field) is None:
+            raise RequestError(400, f"{path}[{j}]: a '{part['type']}' part needs its '{field}' field",
+                               param=f"{path}[{j}].{field}")
 
 
 def content_text(content: Any) -> str:
