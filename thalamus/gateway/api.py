@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from thalamus.gateway.ledger import Ledger
 from thalamus.gateway.protocol import RequestError, parse_json_body
-from thalamus.gateway.service import GatewayService
+from thalamus.gateway.service import Call, ChatResult, GatewayService
 from thalamus.openai_wire import error_body
 
 log = logging.getLogger("thalamus.gateway")
@@ -57,18 +58,30 @@ def _declared_size(request: Request, limit: int) -> int:
     return int(length) if length.isdigit() else limit + 1
 
 
-async def chat_completions(request: Request) -> Response:
-    service = _service(request)
-    # a request without a valid key is answered 401 before its body is read, and leaves no ledger row
-    call = service.new_call(service.authorize(request.headers.get("authorization")))
-    limit = service.config.server.max_body_bytes
-    raw = await _read_capped(request, limit)
-    if raw is None:
-        return error_response(await service.reject(call, service.too_large(_declared_size(request, limit))))
-    result = await service.chat(call, raw)
-    if result.stream is not None:
-        return StreamingResponse(result.stream, media_type="text/event-stream", headers=result.headers)
-    return Response(result.body, status_code=result.status, headers=result.headers, media_type="application/json")
+Flow = Callable[[GatewayService, Call, bytes], Awaitable[ChatResult]]
+
+
+def admitted(flow: Flow) -> Callable[[Request], Awaitable[Response]]:
+    """A handler for a request that gets a ledger row: the key is checked before the body is read (401, no
+    row), the body is capped (413 with a row), then ``flow`` answers as JSON or SSE."""
+
+    async def handle(request: Request) -> Response:
+        service = _service(request)
+        call = service.new_call(service.authorize(request.headers.get("authorization")))
+        limit = service.config.server.max_body_bytes
+        raw = await _read_capped(request, limit)
+        if raw is None:
+            return error_response(await service.reject(call, service.too_large(_declared_size(request, limit))))
+        result = await flow(service, call, raw)
+        if result.stream is not None:
+            return StreamingResponse(result.stream, media_type="text/event-stream", headers=result.headers)
+        return Response(result.body, status_code=result.status, headers=result.headers,
+                        media_type="application/json")
+
+    return handle
+
+
+chat_completions = admitted(GatewayService.chat)
 
 
 async def list_models(request: Request) -> dict[str, Any]:

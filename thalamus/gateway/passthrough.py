@@ -104,30 +104,26 @@ class Passthrough:
         self.service = service
 
     async def handle(self, kind: Kind, call: Call, raw: bytes) -> ChatResult:
+        return await self.service.guarded(call, self._handle(kind, call, raw))
+
+    async def _handle(self, kind: Kind, call: Call, raw: bytes) -> ChatResult:
         service = self.service
-        try:
-            service.controls.admit(call.row.api_key_id)
-            body = p.parse_json_body(raw)
-            _validate(kind, body)
-            row = call.row
-            row.requested_model, row.stream = body["model"], bool(body.get("stream"))
-            name = self._backend(body["model"])
-            service.controls.scope(row.api_key_id, name, None, p.RoutingOverrides())
-            text = _text(body.get("input") if kind == "embeddings" else body.get("prompt"))
-            row.chosen_model, row.prompt_hash = name, service.hasher(text)
-            if service.config.ledger.store_prompts:
-                row.prompt_text = text
-            service.controls.reserve(row, {"messages": [{"role": "user", "content": text}], **body},
-                                     service.backends[name].config)
-            if body.get("stream"):
-                return await self._stream(call, name, body, text)
-            return await self._complete(kind, call, name, body, text)
-        except p.RequestError as exc:
-            raise await service.reject(call, exc) from None
-        except Exception as exc:  # never crash: answer 500 and still write the row
-            error = p.RequestError(500, f"internal gateway error: {type(exc).__name__}", type_="server_error",
-                                   code="internal_error")
-            raise await service.reject(call, error) from exc
+        service.controls.admit(call.row.api_key_id)
+        body = p.parse_json_body(raw)
+        _validate(kind, body)
+        row = call.row
+        row.requested_model, row.stream = body["model"], bool(body.get("stream"))
+        name = self._backend(body["model"])
+        service.controls.scope(row.api_key_id, name, None, p.RoutingOverrides())
+        text = _text(body.get("input") if kind == "embeddings" else body.get("prompt"))
+        row.chosen_model, row.prompt_hash = name, service.hasher(text)
+        if service.config.ledger.store_prompts:
+            row.prompt_text = text
+        service.controls.reserve(row, {"messages": [{"role": "user", "content": text}], **body},
+                                 service.backends[name].config)
+        if body.get("stream"):
+            return await self._stream(call, name, body, text)
+        return await self._complete(kind, call, name, body, text)
 
     def _backend(self, model: str) -> str:
         if model in self.service.backends:

@@ -38,24 +38,20 @@ class ResponsesFlow:
 
     async def handle(self, call: Call, raw: bytes) -> ChatResult:
         """One admitted Responses request; every outcome leaves its ledger row (as ``GatewayService.chat``)."""
+        return await self.service.guarded(call, self._handle(call, raw))
+
+    async def _handle(self, call: Call, raw: bytes) -> ChatResult:
         service = self.service
-        try:
-            service.controls.admit(call.row.api_key_id)
-            body = p.parse_json_body(raw)
-            chat = rs.to_chat(body)
-            call.row.requested_model, call.row.stream = body["model"], bool(body.get("stream"))
-            body.pop("routing", None)  # the gateway's extension; routed in its chat form
-            candidates = await service.plan(call, chat)
-            rid = "resp_" + call.row.id.removeprefix("thl-")
-            if body.get("stream"):
-                return await self._stream(call, body, chat, candidates, rid)
-            return await self._complete(call, body, chat, candidates, rid)
-        except p.RequestError as exc:
-            raise await service.reject(call, exc) from None
-        except Exception as exc:  # never crash: answer 500 and still write the row
-            error = p.RequestError(500, f"internal gateway error: {type(exc).__name__}", type_="server_error",
-                                   code="internal_error")
-            raise await service.reject(call, error) from exc
+        service.controls.admit(call.row.api_key_id)
+        body = p.parse_json_body(raw)
+        chat = rs.to_chat(body)
+        call.row.requested_model, call.row.stream = body["model"], bool(body.get("stream"))
+        body.pop("routing", None)  # the gateway's extension; routed in its chat form
+        candidates = await service.plan(call, chat)
+        rid = "resp_" + call.row.id.removeprefix("thl-")
+        if body.get("stream"):
+            return await self._stream(call, body, chat, candidates, rid)
+        return await self._complete(call, body, chat, candidates, rid)
 
     async def _complete(self, call: Call, body: dict[str, Any], chat: dict[str, Any], candidates: list[str],
                         rid: str) -> ChatResult:

@@ -167,15 +167,23 @@ class GatewayService:
     # -- entry point ----------------------------------------------------------------------
     async def chat(self, call: Call, raw: bytes) -> ChatResult:
         """One admitted chat request; every outcome, errors included, leaves its ledger row."""
-        try:
+        async def flow() -> ChatResult:
             self.controls.admit(call.row.api_key_id)
             body = p.parse_json_body(raw)
             p.validate_chat(body)
             call.row.requested_model, call.row.stream = body["model"], bool(body.get("stream"))
             return await self._chat(call, body)
+
+        return await self.guarded(call, flow())
+
+    async def guarded(self, call: Call, flow: Awaitable[ChatResult]) -> ChatResult:
+        """Run a request's flow; any error becomes its OpenAI-shaped answer and its ledger row (a 500,
+        never a crash, for the gateway's own bugs)."""
+        try:
+            return await flow
         except p.RequestError as exc:
             raise await self.reject(call, exc) from None
-        except Exception as exc:  # never crash: answer 500 and still write the row
+        except Exception as exc:
             error = p.RequestError(500, f"internal gateway error: {type(exc).__name__}", type_="server_error",
                                    code="internal_error")
             raise await self.reject(call, error) from exc

@@ -9,40 +9,20 @@ body size is capped (413 with a row), and every admitted request leaves one row.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from thalamus.gateway.api import _declared_size, _read_capped, _service, error_response, list_models
+from thalamus.gateway.api import admitted, list_models
 from thalamus.gateway.config import ServerConfig
 from thalamus.gateway.headers import ForwardHeaders
 from thalamus.gateway.passthrough import Passthrough
 from thalamus.gateway.protocol import RequestError
 from thalamus.gateway.responses_flow import ResponsesFlow
 from thalamus.gateway.service import Call, ChatResult, GatewayService
-
-Flow = Callable[[GatewayService, Call, bytes], Awaitable[ChatResult]]
-
-
-def _handler(flow: Flow) -> Callable[[Request], Awaitable[Response]]:
-    async def handle(request: Request) -> Response:
-        service = _service(request)
-        call = service.new_call(service.authorize(request.headers.get("authorization")))
-        limit = service.config.server.max_body_bytes
-        raw = await _read_capped(request, limit)
-        if raw is None:
-            return error_response(await service.reject(call, service.too_large(_declared_size(request, limit))))
-        result = await flow(service, call, raw)
-        if result.stream is not None:
-            return StreamingResponse(result.stream, media_type="text/event-stream", headers=result.headers)
-        return Response(result.body, status_code=result.status, headers=result.headers,
-                        media_type="application/json")
-
-    return handle
 
 
 async def _responses(service: GatewayService, call: Call, raw: bytes) -> ChatResult:
@@ -70,9 +50,9 @@ async def retrieve_model(request: Request) -> JSONResponse:
 
 def install_surface(app: FastAPI, server: ServerConfig) -> None:
     """Call after every other install: the unprefixed copies are made of the routes present then."""
-    app.add_api_route("/v1/responses", _handler(_responses), methods=["POST"])
-    app.add_api_route("/v1/embeddings", _handler(_embeddings), methods=["POST"])
-    app.add_api_route("/v1/completions", _handler(_completions), methods=["POST"])
+    app.add_api_route("/v1/responses", admitted(_responses), methods=["POST"])
+    app.add_api_route("/v1/embeddings", admitted(_embeddings), methods=["POST"])
+    app.add_api_route("/v1/completions", admitted(_completions), methods=["POST"])
     app.add_api_route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"])
     for route in [r for r in app.routes if isinstance(r, APIRoute) and r.path.startswith("/v1/")]:
         app.add_api_route(route.path.removeprefix("/v1"), route.endpoint, methods=sorted(route.methods or ()))
