@@ -24,8 +24,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import numpy as np
-
 from thalamus.errors import ConfigError
 from thalamus.gateway import protocol as p
 from thalamus.gateway.auth import KeyChecker
@@ -34,13 +32,14 @@ from thalamus.gateway.cache import ResponseCache, answer_cached
 from thalamus.gateway.config import GatewayConfig, RouterConfig
 from thalamus.gateway.controls import TeamControls
 from thalamus.gateway.counterfactual import annotate
+from thalamus.gateway.decisions import fallback_order, knob_dict, threshold_knob, unique
 from thalamus.gateway.learning import LearningLoop
 from thalamus.gateway.ledger import LedgerWriter
 from thalamus.gateway.ledger_row import LedgerRow
 from thalamus.gateway.metrics import GatewayMetrics
 from thalamus.gateway.prompt_hash import PromptHasher
 from thalamus.router.base import Router
-from thalamus.router.policy import Decision, Knob, allowed_mask
+from thalamus.router.policy import Decision, Knob
 
 T = TypeVar("T")
 ROUTELLM_NAME = re.compile(r"^router-(?P<name>.+)-(?P<threshold>[0-9]*\.?[0-9]+)$")
@@ -55,6 +54,12 @@ class LoadedRouter:
     version: str
     config: RouterConfig
     servable: tuple[str, ...]
+
+    def pair(self) -> tuple[str, str]:
+        """The configured RouteLLM (strong, weak) pair; only names with one resolve to a threshold."""
+        strong, weak = self.config.strong, self.config.weak
+        assert strong is not None and weak is not None
+        return strong, weak
 
     def default_knob(self) -> Knob:
         knob = self.config.knob.to_knob()
@@ -224,7 +229,7 @@ class GatewayService:
         if target.router is None:
             assert target.backend is not None
             call.row.chosen_model = target.backend
-            return _unique([target.backend, *fallback.models])
+            return unique([target.backend, *fallback.models])
         loaded = target.router
         try:
             knob = overrides.apply(loaded.default_knob())
@@ -235,13 +240,13 @@ class GatewayService:
             raise p.RequestError(400, str(exc), param="routing", code="invalid_routing") from None
         call.decision = decision
         row = call.row
-        row.router, row.artifact_version, row.knob = loaded.name, loaded.version, _knob_dict(decision.knob)
+        row.router, row.artifact_version, row.knob = loaded.name, loaded.version, knob_dict(decision.knob)
         row.candidates = {m: {"quality": float(q), "cost": float(c)} for m, q, c in zip(
             decision.models, decision.predicted_quality, decision.expected_cost, strict=True)}
         row.chosen_model, row.probability = decision.model, decision.probability
         self.learning.record(row, loaded, decision)
-        order = [decision.model, *(fallback.models if fallback.order == "list" else _fallback_order(decision))]
-        candidates = _unique([m for m in order if m in self.backends])[: fallback.max_candidates]
+        order = [decision.model, *(fallback.models if fallback.order == "list" else fallback_order(decision))]
+        candidates = unique([m for m in order if m in self.backends])[: fallback.max_candidates]
         if decision.model not in self.backends:
             raise p.RequestError(400, f"the router chose {decision.model!r}, which has no configured backend; "
                                  "restrict routing.allowed to backends", param="routing.allowed")
@@ -249,7 +254,7 @@ class GatewayService:
 
     def _route(self, loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
         if threshold is not None:  # RouteLLM form: the configured strong/weak pair of a many-model router
-            knob = _threshold_knob(loaded, knob, threshold)
+            knob = threshold_knob(loaded.pair(), knob, threshold)
         return self.learning.route(loaded, text, knob)
 
     # -- 4. calling, retries, fallbacks ---------------------------------------------------
@@ -382,31 +387,3 @@ class GatewayService:
             headers["x-thalamus-predicted-quality"] = f"{decision.predicted_quality[i]:.6g}"
             headers["x-thalamus-expected-cost"] = f"{decision.expected_cost[i]:.6g}"
         return headers
-
-
-def _threshold_knob(loaded: LoadedRouter, knob: Knob, threshold: float) -> Knob:
-    """RouteLLM's ``router-NAME-THRESHOLD``: the configured strong/weak pair, still under the request's
-    ``routing.allowed`` / ``excluded`` / ``max_cost``."""
-    strong, weak = loaded.config.strong, loaded.config.weak
-    assert strong is not None and weak is not None
-    pair = tuple(m for m in (strong, weak) if knob.allowed is None or m in knob.allowed)
-    return Knob("threshold", threshold, strong=strong, max_cost=knob.max_cost, allowed=pair, excluded=knob.excluded)
-
-
-def _fallback_order(decision: Decision) -> list[str]:
-    """The other candidates in score order, within the knob's allowed set and budget."""
-    mask = allowed_mask(decision.models, decision.knob)
-    budget = decision.knob.max_cost
-    return [m for m in decision.score_order()
-            if mask[decision.models.index(m)]
-            and (budget is None or decision.expected_cost[decision.models.index(m)] <= budget)]
-
-
-def _unique(names: list[str]) -> list[str]:
-    return list(dict.fromkeys(names))
-
-
-def _knob_dict(knob: Knob) -> dict[str, Any]:
-    return {"kind": knob.kind, "value": None if not np.isfinite(knob.value) else knob.value,
-            "strong": knob.strong, "max_cost": knob.max_cost,
-            "allowed": list(knob.allowed) if knob.allowed is not None else None, "excluded": list(knob.excluded)}
