@@ -40,9 +40,14 @@ def error_response(exc: RequestError) -> JSONResponse:
 
 
 async def _read_capped(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to exceed ``limit`` (declared or streamed)."""
+    """The body, or None as soon as it is known to exceed ``limit`` (declared or streamed). A declared body
+    not far over the limit is read and dropped first: closing a socket that still holds the client's bytes
+    resets the connection, and the client would never see the 413."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
+        if int(length) <= 4 * limit:
+            async for _ in request.stream():
+                pass
         return None
     parts, size = [], 0
     async for chunk in request.stream():

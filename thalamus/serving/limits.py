@@ -1,7 +1,8 @@
 """A cap on request body bytes, applied before the body is parsed (a huge body would otherwise be read into
 memory and decoded on the event loop).
 
-A declared ``Content-Length`` over the cap is refused at once; a body without one (chunked) is counted as
+A declared ``Content-Length`` over the cap is refused without being parsed (read and dropped first when it is
+not far over, so the client's socket is not reset before the 413 arrives); a body without one (chunked) is counted as
 it arrives and refused as soon as it passes the cap. Either way the answer is an OpenAI-shaped 413 naming
 the limit and the config key that sets it.
 """
@@ -13,6 +14,8 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thalamus.openai_wire import error_body
+
+DRAIN_FACTOR = 4  # a refused body up to this many times the cap is read and dropped before the 413
 
 
 class BodyLimit:
@@ -28,6 +31,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._drain(receive, int(declared))
             await self._refuse(send)
             return
         over = False
@@ -54,6 +58,16 @@ class BodyLimit:
                 raise
         if over:
             await self._refuse(send)
+
+    async def _drain(self, receive: Receive, declared: int) -> None:
+        """Read and drop a refused body that is not far over the cap: closing a socket whose receive buffer
+        still holds the client's bytes resets the connection, and the client would never see the 413."""
+        if declared > DRAIN_FACTOR * self.max_bytes:
+            return  # far over: not worth reading; the client may see a reset instead of the 413
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(error_body(f"The request body is over {self.max_bytes} bytes, this server's limit "
