@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from benchmarks.bench_report import write
 from benchmarks.gateway_overhead import CONCRETE, THALAMUS, free_port, start, stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,10 +133,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "key_overhead")
     args = parser.parse_args()
     results = run(args)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    text = report(results)
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
+    write(args.out, results, report(results))
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ class DeploymentGroup:
                 continue
             finally:
                 dep.in_flight -= 1
-            dep.failures, dep.cooled_until = 0, 0.0
+            _succeeded(dep)
             return result
         assert last is not None
         raise last
@@ -143,7 +143,7 @@ class DeploymentGroup:
                     self._failed(dep, exc)
                     last = exc
                     continue
-                dep.failures, dep.cooled_until = 0, 0.0
+                _succeeded(dep)
                 yield first
                 async for chunk in iterator:
                     yield chunk
@@ -159,3 +159,8 @@ class DeploymentGroup:
     async def aclose(self) -> None:
         for dep in self.deployments:
             await dep.backend.aclose()
+
+
+def _succeeded(dep: Deployment) -> None:
+    """An answer ends a deployment's failure streak and any cooldown."""
+    dep.failures, dep.cooled_until = 0, 0.0
