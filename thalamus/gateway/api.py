@@ -9,7 +9,6 @@ only the ``Request`` and parse the body themselves (``parse_json_body``), so Fas
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from thalamus.gateway.feedback import request_owner, store_feedback
 from thalamus.gateway.ledger import Ledger
 from thalamus.gateway.protocol import RequestError, parse_json_body
 from thalamus.gateway.service import Call, ChatResult, GatewayService
@@ -27,7 +27,6 @@ from thalamus.openai_wire import error_body
 log = logging.getLogger("thalamus.gateway")
 _LABELS = {"good": 1.0, "bad": 0.0}
 _TEXT_LIMITS = {"source": 128, "comment": 10_000}  # the feedback table's column sizes
-FEEDBACK_FLUSH_WAIT_S = 2.0  # how long feedback waits for a still-queued request row
 
 
 def _service(request: Request) -> GatewayService:
@@ -137,32 +136,17 @@ async def post_feedback(request: Request) -> JSONResponse:
             raise RequestError(400, f"'{key}' must be a string of at most {limit} characters without NUL",
                                param=key)
     ledger: Ledger = request.app.state.ledger
-    found, owner = await asyncio.to_thread(ledger.request_owner, request_id)
-    if not found:
-        # the request's row may still be queued: wait for the writer, bounded (it may never idle under load)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(service.writer.flush(), FEEDBACK_FLUSH_WAIT_S)
-        found, owner = await asyncio.to_thread(ledger.request_owner, request_id)
+    found, owner = await request_owner(service, ledger, request_id)
     if not found:
         raise RequestError(404, f"unknown request_id {request_id!r}", param="request_id", code="request_not_found")
     if service.keys.enabled and owner != key_id:
         raise RequestError(403, f"request {request_id!r} was made with another API key; feedback is accepted "
                            "only from the key that made the request", param="request_id", code="not_your_request",
                            type_="permission_error")
-    fid = await asyncio.to_thread(ledger.add_feedback, request_id, score, label, body.get("source"),
-                                  body.get("comment"), key_id)
-    learned = await _learn(service, ledger, request_id, score)
+    fid, learned = await store_feedback(service, ledger, request_id, score, label, body.get("source"),
+                                        body.get("comment"), key_id)
     return JSONResponse({"id": fid, "object": "feedback", "request_id": request_id, "score": score,
                          "learned": learned})
-
-
-async def _learn(service: GatewayService, ledger: Ledger, request_id: str, score: float) -> bool:
-    """Online update of the router that served the request; a failure never fails the stored feedback."""
-    try:
-        return await asyncio.to_thread(service.learning.feedback, ledger, service.routers, request_id, score)
-    except Exception:  # logged with its traceback: the feedback row is stored either way
-        log.exception("online update from feedback on %s failed", request_id)
-        return False
 
 
 async def healthz() -> dict[str, str]:

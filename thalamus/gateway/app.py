@@ -23,9 +23,10 @@ from thalamus.gateway.backends import Backend, make_backends
 from thalamus.gateway.config import GatewayConfig
 from thalamus.gateway.controller import Controllers, install_controller_api
 from thalamus.gateway.dashboard import install_dashboard
+from thalamus.gateway.judge import install_judge_api, start_judge
 from thalamus.gateway.ledger import Ledger, LedgerWriter
 from thalamus.gateway.ledger_writer import default_journal_path
-from thalamus.gateway.metrics import GatewayMetrics, install_metrics
+from thalamus.gateway.metrics import GatewayMetrics, install_metrics, multiprocess_dir
 from thalamus.gateway.prompt_hash import PromptHasher, load_key
 from thalamus.gateway.rollout_api import install_rollout
 from thalamus.gateway.service import GatewayService, LoadedRouter
@@ -113,12 +114,16 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
                                        / "prompt_hash.key"))
         app.state.metrics = GatewayMetrics(writer)
         app.state.service = GatewayService(config, routers, owned, writer, hasher, metrics=app.state.metrics)
+        # in multiprocess mode metric values live in the shared files, not in the app's registry
+        judge = start_judge(app.state.service, ledger, None if multiprocess_dir() else app.state.metrics.registry)
         app.state.controllers = Controllers(routers)
         app.state.controllers.start(ledger)
         await app.state.service.controls.start()
         try:
             yield
         finally:
+            if judge is not None:  # first: its workers still use the backends, the writer and the ledger
+                await judge.close()
             await app.state.service.controls.close()
             await app.state.controllers.stop()
             await asyncio.to_thread(app.state.service.learning.close, routers)
@@ -139,5 +144,6 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     install_metrics(app)
     install_rollout(app)
     install_controller_api(app)
+    install_judge_api(app)
     install_surface(app, config.server)  # last: it copies the /v1 routes
     return app

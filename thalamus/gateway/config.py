@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from thalamus.catalog import lookup
 from thalamus.errors import ConfigError
+from thalamus.gateway.judge_config import JudgeConfig
 from thalamus.router.policy import Knob
 
 
@@ -301,6 +302,7 @@ class GatewayConfig(_Strict):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    judge: JudgeConfig | None = None  # LLM-as-judge feedback (gateway/judge_config.py); off when absent
 
     @field_validator("backends")
     @classmethod
@@ -330,6 +332,8 @@ class GatewayConfig(_Strict):
                 _need(alias not in taken, f"routers.{rname}.aliases[{j}]",
                       f"{alias!r} is already a backend name or another alias")
                 taken.add(alias)
+        if self.judge is not None:
+            _need(self.judge.backend in known, "judge.backend", f"unknown backend {self.judge.backend!r}")
         if self.auth.enabled:
             _need(bool(self.auth.keys) or self.auth.admin_key is not None or self.auth.admin_key_env is not None,
                   "auth.keys", "auth is enabled but neither keys nor an admin key are configured")

@@ -10,6 +10,8 @@
   context comes from a bounded in-process map of recent decisions, else from the row's stored embedding.
   The state is checkpointed to ``<artifact>/online/`` every ``checkpoint_every`` updates and at shutdown;
   ``load_artifact`` prefers that checkpoint, so a restarted gateway continues where it stopped.
+  Scores of the LLM judge (source ``judge:<backend>``, gateway/judge.py) are learned from like client
+  scores unless ``judge.learn`` is false; then they are neither learned nor counted as the "first".
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("thalamus.gateway.learning")
 ONLINE_DIR = "online"
+JUDGE_SOURCE_PREFIX = "judge:"  # the feedback source of the LLM judge (gateway/judge.py)
 MAX_PENDING = 50_000  # recent decisions whose context is kept for feedback (float32 embeddings: ~77 MB at 384-d)
 
 
@@ -89,6 +92,7 @@ class LearningLoop:
         self._pending_lock = threading.Lock()
         self.rollout = Rollout()
         self.backend_names = tuple(b.name for b in config.backends)
+        self.learn_from_judge = config.judge.learn if config.judge is not None else True
 
     # -- deciding -----------------------------------------------------------------------
     def route(self, loaded: LoadedRouter, text: str, knob: Knob) -> Decision:
@@ -149,12 +153,15 @@ class LearningLoop:
         return rc is not None and rc.learn_online and hasattr(router, "partial_fit")
 
     # -- learning from feedback ---------------------------------------------------------
-    def feedback(self, ledger: Ledger, routers: dict[str, LoadedRouter], request_id: str, score: float) -> bool:
-        """Update the router that served ``request_id`` with ``score`` (first feedback only); True if it did.
-        Synchronous (database read, a rank-one update): the API runs it in a worker thread."""
+    def feedback(self, ledger: Ledger, routers: dict[str, LoadedRouter], request_id: str, score: float,
+                 source: str | None = None) -> bool:
+        """Update the router that served ``request_id`` with ``score`` (first learnable feedback only); True
+        if it did. Synchronous (database read, a rank-one update): the API runs it in a worker thread."""
+        if not self.learn_from_judge and is_judge(source):
+            return False  # stored for evaluation, not learned: the context stays for a client's score
         with self._pending_lock:
             kept = self.pending.pop(request_id, None)
-        row = _served_row(ledger, request_id)
+        row = _served_row(ledger, request_id, with_judge=self.learn_from_judge)
         if row is None or row["router"] not in routers or row["n_feedback"] > 1:  # learn from the first only
             return False
         loaded = routers[row["router"]]
@@ -188,9 +195,18 @@ class LearningLoop:
                     checkpoint(loaded.router, loaded.config.artifact)
 
 
-def _served_row(ledger: Ledger, request_id: str) -> dict[str, Any] | None:
+def is_judge(source: str | None) -> bool:
+    return source is not None and source.startswith(JUDGE_SOURCE_PREFIX)
+
+
+def _served_row(ledger: Ledger, request_id: str, with_judge: bool = True) -> dict[str, Any] | None:
+    """The request's routing columns and how many learnable feedback rows it has (this one included)."""
     cols = [requests.c[k] for k in ("router", "chosen_model", "status", "cost_usd", "embedding", "embedder_id")]
-    n_feedback = sa.select(sa.func.count()).where(feedback.c.request_id == request_id).scalar_subquery()
+    counted = feedback.c.request_id == request_id
+    if not with_judge:  # judge rows do not take a request's one update away from a later client score
+        counted = counted & sa.or_(feedback.c.source.is_(None),
+                                   sa.not_(feedback.c.source.startswith(JUDGE_SOURCE_PREFIX, autoescape=True)))
+    n_feedback = sa.select(sa.func.count()).where(counted).scalar_subquery()
     with ledger.engine.connect() as conn:
         hit = conn.execute(sa.select(*cols, n_feedback.label("n_feedback"))
                            .where(requests.c.id == request_id)).mappings().first()

@@ -29,6 +29,7 @@ from thalamus.gateway.ledger_schema import (
     REQUEST_COLUMNS,
     current_version,
     feedback,
+    judge_calls,
     migrate,
     requests,
     schema_version,
@@ -36,7 +37,7 @@ from thalamus.gateway.ledger_schema import (
 from thalamus.gateway.ledger_writer import LedgerWriter, WriterHealth
 
 __all__ = ["MIGRATIONS", "REQUEST_COLUMNS", "Journal", "Ledger", "LedgerRow", "LedgerWriter", "WriterHealth",
-           "feedback", "requests", "schema_version"]
+           "feedback", "judge_calls", "requests", "schema_version"]
 
 
 def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
@@ -137,6 +138,22 @@ class Ledger:
         with self.engine.begin() as conn:
             result = conn.execute(feedback.insert().values(**values))
             return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def add_judge_call(self, values: dict[str, Any]) -> int:
+        """One ``judge_calls`` row (gateway/judge.py): the judge's outcome, tokens and cost."""
+        values = {"created_at": time.time(), **values}
+        if values.get("error") is not None:
+            values["error"] = clean_text(str(values["error"]))[:128]
+        with self.engine.begin() as conn:
+            return int(conn.execute(judge_calls.insert().values(**values)).inserted_primary_key[0])  # type: ignore[index]
+
+    def judge_log(self, request_id: str | None = None) -> pd.DataFrame:
+        """The judge's calls (of one request), oldest first."""
+        query = sa.select(judge_calls).order_by(judge_calls.c.id)
+        if request_id is not None:
+            query = query.where(judge_calls.c.request_id == request_id)
+        with self.engine.connect() as conn:
+            return pd.DataFrame(conn.execute(query).mappings().all(), columns=[c.name for c in judge_calls.c])
 
     def ping(self) -> None:
         """A round trip to the database (readiness probe), independent of the ledger's size."""

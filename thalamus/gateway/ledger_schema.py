@@ -108,6 +108,23 @@ key_usage = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+# migration 8: every call of the LLM judge (gateway/judge.py), failed ones too: what judging costs
+judge_calls = sa.Table(
+    "judge_calls", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), sa.ForeignKey("requests.id"), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("judge", sa.String(256), nullable=False),    # the judge backend's name
+    sa.Column("outcome", sa.String(16), nullable=False),   # scored | unparseable | failed | timeout
+    sa.Column("score", sa.Float),                          # normalised to [0, 1], when scored
+    sa.Column("feedback_id", sa.Integer),                  # the feedback row it wrote, when scored
+    sa.Column("prompt_tokens", sa.BigInteger),
+    sa.Column("completion_tokens", sa.BigInteger),
+    sa.Column("cost_usd", sa.Float),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("error", sa.String(128)),
+)
+
 REQUEST_COLUMNS = [c.name for c in requests.columns]
 
 # -- frozen DDL: never edit a released version; add a new one -------------------------------
@@ -155,6 +172,14 @@ _KEYS_V7 = (_API_KEYS_V7, _KEY_USAGE_V7,
             "ALTER TABLE requests ADD COLUMN cache VARCHAR(16)")
 
 
+_JUDGE_CALLS_V8 = """CREATE TABLE judge_calls (
+    id {pk} NOT NULL, request_id VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL, judge VARCHAR(256) NOT NULL,
+    outcome VARCHAR(16) NOT NULL, score FLOAT, feedback_id INTEGER, prompt_tokens BIGINT, completion_tokens BIGINT,
+    cost_usd FLOAT, latency_ms FLOAT, error VARCHAR(128), PRIMARY KEY (id),
+    FOREIGN KEY(request_id) REFERENCES requests (id))"""
+_JUDGE_INDEX_V8 = "CREATE INDEX ix_judge_calls_request_id ON judge_calls (request_id)"
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema version: its statements for each dialect (``sqlite``, ``postgresql``)."""
@@ -190,6 +215,10 @@ MIGRATIONS: list[Migration] = [
     Migration(6, "learning loop: routing embedding, rollout",
               {"sqlite": _LEARNING_V6, "postgresql": _LEARNING_V6}),
     Migration(7, "virtual keys, usage counters, cache column", {"sqlite": _KEYS_V7, "postgresql": _KEYS_V7}),
+    Migration(8, "LLM judge calls", {
+        "sqlite": (_JUDGE_CALLS_V8.format(pk="INTEGER"), _JUDGE_INDEX_V8),
+        "postgresql": (_JUDGE_CALLS_V8.format(pk="SERIAL"), _JUDGE_INDEX_V8),
+    }),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

@@ -10,6 +10,8 @@ token count when the dataset has one, else estimated from the answer text the sa
 Fault injection, so reliability tests need no mocks: a model name suffix ``::FAULT`` or an
 ``x-replay-fault`` header; the vocabulary (error statuses, hangs, dropped connections, bad bodies,
 error events, streams that die, stall or carry huge lines) is in :mod:`thalamus.gateway.faults`.
+A model named ``judge`` (``judges`` of ``create_replay_app``) grades the recorded answer a prompt quotes
+with its recorded quality (:mod:`thalamus.gateway.replay_judge`): the LLM judge's offline stand-in.
 Requests with ``tools`` get a tool call to the chosen (or first) tool; a
 conversation ending in a tool result gets a text answer that quotes it.
 """
@@ -40,6 +42,7 @@ from thalamus.gateway.protocol import (
     routing_text,
     sse,
 )
+from thalamus.gateway.replay_judge import DEFAULT_JUDGES, ReplayJudge
 from thalamus.gateway.responses import encode, events, from_chat, to_chat
 
 
@@ -53,14 +56,20 @@ class ReplayAnswer:
 class ReplayBook:
     """Recorded answers by (prompt hash, model)."""
 
-    def __init__(self, dataset: RoutingDataset | None = None) -> None:
+    def __init__(self, dataset: RoutingDataset | None = None, judges: tuple[str, ...] = DEFAULT_JUDGES) -> None:
         self.rows: dict[str, int] = {}
         self.dataset = dataset
+        self.columns: dict[str, int] = {}
         if dataset is not None:
             self.rows = {stable_hash(t): i for i, t in enumerate(dataset.texts)}
             self.columns = {m: j for j, m in enumerate(dataset.models)}
+        self.judges = frozenset(judges) - set(self.columns)  # a dataset's own model answers as recorded
+        self.judge = ReplayJudge(dataset) if self.judges else None
 
     def answer(self, text: str, model: str) -> ReplayAnswer:
+        if self.judge is not None and model in self.judges:
+            graded = self.judge.grade(text)
+            return ReplayAnswer(graded, estimate_tokens(graded), False)
         row = self.rows.get(stable_hash(text))
         ds = self.dataset
         if ds is not None and ds.responses is not None and row is not None and model in self.columns:
@@ -194,10 +203,12 @@ async def _stream(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
     yield SSE_DONE
 
 
-def create_replay_app(dataset: RoutingDataset | None = None, delay_ms: float = 0.0) -> FastAPI:
-    """The replay server as an ASGI app; ``app.state.replay`` exposes its request log."""
+def create_replay_app(dataset: RoutingDataset | None = None, delay_ms: float = 0.0,
+                      judges: tuple[str, ...] = DEFAULT_JUDGES) -> FastAPI:
+    """The replay server as an ASGI app; ``app.state.replay`` exposes its request log. ``judges``: model
+    names that grade answers (replay_judge.py)."""
     app = FastAPI(title="thalamus replay upstream")
-    state = ReplayState(ReplayBook(dataset), delay_ms)
+    state = ReplayState(ReplayBook(dataset, judges), delay_ms)
     app.state.replay = state
 
     @app.get("/v1/models")

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from thalamus.errors import ConfigError
 from thalamus.gateway import protocol as p
@@ -40,6 +40,9 @@ from thalamus.gateway.metrics import GatewayMetrics
 from thalamus.gateway.prompt_hash import PromptHasher
 from thalamus.router.base import Router
 from thalamus.router.policy import Decision, Knob
+
+if TYPE_CHECKING:
+    from thalamus.gateway.judge import Judge
 
 T = TypeVar("T")
 ROUTELLM_NAME = re.compile(r"^router-(?P<name>.+)-(?P<threshold>[0-9]*\.?[0-9]+)$")
@@ -92,6 +95,8 @@ class Call:
     row: LedgerRow
     started: float = field(default_factory=time.perf_counter)
     decision: Decision | None = None
+    answer: str | None = None  # the answer's text and the request's messages, for the LLM judge
+    messages: list[dict[str, Any]] | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -123,6 +128,7 @@ class GatewayService:
         self.hasher = hasher
         self.metrics = metrics
         self.learning = LearningLoop(config)  # exploration, propensities, online updates (gateway/learning.py)
+        self.judge: Judge | None = None  # LLM-as-judge (gateway/judge.py), set by the app when configured
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
         self._ids = random.Random(uuid.uuid4().int)
 
@@ -154,6 +160,8 @@ class GatewayService:
             self.metrics.observe(row)
         self.controls.observe(row)
         await self.writer.record(row)
+        if self.judge is not None and row.status == 200 and call.answer and row.cache != "hit":
+            self.judge.offer(row.id, call.messages or [], call.answer)  # never waits: a full queue drops
 
     def resolve(self, model: str) -> Target:
         if model in self.backends:
@@ -377,6 +385,7 @@ class GatewayService:
         row = call.row
         row.chosen_model, row.prompt_tokens, row.completion_tokens = name, prompt_tokens, completion_tokens
         row.cost_usd, row.cost_estimated = cost, estimated
+        call.answer, call.messages = text, body["messages"]
 
     def _headers(self, call: Call, name: str) -> dict[str, str]:
         headers = {"x-thalamus-request-id": call.row.id, "x-thalamus-model": name,
