@@ -51,6 +51,11 @@ def judged(replay: ThreadedServer, artifact: Path, tmp_path: Path) -> Iterator[J
         server.stop()
 
 
+def _service(server: ThreadedServer) -> Any:
+    """The running app's GatewayService (its judge, routers and learning state)."""
+    return server.server.config.app.state.service  # type: ignore[union-attr]
+
+
 def _chat(url: str, text: str, model: str, stream: bool = False) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": text}], "stream": stream}
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
@@ -189,7 +194,7 @@ def test_a_full_queue_drops_without_blocking_and_shutdown_drops_the_rest_in_boun
     assert _metric(gw.url, 'thalamus_judge_total{judge="judge",outcome="dropped_full"}') == 7
     requests = ledger_rows(gw.ledger_path, 10)  # type: ignore[attr-defined]
     assert len(requests) == 10 and requests["total_ms"].max() < 5000  # none waited on the 60 s judge
-    judge = gw.server.config.app.state.service.judge
+    judge = _service(gw).judge
     t0 = time.monotonic()
     gw.stop()
     assert time.monotonic() - t0 < 10  # drain_s 0.5, then the hung call is cancelled
@@ -202,7 +207,7 @@ def test_shutdown_drains_queued_judgements_within_drain_s(judged: Judged, datase
     with ThreadedServer(create_replay_app(dataset, delay_ms=1000), log_level="critical") as slow:
         gw = judged(judge_url=slow.url, concurrency=1, drain_s=20)
         ids = [_chat(gw.url, dataset.texts[i], "weak").headers["x-thalamus-request-id"] for i in range(4)]
-        judge = gw.server.config.app.state.service.judge
+        judge = _service(gw).judge
         assert judge.counts["scored"] < 4  # 4 s of judging were still ahead when the requests had answers
         gw.stop()
     assert judge.counts["scored"] == 4 and judge.counts["dropped_shutdown"] == 0
@@ -224,7 +229,7 @@ def _client_feedback(url: str, request_id: str, score: float) -> bool:
 
 def test_an_online_bandit_learns_from_judge_feedback(judged: Judged, dataset: RoutingDataset, tmp_path: Path) -> None:
     gw = judged(routers=_bandit(tmp_path, dataset))
-    service = gw.server.config.app.state.service
+    service = _service(gw)
     before = [int(x) for x in service.routers["bandit"].router.counts_]
     answers = [_chat(gw.url, dataset.texts[i], "learner") for i in range(6)]
     stats = _settled(gw.url, 6)
@@ -240,7 +245,7 @@ def test_an_online_bandit_learns_from_judge_feedback(judged: Judged, dataset: Ro
 def test_judge_learn_off_stores_scores_and_leaves_the_update_to_the_client(
         judged: Judged, dataset: RoutingDataset, tmp_path: Path) -> None:
     gw = judged(routers=_bandit(tmp_path, dataset), learn=False)
-    service = gw.server.config.app.state.service
+    service = _service(gw)
     before = [int(x) for x in service.routers["bandit"].router.counts_]
     rid = _chat(gw.url, dataset.texts[2], "learner").headers["x-thalamus-request-id"]
     stats = _settled(gw.url, 1)

@@ -104,6 +104,7 @@ def test_judge_config_errors_name_the_key(judge: dict[str, Any], message: str) -
 def test_the_replay_judge_grades_a_quoted_recorded_answer_with_its_quality() -> None:
     ds = synthetic_dataset()
     judge = ReplayJudge(ds)
+    assert ds.responses is not None
     for row, col in [(0, 0), (11, 1), (1, 2)]:  # looked up by the longest recorded answer the prompt quotes
         text = f"Grade this.\n<answer>\n{ds.responses[row, col]}\n</answer>"
         assert parse_score(judge.grade(text)) == pytest.approx(ds.quality[row, col])

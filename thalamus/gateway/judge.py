@@ -111,6 +111,10 @@ class Judge:
         except asyncio.QueueFull:
             self._count("dropped_full")
             return False
+        except Exception:  # the request was answered: a judging bug must never turn it into an error
+            log.exception("judge: could not queue request %s", request_id)
+            self._count("error")
+            return False
         self.metrics.queue.set(self.queue.qsize())
         return True
 
