@@ -52,7 +52,9 @@ def test_writer_batches_and_drains_on_close(db_url: str) -> None:
         writer.start()
         for i in range(150):
             writer.submit(LedgerRow(id=f"r{i}", created_at=time.time(), status=200, knob={"kind": "wtp"}))
-        await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 10  # a loaded machine may take a while to write two batches
+        while ledger.count() < 128 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         assert 128 <= ledger.count() < 150  # two full batches written, the rest still queued
         await writer.close()
         return writer
