@@ -66,10 +66,9 @@ class JobQueue:
         self.hooks.on_wait(time.perf_counter() - job.enqueued_at)
 
     def _count(self, delta: int) -> None:
-        with self._lock:
+        with self._lock:  # the gauge is set under the lock too, so two threads never publish out of order
             self._waiting += delta
-            now = self._waiting
-        self.hooks.on_queued(now)
+            self.hooks.on_queued(self._waiting)
 
 
 def expire(job: Job, limit_s: float, hooks: WorkerHooks) -> bool:
