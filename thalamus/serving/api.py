@@ -24,7 +24,15 @@ from thalamus.serving.config import ServingConfig
 from thalamus.serving.engine import Finished, Job, SamplingParams
 from thalamus.serving.metrics import ServingMetrics
 from thalamus.serving.pool import LoadedModel, ModelPool
-from thalamus.serving.protocol import ChatRequest, ServingError, chunk_body, completion_body, new_id, usage
+from thalamus.serving.protocol import (
+    BusyError,
+    ChatRequest,
+    ServingError,
+    chunk_body,
+    completion_body,
+    new_id,
+    usage,
+)
 
 router = APIRouter()
 
@@ -178,6 +186,11 @@ async def _submit(state: ServingState, model: LoadedModel, body: ChatRequest) ->
                             top_p=body.top_p, stop=body.stops(), seed=body.seed,
                             ignore_eos=body.ignore_eos)
     name, metrics = body.model, state.metrics
+    limit = state.config.max_queued
+    if model.worker.queued() >= limit:
+        metrics.queue_rejections.labels(name, "batch", "full").inc()
+        raise BusyError(f"model '{name}' has {model.worker.queued()} requests waiting for a batch slot "
+                        f"(max_queued={limit}); retry later", code="queue_full")
     sink = QueueSink(asyncio.get_running_loop(), on_finish=lambda result: metrics.record_finish(name, result))
     job = Job(ids, params, sink)
     model.worker.submit(job)
@@ -192,6 +205,8 @@ async def _next_event(sink: QueueSink, job: Job, model: str) -> tuple[str, Any]:
         raise
     if kind == "gone":
         raise _ClientGone
+    if kind == "error" and isinstance(value, ServingError):
+        raise value  # the queue's 503 (timed out waiting for a batch slot), as it is
     if kind == "error":
         raise ServingError(500, f"generation failed for model '{model}': {type(value).__name__}: {value}",
                            type_="server_error", code="generation_failed")

@@ -60,7 +60,7 @@ class _AsciiJSON(JSONResponse):
 
 async def _serving_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServingError)
-    return _AsciiJSON(exc.body(), status_code=exc.status)
+    return _AsciiJSON(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,8 +61,14 @@ class ServingConfig(BaseModel):
     port: int = 8001
     memory_budget: int = Field(default=4 * 2**30, gt=0, description="bytes of model weights kept loaded")
     batching: bool = True
+    batch_mode: Literal["continuous", "window"] = Field(
+        default="continuous", description="continuous: requests join the running batch at the next step; "
+                                          "window: batches gathered per window run to the end")
     batch_window_ms: float = Field(default=5.0, ge=0)
     max_batch_size: int = Field(default=8, ge=1)
+    max_queued: int = Field(default=64, ge=0, description="requests that may wait for a batch slot (per model) "
+                                                          "or for room in the memory budget; 503 beyond")
+    queue_timeout_s: float = Field(default=30.0, gt=0, description="longest wait in a queue before a 503")
     default_max_tokens: int = Field(default=256, ge=1)
     max_prompt_chars: int = Field(default=1_000_000, ge=1,
                                   description="characters of message text a request may carry (413 above)")

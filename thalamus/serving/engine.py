@@ -3,10 +3,13 @@
 A hand-written loop over ``past_key_values`` (rather than ``model.generate``) lets each request keep its own
 stop strings, token budget and sampling settings, stream every token as it arrives, leave the batch as
 soon as it is done (its rows are dropped from the KV cache), and report expert load for MoE models.
-Position ids are computed from the attention mask, so a left-padded row sees the same positions as it
-would alone; greedy outputs of a batch equal those of sequential requests. A row whose sampling fails
-(non-finite probabilities) fails alone and leaves the batch; a failing forward pass fails the whole call,
-and :mod:`thalamus.serving.batching` then retries the batch's requests one by one.
+The loop is split in two calls, :meth:`Engine.prefill` (prompts in, first tokens out) and
+:meth:`Engine.step` (one token for every row), so a scheduler can merge a newly prefilled batch into a
+running one between steps (continuous batching, :mod:`thalamus.serving.scheduler`) or run one batch to
+the end (window batching, :meth:`Engine.run`). Position ids are computed from the attention mask, so a
+left-padded row sees the same positions as it would alone; greedy outputs of a batch equal those of
+sequential requests. A row whose sampling fails (non-finite probabilities) fails alone and leaves the
+batch; a failing forward pass fails the whole call, and the caller isolates the request at fault.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from thalamus.serving.kvbatch import Batch, joinable
 from thalamus.serving.moe import MoeInfo, RouterTap, count_experts, expert_load_payload
 from thalamus.serving.text import TextTracker
 
@@ -91,6 +95,17 @@ class Engine:
             self.tap.close()
 
     def run(self, jobs: list[Job]) -> None:
+        """Generate ``jobs`` together until every one has finished (window batching)."""
+        batch = self.prefill(jobs)
+        while batch.rows:
+            self.step(batch)
+
+    def prefill(self, jobs: list[Job]) -> Batch:
+        """Run the prompts of ``jobs`` (left-padded together), sample each one's first token.
+
+        The returned batch holds the jobs still generating, ready for :meth:`step` or to be merged into a
+        running batch (:meth:`Batch.merge`).
+        """
         import torch
         from transformers import DynamicCache
 
@@ -100,21 +115,32 @@ class Engine:
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             cache = DynamicCache(config=self.model.config)
             logits = self._forward(ids, mask, pos, cache, rows)
-            next_pos = pos[:, -1:] + 1
-            while True:
-                tokens = self._sample(logits, rows)
-                keep = [i for i, (row, tok) in enumerate(zip(rows, tokens, strict=True))
-                        if tok is not None and not self._advance(row, tok)]
-                if not keep:
-                    return
-                if len(keep) < len(rows):
-                    index = torch.tensor(keep)
-                    cache.batch_select_indices(index)
-                    mask, next_pos = mask[index], next_pos[index]
-                    rows, tokens = [rows[i] for i in keep], [tokens[i] for i in keep]
-                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-                logits = self._forward(torch.tensor(tokens).unsqueeze(1), mask, next_pos, cache, rows)
-                next_pos = next_pos + 1
+            batch = Batch(rows, cache, mask, pos[:, -1:] + 1, [])
+            self._take(batch, logits)
+        return batch
+
+    def step(self, batch: Batch) -> None:
+        """Feed every row its pending token; sample the next; finished rows leave the batch."""
+        import torch
+
+        with torch.inference_mode():
+            batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)
+            logits = self._forward(torch.tensor(batch.tokens).unsqueeze(1), batch.mask, batch.next_pos,
+                                   batch.cache, batch.rows)
+            batch.next_pos = batch.next_pos + 1
+            self._take(batch, logits)
+
+    def can_join(self) -> bool:
+        """Whether requests can join this model's running batch (its KV cache can be padded and stacked)."""
+        from transformers import DynamicCache
+
+        return joinable(DynamicCache(config=self.model.config))
+
+    def _take(self, batch: Batch, logits: torch.Tensor) -> None:
+        tokens = self._sample(logits, batch.rows)
+        batch.tokens = [tok if tok is not None else 0 for tok in tokens]
+        batch.select([i for i, (row, tok) in enumerate(zip(batch.rows, tokens, strict=True))
+                      if tok is not None and not self._advance(row, tok)])
 
     def _row(self, job: Job) -> _Row:
         import torch

@@ -1,6 +1,7 @@
 """Prometheus metrics of the local server, in a registry owned by the app (never the global one).
 
-Requests, tokens, time to first token, decode speed, batch sizes, the model pool (loaded models, bytes,
+Requests, tokens, time to first token, decode speed, batch sizes, running rows and joins, queues (depth,
+waits, rejections), the model pool (loaded models, bytes,
 load/unload/switch times) and, for MoE models, tokens routed to each expert of each layer.
 """
 
@@ -39,6 +40,7 @@ class ServingMetrics:
         self.finished = Counter(f"{PREFIX}_finished", "Generations ended, by finish reason (cancelled: the "
                                 "client left)", ["model", "reason"], registry=r)
         self._pool_metrics(r)
+        self._queue_metrics(r)
         self.expert_tokens = Counter(f"{PREFIX}_expert_tokens", "Tokens routed to each expert (MoE models)",
                                      ["model", "layer", "expert"], registry=r)
 
@@ -59,6 +61,19 @@ class ServingMetrics:
                                         buckets=_SECONDS, registry=r)
         self.evictions = Counter(f"{PREFIX}_model_evictions", "Models evicted to make room", ["model"],
                                  registry=r)
+
+    def _queue_metrics(self, r: CollectorRegistry) -> None:
+        self.running = Gauge(f"{PREFIX}_running_requests", "Rows in the model's running batch", ["model"],
+                             registry=r)
+        self.batch_joins = Counter(f"{PREFIX}_batch_joins", "Requests that joined a batch already decoding "
+                                   "(continuous batching)", ["model"], registry=r)
+        self.queued = Gauge(f"{PREFIX}_queued_requests", "Requests waiting (queue=batch: for a batch slot; "
+                            "queue=memory: for room in the memory budget)", ["model", "queue"], registry=r)
+        self.queue_wait = Histogram(f"{PREFIX}_queue_wait_seconds", "Time a request waited in a queue",
+                                    ["model", "queue"], buckets=_SECONDS, registry=r)
+        self.queue_rejections = Counter(f"{PREFIX}_queue_rejections", "Requests answered 503 by a queue "
+                                        "(reason=full: at once; reason=timeout: after queue_timeout_s)",
+                                        ["model", "queue", "reason"], registry=r)
 
     def record_finish(self, model: str, result: Any) -> None:
         """Account one finished generation (an engine ``Finished``); called in the generation thread.

@@ -2,8 +2,10 @@
 
 A model's size is estimated from its safetensors headers before loading, so a model that can never fit
 is refused (503) without touching memory. To make room, the least recently used idle models are unloaded;
-models serving requests are never evicted, so when only they stand in the way the request gets a 503 to
-retry. Loading happens in a worker thread; requests for models already loaded never wait on it.
+models serving requests are never evicted, so when only they stand in the way the request waits in a
+bounded queue until a lease ends (``max_queued`` waiters, each for at most ``queue_timeout_s``; beyond
+either, a 503 with Retry-After). Loading happens in a worker thread; requests for models already loaded
+never wait on it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Any
 from thalamus.serving.batching import BatchWorker
 from thalamus.serving.config import ModelSpec, ServingConfig
 from thalamus.serving.engine import Engine
+from thalamus.serving.jobqueue import WorkerHooks
 from thalamus.serving.metrics import ServingMetrics
 from thalamus.serving.models import prepare_smollm2
 from thalamus.serving.moe import moe_info
-from thalamus.serving.protocol import ServingError
+from thalamus.serving.protocol import BusyError, ServingError
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "float32": 4, "bfloat16": 2, "float16": 2}
@@ -70,6 +73,10 @@ def estimate_bytes(folder: Path, dtype: str) -> int:
     return total
 
 
+class _NoRoom(Exception):
+    """Models serving requests hold the memory a load needs; the request may wait for a lease to end."""
+
+
 class ModelPool:
     """Loads, serves and evicts the configured models under ``config.memory_budget`` bytes."""
 
@@ -80,6 +87,8 @@ class ModelPool:
         self.specs = {spec.name: spec for spec in config.models}
         self.loaded: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()
+        self._freed = asyncio.Event()  # set (and replaced) whenever a model stops serving requests
+        self._room_waiters = 0
         metrics.budget_bytes.set(config.memory_budget)
 
     def used_bytes(self) -> int:
@@ -95,6 +104,9 @@ class ModelPool:
         finally:
             model.in_use -= 1
             model.last_used = time.monotonic()
+            if model.in_use == 0:
+                self._freed.set()  # wake requests waiting for room; later waiters get a fresh event
+                self._freed = asyncio.Event()
 
     async def get(self, name: str) -> LoadedModel:
         if name not in self.specs:
@@ -103,10 +115,37 @@ class ModelPool:
                                param="model", code="model_not_found")
         if name in self.loaded:
             return self.loaded[name]
-        async with self._lock:
-            if name not in self.loaded:
-                await self._load(self.specs[name])
-            return self.loaded[name]
+        deadline = time.monotonic() + self.config.queue_timeout_s
+        while True:
+            freed = self._freed  # taken before trying, so a lease ending meanwhile is not missed
+            try:
+                async with self._lock:
+                    if name not in self.loaded:
+                        await self._load(self.specs[name])
+                    return self.loaded[name]
+            except _NoRoom as busy:
+                await self._wait_for_room(name, str(busy), freed, deadline)
+
+    async def _wait_for_room(self, name: str, why: str, freed: asyncio.Event, deadline: float) -> None:
+        """Wait (outside the pool lock) until a model stops serving, or answer 503 with Retry-After."""
+        limit, rejected = self.config.max_queued, self.metrics.queue_rejections
+        if self._room_waiters >= limit:
+            rejected.labels(name, "memory", "full").inc()
+            raise BusyError(f"{why}; {self._room_waiters} requests already wait for room (max_queued={limit}); "
+                            "retry later", code="queue_full")
+        self._room_waiters += 1
+        self.metrics.queued.labels(name, "memory").inc()
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            rejected.labels(name, "memory", "timeout").inc()
+            raise BusyError(f"{why}; waited {self.config.queue_timeout_s:g} s (queue_timeout_s) and none "
+                            "finished; retry later", code="queue_timeout") from None
+        finally:
+            self._room_waiters -= 1
+            self.metrics.queued.labels(name, "memory").dec()
+            self.metrics.queue_wait.labels(name, "memory").observe(time.monotonic() - started)
 
     async def _load(self, spec: ModelSpec) -> None:
         started = time.perf_counter()
@@ -149,9 +188,8 @@ class ModelPool:
             evicted.append(victim.spec.name)
         if self.used_bytes() + need > budget:
             busy = ", ".join(sorted(self.loaded))
-            raise ServingError(503, f"model '{name}' needs {need} bytes; {self.used_bytes()} of the "
-                                    f"{budget}-byte budget are held by models serving requests ({busy}); "
-                                    "retry later", type_="server_error", code="pool_busy")
+            raise _NoRoom(f"model '{name}' needs {need} bytes; {self.used_bytes()} of the {budget}-byte "
+                          f"budget are held by models serving requests ({busy})")
         return evicted
 
     async def _unload(self, name: str) -> None:
@@ -176,12 +214,20 @@ class ModelPool:
             or tokenizer.model_max_length
         engine = Engine(model, tokenizer, int(context), moe_info(model))
         size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-        worker = BatchWorker(engine, spec.name,
-                             self.config.batch_window_ms / 1000 if self.config.batching else 0.0,
-                             self.config.max_batch_size if self.config.batching else 1,
-                             on_batch=self.metrics.batch_size.labels(spec.name).observe,
-                             on_retry=lambda n: self.metrics.batch_retries.labels(spec.name).inc())
+        config = self.config
+        worker = BatchWorker(engine, spec.name, config.batch_window_ms / 1000 if config.batching else 0.0,
+                             config.max_batch_size if config.batching else 1, mode=config.batch_mode,
+                             queue_timeout_s=config.queue_timeout_s, hooks=self._hooks(spec.name))
         return LoadedModel(spec, tokenizer, engine, worker, int(context), size)
+
+    def _hooks(self, name: str) -> WorkerHooks:
+        m = self.metrics
+        return WorkerHooks(on_batch=m.batch_size.labels(name).observe,
+                           on_retry=lambda n: m.batch_retries.labels(name).inc(),
+                           on_join=m.batch_joins.labels(name).inc, on_running=m.running.labels(name).set,
+                           on_queued=m.queued.labels(name, "batch").set,
+                           on_wait=m.queue_wait.labels(name, "batch").observe,
+                           on_timeout=m.queue_rejections.labels(name, "batch", "timeout").inc)
 
     def _publish(self) -> None:
         self.metrics.loaded_models.set(len(self.loaded))

@@ -27,8 +27,21 @@ SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # the range torch.Generator.manual_see
 MAX_STOP_CHARS = 512  # stop matching re-scans the text for each stop string's prefixes: keep them short
 
 
+RETRY_AFTER_S = 1  # what a busy server's 503 asks the client to wait: the queue moves every decoding step
+
+
 class ServingError(APIError, ThalamusError):
     """An error the local server answers with over HTTP: a status and OpenAI's error fields."""
+
+    headers: dict[str, str] | None = None
+
+
+class BusyError(ServingError):
+    """A 503 worth retrying (the server is busy, not broken): it carries a Retry-After header."""
+
+    def __init__(self, message: str, *, code: str, retry_after_s: int = RETRY_AFTER_S) -> None:
+        super().__init__(503, message, type_="server_error", code=code)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 def utf8(value: str) -> str:
