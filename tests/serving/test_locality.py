@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from thalamus.errors import DataError
-from thalamus.serving.locality import routing_traces, sch, segment_counts, srp
+from thalamus.serving.locality import routing_traces, sch, segment_counts, srp, static_hit_rate
 
 
 def constant(tokens: int, layers: int = 2) -> np.ndarray:
@@ -48,6 +48,18 @@ def test_alternating_routing_known_values() -> None:
     assert sch([alternating(10)], 4, 2, cache=4) == 1.0
     # m=3 windows: counts (2,2,1,1) -> the best 2 experts serve 4 of 6 activations
     assert sch([alternating(10)], 4, 3, cache=2) == pytest.approx(4 / 6)
+
+
+def test_static_cache_sees_only_global_popularity() -> None:
+    # alternating routing: 4 experts equally popular, a fixed 2-expert cache serves half of the activations,
+    # while a cache refilled per 1-token segment (SCH) serves all of them
+    assert static_hit_rate([alternating(10)], 4, cache=2) == pytest.approx(0.5)
+    assert sch([alternating(10)], 4, 1, cache=2) == 1.0
+    assert static_hit_rate([constant(5)], 8, cache=1) == pytest.approx(0.5)
+    # two texts with disjoint constant experts: each layer's top-2 over both texts serves half
+    other = np.tile(np.array([2, 3]), (2, 5, 1))
+    assert static_hit_rate([constant(5), other], 8, cache=2) == pytest.approx(0.5)
+    assert srp([constant(5), other], 8, 5) == 1.0
 
 
 def test_srp_picks_the_best_threshold() -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 from servehelpers import ask, serve
+from typer.testing import CliRunner
 
+from thalamus.cli import build_app
 from thalamus.serving.config import ServingConfig
 from thalamus.training.moe_lm import STATE_FILE, SUMMARY_FILE, MoeTrainOptions, train_moe
 
@@ -86,3 +88,18 @@ def test_sigterm_stops_with_a_checkpoint(tmp_path: Path) -> None:
     assert isinstance(steps, int) and 1 <= steps < 10_000
     resumed = train_moe(tiny(out, max_steps=steps + 1), progress=False)
     assert resumed["steps"] == steps + 1  # the checkpoint written on SIGTERM is where it resumed
+
+
+def test_train_moe_command(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from thalamus.serving.moe import moe_info
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(build_app(), ["train-moe", "--out", str(out), "--max-steps", "2", "--layers", "1",
+                                              "--experts", "4", "--hidden", "32", "--vocab-size", "400",
+                                              "--dataset", "alpaca_eval"])
+    assert result.exit_code == 0, result.output
+    assert '"steps": 2' in result.output and str(out) in result.output
+    info = moe_info(AutoModelForCausalLM.from_pretrained(out))
+    assert info is not None and (info.num_experts, info.top_k) == (4, 2)

@@ -60,6 +60,8 @@ def train_moe(
     experts: Annotated[int, typer.Option(help="experts per layer")] = 8,
     top_k: Annotated[int, typer.Option(help="experts per token")] = 2,
     hidden: Annotated[int, typer.Option(help="model width")] = 256,
+    vocab_size: Annotated[int, typer.Option(help="tokens of the BPE tokenizer fitted to the text")] = 8192,
+    dataset: Annotated[list[str] | None, typer.Option(help="prompt text source (repeat; default: six)")] = None,
     max_steps: Annotated[int | None, typer.Option(help="stop after this many steps as well")] = None,
     threads: Annotated[int, typer.Option(help="torch threads")] = 1,
     checkpoint_seconds: Annotated[float, typer.Option(help="seconds between checkpoints")] = 120.0,
@@ -72,12 +74,14 @@ def train_moe(
     import json
 
     from thalamus.serving.models import models_dir
+    from thalamus.training.moe_corpus import DEFAULT_DATASETS
     from thalamus.training.moe_lm import MoeTrainOptions
     from thalamus.training.moe_lm import train_moe as run
 
     folder = out or models_dir() / "moe-trained"
     result = run(MoeTrainOptions(out=folder, minutes=minutes, layers=layers, experts=experts, top_k=top_k,
                                  hidden=hidden, intermediate=2 * hidden, max_steps=max_steps, threads=threads,
-                                 checkpoint_seconds=checkpoint_seconds, seed=seed))
+                                 checkpoint_seconds=checkpoint_seconds, seed=seed, vocab_size=vocab_size,
+                                 datasets=tuple(dataset or DEFAULT_DATASETS)))
     typer.echo(json.dumps({k: v for k, v in result.items() if k not in ("losses", "options")}))
     typer.echo(str(folder))

@@ -15,6 +15,9 @@ token is routed to. With ``c_e`` = tokens of the segment routed to expert ``e``:
   segment with its ``c`` most used experts (an oracle that sees ``m`` tokens ahead); the share of the
   segment's ``m * k`` activations it serves, averaged over segments and layers.
 
+- **static hit rate(c)**, for reference: one cache per layer holding the ``c`` experts most used over
+  all texts, never changed; what an offloading system gets from global expert popularity alone.
+
 A routing trace here is an int array (layers, tokens, k) of expert ids, one per text.
 """
 
@@ -73,6 +76,15 @@ def sch(traces: Sequence[Trace], num_experts: int, m: int, cache: int) -> float:
         hit += int(top.sum())
         total += int(counts.sum())
     return hit / total if total else float("nan")
+
+
+def static_hit_rate(traces: Sequence[Trace], num_experts: int, cache: int) -> float:
+    """Hit rate of a fixed per-layer cache of the ``cache`` experts most used over all ``traces``."""
+    if not traces:
+        return float("nan")
+    per_layer = sum(segment_counts(t, num_experts, 1).sum(axis=1) for t in traces)  # (layers, experts)
+    total = int(np.sum(per_layer))
+    return int(np.sort(per_layer, axis=-1)[:, ::-1][:, :cache].sum()) / total if total else float("nan")
 
 
 def routing_traces(model: Any, tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[Trace]:
