@@ -131,7 +131,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['mean_tokens']:.0f} a prompt, cut at {report['max_tokens']}).", "",
              "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
              "| held-out LM loss | " + " | ".join(_f(models[n].get("heldout_loss")) for n in names) + " |",
-             "| largest expert's share | " + " | ".join(_f(models[n]["max_expert_share"]) for n in names) + " |"]
+             "| largest expert's share (layers pooled) | " + " | ".join(_f(models[n]["max_expert_share"]) for n in names) + " |"]
     lines += [f"| SRP(m={m}) | " + " | ".join(_f(models[n]["srp"][str(m)]) for n in names) + " |"
               for m in SEGMENTS if m > 1]
     lines += [f"| SCH(m={m}, cache={c}) | " + " | ".join(_f(models[n]["sch"][str(m)][str(c)]) for n in names)
@@ -161,8 +161,10 @@ def plot(report: dict[str, Any], out: Path) -> None:
         left.plot(SEGMENTS[1:], [values["srp"][str(m)] for m in SEGMENTS[1:]], marker="o", label=name)
         line = right.plot(CACHES, [values["sch"]["16"][str(c)] for c in CACHES], marker="o", label=name)[0]
         right.plot(CACHES, [values["static"][str(c)] for c in CACHES], ls=":", color=line.get_color())
-    left.set(xscale="log", xlabel="segment length m (tokens)", ylabel="SRP", title="segment routing best F1")
-    left.set_xticks(SEGMENTS[1:], [str(m) for m in SEGMENTS[1:]])
+    left.set_xscale("log", base=2)
+    left.set(xlabel="segment length m (tokens)", ylabel="SRP", title="segment routing best F1")
+    left.set_xticks(SEGMENTS[1:], [str(m) for m in SEGMENTS[1:]], minor=False)
+    left.minorticks_off()
     right.set(xlabel=f"cache size (experts per layer; top-k = {report['top_k']})", ylabel="SCH",
               title="SCH, m = 16 (dotted: static cache)")
     for ax in (left, right):
