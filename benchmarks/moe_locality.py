@@ -131,7 +131,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['mean_tokens']:.0f} a prompt, cut at {report['max_tokens']}).", "",
              "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
              "| held-out LM loss | " + " | ".join(_f(models[n].get("heldout_loss")) for n in names) + " |",
-             "| largest expert's share (layers pooled) | " + " | ".join(_f(models[n]["max_expert_share"]) for n in names) + " |"]
+             "| largest expert's share (layers pooled) | "
+             + " | ".join(_f(models[n]["max_expert_share"]) for n in names) + " |"]
     lines += [f"| SRP(m={m}) | " + " | ".join(_f(models[n]["srp"][str(m)]) for n in names) + " |"
               for m in SEGMENTS if m > 1]
     lines += [f"| SCH(m={m}, cache={c}) | " + " | ".join(_f(models[n]["sch"][str(m)][str(c)]) for n in names)

@@ -23,7 +23,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from thalamus.training.moe_corpus import DEFAULT_DATASETS, EOS, PAD, load_corpus, token_blocks, train_tokenizer
+from thalamus.training.moe_corpus import (
+    BOS,
+    DEFAULT_DATASETS,
+    EOS,
+    PAD,
+    load_corpus,
+    token_blocks,
+    train_tokenizer,
+)
 
 STATE_FILE = "trainer_state.pt"
 SUMMARY_FILE = "training.json"
@@ -73,7 +81,7 @@ def model_config(opts: MoeTrainOptions, tokenizer: Any) -> Any:
         num_local_experts=opts.experts, num_experts_per_tok=opts.top_k, max_position_embeddings=2048,
         tie_word_embeddings=True, router_aux_loss_coef=opts.aux_loss_coef,
         eos_token_id=tokenizer.convert_tokens_to_ids(EOS), pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
-        bos_token_id=tokenizer.convert_tokens_to_ids(EOS),
+        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
     )
 
 
@@ -96,7 +104,7 @@ def _build(opts: MoeTrainOptions) -> tuple[Any, Any, Any, TrainState, list[str]]
     if state_path.is_file():
         tokenizer = AutoTokenizer.from_pretrained(opts.out)
         model = AutoModelForCausalLM.from_pretrained(opts.out, dtype=torch.float32)
-        saved = torch.load(state_path, weights_only=False)
+        saved = torch.load(state_path, weights_only=True)  # tensors and numbers only
         state = TrainState(saved["step"], saved["seconds"], [tuple(x) for x in saved["losses"]])
     else:
         tokenizer = train_tokenizer(texts, opts.vocab_size)
