@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from thalamus.catalog import lookup
 from thalamus.errors import ConfigError
+from thalamus.gateway.pool_config import PoolRoutingConfig
 from thalamus.router.policy import Knob
 
 
@@ -301,6 +302,7 @@ class GatewayConfig(_Strict):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    pool_routing: PoolRoutingConfig = Field(default_factory=PoolRoutingConfig)  # gateway/pool_aware.py
 
     @field_validator("backends")
     @classmethod
@@ -319,6 +321,8 @@ class GatewayConfig(_Strict):
         if self.fallback.context_model is not None:
             _need(self.fallback.context_model in known, "fallback.context_model",
                   f"unknown backend {self.fallback.context_model!r}")
+        for i, name in enumerate(self.pool_routing.backends or []):
+            _need(name in known, f"pool_routing.backends[{i}]", f"unknown backend {name!r}")
         taken = set(known)
         for rname, router in self.routers.items():
             for field in ("strong", "weak", "baseline"):

@@ -64,6 +64,7 @@ requests = sa.Table(
     sa.Column("shadow_model", sa.String(256)),    # a shadow candidate's choice, logged, not used
     sa.Column("shadow_version", sa.String(64)),
     sa.Column("cache", sa.String(16)),  # migration 7: "hit" when the response cache answered
+    sa.Column("switch_cost", sa.Text),  # migration 8: JSON, pool-aware routing's penalties (pool_aware.py)
 )
 
 feedback = sa.Table(
@@ -154,6 +155,8 @@ _KEYS_V7 = (_API_KEYS_V7, _KEY_USAGE_V7,
             "CREATE INDEX ix_requests_key_created ON requests (api_key_id, created_at)",
             "ALTER TABLE requests ADD COLUMN cache VARCHAR(16)")
 
+_POOL_V8 = ("ALTER TABLE requests ADD COLUMN switch_cost TEXT",)
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -190,6 +193,7 @@ MIGRATIONS: list[Migration] = [
     Migration(6, "learning loop: routing embedding, rollout",
               {"sqlite": _LEARNING_V6, "postgresql": _LEARNING_V6}),
     Migration(7, "virtual keys, usage counters, cache column", {"sqlite": _KEYS_V7, "postgresql": _KEYS_V7}),
+    Migration(8, "pool-aware routing: switch_cost", {"sqlite": _POOL_V8, "postgresql": _POOL_V8}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway
