@@ -11,7 +11,7 @@ Prompts are cut to their first 300 characters (the router and the models see the
 Swaps are the server's own load counts; latency is the client's; routed quality is the dataset's
 quality of the mapped model each request went to.
 
-    .venv/bin/python benchmarks/pool_routing.py [--n 100] [--rates 0.02,0.05]
+    .venv/bin/python benchmarks/pool_routing.py [--n 100] [--rates 0.05,0.2]
 
 Writes benchmarks/results/pool_routing.{json,md,png}.
 """
@@ -203,7 +203,7 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--rates", default="0.02,0.05", help="pool_routing.per_second values to compare with off")
+    parser.add_argument("--rates", default="0.05,0.2", help="pool_routing.per_second values to compare with off")
     parser.add_argument("--out", type=Path, default=RESULTS / "pool_routing")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {"when": utc_now(), "command": command("pool_routing.py", argv),
