@@ -189,9 +189,11 @@ class PoolTracker:
             states, budget = parse_models(response.json())
         except (httpx.HTTPError, ValueError) as exc:  # JSON errors are ValueErrors
             with self._lock:
+                first = server.last_error is None  # log a streak of failures once, not every interval
                 server.polls, server.failures = server.polls + 1, server.failures + 1
                 server.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            log.warning("pool poll of %s failed (keeping the last known state): %s", server.url, exc)
+            if first:
+                log.warning("pool poll of %s failed (keeping the last known state): %s", server.url, exc)
             return
         with self._lock:
             self._merge(server, states, started)
