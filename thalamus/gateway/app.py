@@ -27,6 +27,7 @@ from thalamus.gateway.judge import install_judge_api, start_judge
 from thalamus.gateway.ledger import Ledger, LedgerWriter
 from thalamus.gateway.ledger_writer import default_journal_path
 from thalamus.gateway.metrics import GatewayMetrics, install_metrics, multiprocess_dir
+from thalamus.gateway.pool_state import PoolTracker
 from thalamus.gateway.prompt_hash import PromptHasher, load_key
 from thalamus.gateway.rollout_api import install_rollout
 from thalamus.gateway.service import GatewayService, LoadedRouter
@@ -96,6 +97,16 @@ def start_batching(config: GatewayConfig, routers: list[Router]) -> list[Batchin
     return batchers
 
 
+async def start_pool(config: GatewayConfig, service: GatewayService) -> PoolTracker | None:
+    """Pool-aware routing (``pool_routing.enabled``): the tracker, polled once, then every interval."""
+    if not config.pool_routing.enabled:
+        return None
+    pool = PoolTracker(config.pool_routing, config.backends)
+    await pool.start()
+    service.learning.pool = pool
+    return pool
+
+
 def create_app(config: GatewayConfig, settings: Settings | None = None,
                backends: dict[str, Backend] | None = None) -> FastAPI:
     """The gateway app. ``backends`` is the seam for callers that bring their own Backend objects."""
@@ -119,11 +130,14 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
         app.state.controllers = Controllers(routers)
         app.state.controllers.start(ledger)
         await app.state.service.controls.start()
+        pool = app.state.pool = await start_pool(config, app.state.service)
         try:
             yield
         finally:
             if judge is not None:  # first: its workers still use the backends, the writer and the ledger
                 await judge.close()
+            if pool is not None:
+                await pool.close()
             await app.state.service.controls.close()
             await app.state.controllers.stop()
             await asyncio.to_thread(app.state.service.learning.close, routers)

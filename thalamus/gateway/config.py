@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from thalamus.catalog import lookup
 from thalamus.errors import ConfigError
 from thalamus.gateway.judge_config import JudgeConfig
+from thalamus.gateway.pool_config import PoolRoutingConfig
 from thalamus.router.policy import Knob
 
 
@@ -303,6 +304,7 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     judge: JudgeConfig | None = None  # LLM-as-judge feedback (gateway/judge_config.py); off when absent
+    pool_routing: PoolRoutingConfig = Field(default_factory=PoolRoutingConfig)  # gateway/pool_aware.py
 
     @field_validator("backends")
     @classmethod
@@ -321,6 +323,8 @@ class GatewayConfig(_Strict):
         if self.fallback.context_model is not None:
             _need(self.fallback.context_model in known, "fallback.context_model",
                   f"unknown backend {self.fallback.context_model!r}")
+        for i, name in enumerate(self.pool_routing.backends or []):
+            _need(name in known, f"pool_routing.backends[{i}]", f"unknown backend {name!r}")
         taken = set(known)
         for rname, router in self.routers.items():
             for field in ("strong", "weak", "baseline"):

@@ -32,6 +32,8 @@ import sqlalchemy as sa
 from thalamus.gateway.config import GatewayConfig, RouterConfig
 from thalamus.gateway.ledger_row import LedgerRow
 from thalamus.gateway.ledger_schema import feedback, requests
+from thalamus.gateway.pool_aware import adjust as pool_adjust
+from thalamus.gateway.pool_state import PoolTracker
 from thalamus.gateway.rollout import Rollout, mixed, restrict_knob, shadowed
 from thalamus.router.base import Router
 from thalamus.router.explore import Explorer, deterministic_probabilities
@@ -93,24 +95,35 @@ class LearningLoop:
         self.rollout = Rollout()
         self.backend_names = tuple(b.name for b in config.backends)
         self.learn_from_judge = config.judge.learn if config.judge is not None else True
+        self.pool: PoolTracker | None = None  # pool-aware routing (gateway/pool_aware.py), set by the app
 
     # -- deciding -----------------------------------------------------------------------
     def route(self, loaded: LoadedRouter, text: str, knob: Knob) -> Decision:
+        decision = self._route(loaded, text, knob)
+        if self.pool is not None:  # the chosen model is about to be loaded, if it was not resident
+            self.pool.chosen(decision.model)
+        return decision
+
+    def _route(self, loaded: LoadedRouter, text: str, knob: Knob) -> Decision:
         router = loaded.router  # one read: a concurrent swap gives this decision the old or the new artifact
         if self._learns(loaded.name, router):  # its arrays change under partial_fit: read them under the lock
             with self.locks[loaded.name]:
                 decision = router.route(text, knob)
         else:  # read-only routers decide in parallel (the embedder releases the GIL)
             decision = router.route(text, knob)
-        decision = self._explore(loaded.name, decision)
+        decision = self._explore(loaded.name, self._pooled(decision))
         candidate = self.rollout.candidates.get(loaded.name)
         if candidate is None:
             return decision
         wide = knob if knob.allowed is not None else replace(knob, allowed=self.backend_names)
-        other = candidate.router.route(text, restrict_knob(wide, candidate.router.models_))
+        other = self._pooled(candidate.router.route(text, restrict_knob(wide, candidate.router.models_)))
         if candidate.mode == "shadow":
             return shadowed(decision, other, candidate)
         return mixed(decision, self._explore(loaded.name, other), candidate, self.rollout.draw(candidate.share))
+
+    def _pooled(self, decision: Decision) -> Decision:
+        """Switching costs applied before exploration, so propensities describe what was drawn from."""
+        return pool_adjust(self.pool, decision) if self.pool is not None else decision
 
     def _explore(self, name: str, decision: Decision) -> Decision:
         explorer = self.explorers.get(name)
@@ -134,6 +147,7 @@ class LearningLoop:
         row.artifact_version = log.get("artifact_version", row.artifact_version)
         row.rollout, row.shadow_model, row.shadow_version = (log.get(k) for k in (
             "rollout", "shadow_model", "shadow_version"))
+        row.switch_cost = log.get("switch_cost")
         row.candidates = {m: {"quality": float(q), "cost": float(c), "p": float(pi)} for m, q, c, pi in zip(
             decision.models, decision.predicted_quality, decision.expected_cost, p, strict=True)}
         features = decision.features

@@ -66,6 +66,9 @@ class LedgerRow:
     shadow_model: str | None = None         # a shadow candidate's choice (logged, not used)
     shadow_version: str | None = None
     cache: str | None = None                # migration 7: "hit" when the response cache answered (cost 0)
+    # migration 9: pool-aware routing (gateway/pool_aware.py): {"per_second", "penalties": {model: {"load_s",
+    # "penalty"}}, "router_choice": the router's own choice when a switching cost overturned it, else None}
+    switch_cost: dict[str, Any] | None = None
 
     def storable(self) -> dict[str, Any]:
         """Column values for the ``requests`` table, each one safe to insert; never raises."""
@@ -154,7 +157,7 @@ def storable_value(column: sa.Column[Any], value: Any) -> Any:
     if value is None:
         return None
     kind = column.type
-    if isinstance(kind, sa.Text) and column.name in ("knob", "candidates", "fallback_chain"):
+    if isinstance(kind, sa.Text) and column.name in ("knob", "candidates", "fallback_chain", "switch_cost"):
         return json.dumps(json_safe(value), allow_nan=False)
     if isinstance(kind, sa.String):  # Text is a String without a length
         return _as_text(value, kind.length)

@@ -64,6 +64,7 @@ requests = sa.Table(
     sa.Column("shadow_model", sa.String(256)),    # a shadow candidate's choice, logged, not used
     sa.Column("shadow_version", sa.String(64)),
     sa.Column("cache", sa.String(16)),  # migration 7: "hit" when the response cache answered
+    sa.Column("switch_cost", sa.Text),  # migration 9: JSON, pool-aware routing's penalties (pool_aware.py)
 )
 
 feedback = sa.Table(
@@ -171,6 +172,8 @@ _KEYS_V7 = (_API_KEYS_V7, _KEY_USAGE_V7,
             "CREATE INDEX ix_requests_key_created ON requests (api_key_id, created_at)",
             "ALTER TABLE requests ADD COLUMN cache VARCHAR(16)")
 
+_POOL_V9 = ("ALTER TABLE requests ADD COLUMN switch_cost TEXT",)
+
 
 _JUDGE_CALLS_V8 = """CREATE TABLE judge_calls (
     id {pk} NOT NULL, request_id VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL, judge VARCHAR(256) NOT NULL,
@@ -219,6 +222,7 @@ MIGRATIONS: list[Migration] = [
         "sqlite": (_JUDGE_CALLS_V8.format(pk="INTEGER"), _JUDGE_INDEX_V8),
         "postgresql": (_JUDGE_CALLS_V8.format(pk="SERIAL"), _JUDGE_INDEX_V8),
     }),
+    Migration(9, "pool-aware routing: switch_cost", {"sqlite": _POOL_V9, "postgresql": _POOL_V9}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

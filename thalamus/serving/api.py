@@ -67,10 +67,19 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
+    """OpenAI's model list plus the pool's state, which the gateway's pool-aware routing polls: whether
+    each model is resident, its measured load times (seconds, evictions included) and weight bytes."""
     pool = _state(request).pool
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "thalamus-local",
-             "loaded": name in pool.loaded} for name in sorted(pool.specs)]
-    return {"object": "list", "data": data}
+    data = []
+    for name in sorted(pool.specs):
+        stats, held = pool.load_stats[name], pool.loaded.get(name)
+        data.append({"id": name, "object": "model", "created": 0, "owned_by": "thalamus-local",
+                     "loaded": held is not None, "loads": stats.loads,
+                     "load_seconds_last": stats.last_s if stats.loads else None,
+                     "load_seconds_mean": stats.mean_s(),
+                     "bytes": held.bytes if held is not None else (stats.bytes or None)})
+    return {"object": "list", "data": data, "memory_budget": pool.config.memory_budget,
+            "used_bytes": pool.used_bytes()}
 
 
 @router.post("/v1/chat/completions", response_model=None)

@@ -46,6 +46,23 @@ class LoadedModel:
     in_use: int = 0
 
 
+@dataclass
+class LoadStats:
+    """Measured loads of one model (evicting others to make room included), kept after it is unloaded:
+    what a router needs to price switching to it (GET /v1/models)."""
+
+    loads: int = 0
+    total_s: float = 0.0
+    last_s: float = 0.0
+    bytes: int = 0
+
+    def add(self, seconds: float, size: int) -> None:
+        self.loads, self.total_s, self.last_s, self.bytes = self.loads + 1, self.total_s + seconds, seconds, size
+
+    def mean_s(self) -> float | None:
+        return self.total_s / self.loads if self.loads else None
+
+
 def _safetensors_numels(path: Path) -> list[tuple[int, str]]:
     with path.open("rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
@@ -86,6 +103,7 @@ class ModelPool:
         self.cache_dir = cache_dir
         self.specs = {spec.name: spec for spec in config.models}
         self.loaded: dict[str, LoadedModel] = {}
+        self.load_stats: dict[str, LoadStats] = {name: LoadStats() for name in self.specs}
         self._lock = asyncio.Lock()
         self._freed = asyncio.Event()  # set (and replaced) whenever a model stops serving requests
         self._room_waiters = 0
@@ -159,6 +177,7 @@ class ModelPool:
                                type_="server_error", code="model_load_failed") from exc
         self.loaded[spec.name] = model
         elapsed = time.perf_counter() - started
+        self.load_stats[spec.name].add(elapsed, model.bytes)
         self.metrics.load_seconds.labels(spec.name).observe(elapsed)
         if evicted:
             self.metrics.switch_seconds.labels(spec.name).observe(elapsed)
