@@ -1,0 +1,133 @@
+"""The fixed-size expert cache of one MoE layer, its eviction policies and its hit/miss counters.
+
+An offloaded MoE model keeps at most ``capacity`` experts of each layer in memory; the rest are read from
+the on-disk expert store when a token is routed to them. This module holds what is independent of torch
+modules: which experts are resident, which one leaves when another must come in (LRU: the one used least
+recently; LFU: the one used least often since the model loaded, ties to the least recent), and the
+counters the server reports. Loads run through a ``loader`` callable so the cache never sees files.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, fields
+from typing import Any
+
+POLICIES = ("lru", "lfu", "predict")
+
+Tensors = dict[str, Any]  # parameter name -> that expert's tensor
+
+
+@dataclass
+class OffloadStats:
+    """Counts of expert lookups: resident (hit), brought in by a prefetch (prefetch hit), read on demand."""
+
+    hits: int = 0
+    misses: int = 0
+    prefetch_hits: int = 0
+    prefetches: int = 0  # experts read ahead of need, used or not
+    bytes_loaded: int = 0  # on-demand and prefetch reads together
+
+    def add(self, other: OffloadStats) -> OffloadStats:
+        return OffloadStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def minus(self, other: OffloadStats) -> OffloadStats:
+        return OffloadStats(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+    @property
+    def lookups(self) -> int:
+        return self.hits + self.misses + self.prefetch_hits
+
+    def hit_rate(self) -> float:
+        """Share of lookups that found the expert in memory (resident or prefetched)."""
+        return (self.hits + self.prefetch_hits) / self.lookups if self.lookups else 0.0
+
+    def payload(self, tokens: int) -> dict[str, Any]:
+        """The ``offload`` part of a response's ``expert_load``; ``tokens`` fed through the model."""
+        return {"hits": self.hits, "misses": self.misses, "prefetch_hits": self.prefetch_hits,
+                "prefetches": self.prefetches, "bytes_loaded": self.bytes_loaded,
+                "bytes_loaded_per_token": self.bytes_loaded / tokens if tokens else 0.0}
+
+
+class LayerCache:
+    """At most ``capacity`` experts of one layer, filled by ``loader(expert) -> (tensors, bytes)``."""
+
+    def __init__(self, capacity: int, policy: str, loader: Callable[[int], tuple[Tensors, int]],
+                 stats: OffloadStats) -> None:
+        self.capacity = capacity
+        self.policy = policy
+        self.loader = loader
+        self.stats = stats  # shared by every layer of the model
+        self.resident: OrderedDict[int, Tensors] = OrderedDict()  # least recently used first
+        self.uses: dict[int, int] = {}
+        self.pending: dict[int, Future[tuple[Tensors, int]]] = {}  # prefetches in flight
+
+    def fetch(self, experts: list[int]) -> list[Tensors]:
+        """The tensors of ``experts`` (ascending ids, one forward pass), loading what is not resident.
+
+        Experts needed by this pass are kept over others when something must leave; when a pass needs
+        more experts than fit, the extra ones serve this pass and the policy decides which stay.
+        """
+        remaining = set(experts)
+        out = []
+        for expert in experts:
+            remaining.discard(expert)  # served from here on: it may leave before the pass ends
+            out.append(self._one(expert, remaining))
+        self._drop_unused_prefetches()
+        return out
+
+    def _one(self, expert: int, remaining: set[int]) -> Tensors:
+        self.uses[expert] = self.uses.get(expert, 0) + 1
+        if expert in self.resident:
+            self.stats.hits += 1
+            self.resident.move_to_end(expert)
+            return self.resident[expert]
+        future = self.pending.pop(expert, None)
+        if future is not None:
+            tensors, size = future.result()
+            self.stats.prefetch_hits += 1
+        else:
+            tensors, size = self.loader(expert)
+            self.stats.misses += 1
+        self.stats.bytes_loaded += size
+        self._insert(expert, tensors, remaining)
+        return tensors
+
+    def _insert(self, expert: int, tensors: Tensors, keep: set[int]) -> None:
+        while len(self.resident) >= self.capacity:
+            self.resident.pop(self._victim(keep))
+        self.resident[expert] = tensors
+
+    def _victim(self, keep: set[int]) -> int:
+        candidates = [e for e in self.resident if e not in keep] or list(self.resident)
+        if self.policy == "lfu":  # ties go to the least recently used: ``resident`` is in LRU order
+            return min(candidates, key=lambda e: self.uses.get(e, 0))
+        return candidates[0]
+
+    def prefetch(self, experts: Iterable[int], submit: Callable[[int], Future[tuple[Tensors, int]]]) -> None:
+        """Start reading ``experts`` that are neither resident nor already on their way."""
+        for expert in experts:
+            if expert not in self.resident and expert not in self.pending:
+                self.pending[expert] = submit(expert)
+                self.stats.prefetches += 1
+
+    def _drop_unused_prefetches(self) -> None:
+        """A wrong guess: its read is counted if it happened, and it never displaces a resident expert."""
+        for expert, future in list(self.pending.items()):
+            del self.pending[expert]
+            if future.cancel():
+                self.stats.prefetches -= 1
+                continue
+            tensors, size = future.result()
+            self.stats.bytes_loaded += size
+            if len(self.resident) < self.capacity:
+                self.resident[expert] = tensors
+                self.resident.move_to_end(expert, last=False)  # unused so far: first to leave
+
+    def clear(self) -> None:
+        for future in self.pending.values():
+            future.cancel()
+        self.pending.clear()
+        self.resident.clear()
