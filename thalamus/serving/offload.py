@@ -24,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thalamus.serving.expert_cache import LayerCache, OffloadStats, Tensors
-from thalamus.serving.moe import _router_recorder, moe_info, router_modules
+from thalamus.serving.moe import moe_info, router_logits_index, router_modules
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -166,8 +166,7 @@ class ExpertOffload:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="expert-prefetch") if policy == "predict" else None
         self._handles = [model.register_forward_hook(self._after_pass)]
         if self._pool is not None:
-            found = _router_recorder(model)
-            self._logits_at = found[1] if found else 0
+            self._logits_at = router_logits_index(model)
             self._handles += [layers[i].block.register_forward_pre_hook(self._prefetcher(i + 1))
                               for i in range(len(layers) - 1)]
 
