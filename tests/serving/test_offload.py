@@ -162,3 +162,24 @@ def test_stats_payload_per_token() -> None:
     assert stats.payload(8) == {"hits": 3, "misses": 1, "prefetch_hits": 2, "prefetches": 3,
                                 "bytes_loaded": 400, "bytes_loaded_per_token": 50.0}
     assert stats.add(stats).minus(stats) == stats
+
+
+@pytest.mark.parametrize("implementation", ["eager", "grouped_mm"])
+def test_top3_routing_stays_exact_in_every_experts_implementation(implementation: str, tiny_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """With three experts per token the eager loop's sums depend on the experts' order: still identical."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_dir / "tiny-olmoe")
+    config.num_experts_per_tok = 3
+    torch.manual_seed(1)
+    reference = AutoModelForCausalLM.from_config(config, experts_implementation=implementation).eval()
+    assert reference.config._experts_implementation == implementation
+    want = _greedy(reference)
+    for policy, resident in (("lru", 3), ("predict", 3), ("lfu", 4)):
+        model = copy.deepcopy(reference)
+        offload = attach_offload(model, "top3", resident, policy, tmp_path / implementation)
+        assert torch.equal(_greedy(model), want), (policy, resident)
+        assert offload.stats.misses >= 1
+        offload.close()

@@ -52,7 +52,12 @@ class OffloadStats:
 
 
 class LayerCache:
-    """At most ``capacity`` experts of one layer, filled by ``loader(expert) -> (tensors, bytes)``."""
+    """At most ``capacity`` experts of one layer, in fixed ``[capacity, ...]`` slot tensors.
+
+    ``loader(expert) -> (tensors, bytes)`` reads one expert; a read is copied into a slot, so the memory
+    held stays at ``capacity`` experts however many are read. The slot tensors are handed to the experts
+    module as they are (no copy per forward pass).
+    """
 
     def __init__(self, capacity: int, policy: str, loader: Callable[[int], tuple[Tensors, int]],
                  stats: OffloadStats) -> None:
@@ -60,25 +65,31 @@ class LayerCache:
         self.policy = policy
         self.loader = loader
         self.stats = stats  # shared by every layer of the model
-        self.resident: OrderedDict[int, Tensors] = OrderedDict()  # least recently used first
+        self.slots: Tensors = {}  # parameter name -> [capacity, ...], allocated at the first read
+        self.resident: OrderedDict[int, int] = OrderedDict()  # expert -> slot, least recently used first
         self.uses: dict[int, int] = {}
         self.pending: dict[int, Future[tuple[Tensors, int]]] = {}  # prefetches in flight
 
-    def fetch(self, experts: list[int]) -> list[Tensors]:
-        """The tensors of ``experts`` (ascending ids, one forward pass), loading what is not resident.
-
-        Experts needed by this pass are kept over others when something must leave; when a pass needs
-        more experts than fit, the extra ones serve this pass and the policy decides which stay.
-        """
-        remaining = set(experts)
-        out = []
-        for expert in experts:
-            remaining.discard(expert)  # served from here on: it may leave before the pass ends
-            out.append(self._one(expert, remaining))
+    def fetch_slots(self, experts: list[int]) -> list[int]:
+        """The slots holding ``experts`` (at most ``capacity``: all stay resident through the pass)."""
+        assert len(experts) <= self.capacity
+        keep = set(experts)
+        out = [self._one(e, keep) for e in experts]
         self._drop_unused_prefetches()
         return out
 
-    def _one(self, expert: int, remaining: set[int]) -> Tensors:
+    def fetch_copies(self, experts: list[int]) -> list[Tensors]:
+        """Copies of more experts than fit (a long prefill): each may leave once it has been copied."""
+        remaining = set(experts)
+        out = []
+        for expert in experts:
+            remaining.discard(expert)
+            slot = self._one(expert, remaining)
+            out.append({p: t[slot].clone() for p, t in self.slots.items()})
+        self._drop_unused_prefetches()
+        return out
+
+    def _one(self, expert: int, keep: set[int]) -> int:
         self.uses[expert] = self.uses.get(expert, 0) + 1
         if expert in self.resident:
             self.stats.hits += 1
@@ -92,13 +103,21 @@ class LayerCache:
             tensors, size = self.loader(expert)
             self.stats.misses += 1
         self.stats.bytes_loaded += size
-        self._insert(expert, tensors, remaining)
-        return tensors
+        return self._place(expert, tensors, keep)
 
-    def _insert(self, expert: int, tensors: Tensors, keep: set[int]) -> None:
-        while len(self.resident) >= self.capacity:
-            self.resident.pop(self._victim(keep))
-        self.resident[expert] = tensors
+    def _place(self, expert: int, tensors: Tensors, keep: set[int]) -> int:
+        if not self.slots:
+            import torch
+
+            self.slots = {p: torch.empty((self.capacity, *t.shape), dtype=t.dtype) for p, t in tensors.items()}
+        if len(self.resident) < self.capacity:
+            slot = min(set(range(self.capacity)) - set(self.resident.values()))
+        else:
+            slot = self.resident.pop(self._victim(keep))
+        for p, t in tensors.items():
+            self.slots[p][slot].copy_(t)
+        self.resident[expert] = slot
+        return slot
 
     def _victim(self, keep: set[int]) -> int:
         candidates = [e for e in self.resident if e not in keep] or list(self.resident)
@@ -123,7 +142,7 @@ class LayerCache:
             tensors, size = future.result()
             self.stats.bytes_loaded += size
             if len(self.resident) < self.capacity:
-                self.resident[expert] = tensors
+                self._place(expert, tensors, set())
                 self.resident.move_to_end(expert, last=False)  # unused so far: first to leave
 
     def clear(self) -> None:
@@ -131,3 +150,4 @@ class LayerCache:
             future.cancel()
         self.pending.clear()
         self.resident.clear()
+        self.slots = {}

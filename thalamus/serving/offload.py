@@ -8,10 +8,11 @@ an ordinary MLP beside them and stays resident. :func:`attach_offload` finds, pe
 frees the fused tensors and puts :class:`OffloadedExperts` in the experts module's place.
 
 Each forward pass of a layer asks its :class:`~thalamus.serving.expert_cache.LayerCache` for the experts
-the router chose, stacks them (ascending ids) into a compact ``[M, ...]`` tensor, remaps the routing
-indices onto it and calls the original experts module with ``num_experts = M``. The remapping keeps the
-order of the experts, so whichever experts implementation the model uses (eager loop, grouped_mm,
-batched_mm) does exactly the same arithmetic as on the full tensors: greedy outputs are identical.
+the router chose, remaps the routing indices onto the cache's ``[N, ...]`` slot tensors and calls the
+original experts module on them with ``num_experts = N``. Every token still meets the same experts with
+the same weights, and the per-token sums keep their order (see :class:`OffloadedExperts` for the one
+case that needs care), so whichever experts implementation the model uses (eager loop, grouped_mm,
+batched_mm) does the same arithmetic as on the full tensors: greedy outputs are identical.
 
 With the ``predict`` policy, a pre-hook on layer l's MoE block runs layer l+1's router on layer l's input
 (the residual stream changes little from one layer to the next) and reads the experts it picks in a
@@ -123,30 +124,55 @@ def write_store(layers: list[ExpertLayer], folder: Path) -> Path:
 
 
 class OffloadedExperts:
-    """Callable stand-in for an experts module: fetch the chosen experts, run the original on them."""
+    """Callable stand-in for an experts module: fetch the chosen experts, run the original on them.
 
-    def __init__(self, inner: Any, params: tuple[str, ...], cache: LayerCache, num_experts: int) -> None:
+    The routing indices are remapped onto the layer cache's slots and the original module runs on the
+    slot tensors with ``num_experts = capacity``: no copy of weights per pass. Only the eager loop with
+    top_k >= 3 adds the experts' outputs in the order of their positions, so there the slots must be in
+    the experts' order for bit-identical sums; otherwise (and when a pass needs more experts than fit)
+    the chosen experts are stacked in ascending order instead.
+    """
+
+    def __init__(self, inner: Any, params: tuple[str, ...], cache: LayerCache, num_experts: int,
+                 top_k: int) -> None:
         self.inner, self.params, self.cache, self.num_experts = inner, params, cache, num_experts
+        config = getattr(inner, "config", None)
+        eager = getattr(config, "_experts_implementation", "eager") in (None, "eager")
+        self.order_matters = eager and top_k >= 3
 
     def __call__(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
                  *args: Any, **kwargs: Any) -> Any:
         import torch
 
-        chosen = torch.unique(top_k_index)  # sorted: the compact order keeps the experts' order
+        chosen = torch.unique(top_k_index)  # sorted ascending
         chosen = chosen[chosen < self.num_experts]
-        tensors = self.cache.fetch(chosen.tolist())
-        table = torch.full((self.num_experts + 1,), len(tensors), dtype=top_k_index.dtype)
-        table[chosen] = torch.arange(len(tensors), dtype=top_k_index.dtype)
+        ids = chosen.tolist()
+        weights, where = self._weights(ids)
+        table = torch.full((self.num_experts + 1,), self.cache.capacity + len(ids), dtype=top_k_index.dtype)
+        table[chosen] = torch.tensor(where, dtype=top_k_index.dtype)
         inner = self.inner
         for p in self.params:
-            setattr(inner, p, torch.stack([t[p] for t in tensors]))
-        inner.num_experts = len(tensors)
+            setattr(inner, p, weights[p])
+        inner.num_experts = weights[self.params[0]].shape[0]
         try:
             return inner(hidden_states, table[top_k_index], top_k_weights, *args, **kwargs)
-        finally:  # drop the stacked copies; only the cache holds experts between passes
+        finally:  # only the cache holds experts between passes
             for p in self.params:
                 setattr(inner, p, None)
             inner.num_experts = self.num_experts
+
+    def _weights(self, ids: list[int]) -> tuple[Tensors, list[int]]:
+        """The tensors to run on and, per chosen expert (ascending), its index in them."""
+        import torch
+
+        if len(ids) <= self.cache.capacity:
+            slots = self.cache.fetch_slots(ids)
+            if not self.order_matters or slots == sorted(slots):
+                return self.cache.slots, slots
+            pick = torch.tensor(slots)
+            return {p: t.index_select(0, pick) for p, t in self.cache.slots.items()}, list(range(len(ids)))
+        copies = self.cache.fetch_copies(ids)
+        return {p: torch.stack([c[p] for c in copies]) for p in self.params}, list(range(len(ids)))
 
 
 class ExpertOffload:
@@ -250,7 +276,7 @@ def attach_offload(model: Any, name: str, resident: int, policy: str, folder: Pa
             del layer.experts._parameters[p]  # the fused tensors go; the store holds them now
         del layer.block._modules[layer.attr]  # a plain attribute from here: the block just calls it
         setattr(layer.block, layer.attr, OffloadedExperts(layer.experts, layer.params, cache,
-                                                          info.num_experts))
+                                                          info.num_experts, info.top_k))
     model.thalamus_offload = offload
     gc.collect()
     return offload
