@@ -77,7 +77,7 @@ def run(model: Any, tokenizer: Any, prompts: list[list[int]], tokens: int) -> di
     """Greedy answers one request at a time; wall time, generated ids (as text) and tokens fed."""
     engine = Engine(model, tokenizer, 4096, moe_info(model))
     texts, fed, generated = [], 0, 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for ids in prompts:
         sink = Collect()
         engine.run([Job(ids, SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True), sink)])
@@ -85,10 +85,10 @@ def run(model: Any, tokenizer: Any, prompts: list[list[int]], tokens: int) -> di
         texts.append("".join(sink.parts))
         fed += sink.result.prompt_tokens + sink.result.completion_tokens - 1
         generated += sink.result.completion_tokens
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     engine.close()
-    return {"texts": texts, "seconds": seconds, "tokens_fed": fed, "generated": generated,
-            "tokens_per_s": generated / seconds}
+    return {"texts": texts, "seconds": seconds, "cpu_seconds": cpu, "tokens_fed": fed, "generated": generated,
+            "tokens_per_s": generated / seconds, "tokens_per_cpu_s": generated / cpu}
 
 
 def measure(folder: Path, prompts: list[str], tokens: int, store: Path) -> dict[str, Any]:
@@ -103,6 +103,20 @@ def measure(folder: Path, prompts: list[str], tokens: int, store: Path) -> dict[
     ids = prompt_ids(tokenizer, prompts)
     run(base, tokenizer, ids[:1], 4)  # warm-up: first-call allocations and lazy imports
     resident = run(base, tokenizer, ids, tokens)
+    rows = _offloaded_rows(base, tokenizer, ids, tokens, store, info)
+    again = run(base, tokenizer, ids, tokens)  # the machine is shared: keep the faster resident run
+    best = max(resident, again, key=lambda r: r["tokens_per_s"])
+    for row in rows:
+        row["same_tokens"] = row.pop("texts") == resident["texts"]
+        row["speed_vs_resident"] = row["tokens_per_s"] / best["tokens_per_s"]
+        row["cpu_speed_vs_resident"] = row["tokens_per_cpu_s"] / best["tokens_per_cpu_s"]
+    keys = ("seconds", "cpu_seconds", "tokens_fed", "generated", "tokens_per_s", "tokens_per_cpu_s")
+    return {"info": {"num_experts": info.num_experts, "top_k": info.top_k, "layers": rows[0]["layers"]},
+            "resident": {k: best[k] for k in keys}, "rows": rows}
+
+
+def _offloaded_rows(base: Any, tokenizer: Any, ids: list[list[int]], tokens: int, store: Path,
+                    info: Any) -> list[dict[str, Any]]:
     rows = []
     for share in SHARES:
         n = max(info.top_k, round(share * info.num_experts))
@@ -115,17 +129,14 @@ def measure(folder: Path, prompts: list[str], tokens: int, store: Path) -> dict[
                          "hits": stats.hits, "misses": stats.misses, "prefetch_hits": stats.prefetch_hits,
                          "prefetches": stats.prefetches, "bytes_loaded": stats.bytes_loaded,
                          "bytes_per_token": stats.bytes_loaded / got["tokens_fed"],
-                         "tokens_per_s": got["tokens_per_s"],
-                         "speed_vs_resident": got["tokens_per_s"] / resident["tokens_per_s"],
+                         "tokens_per_s": got["tokens_per_s"], "tokens_per_cpu_s": got["tokens_per_cpu_s"],
                          "resident_expert_bytes": offload.resident_bytes(),
                          "all_expert_bytes": info.num_experts * sum(offload.expert_bytes),
-                         "same_tokens": got["texts"] == resident["texts"]})
+                         "layers": len(offload.layers), "texts": got["texts"]})
             offload.close()
             print(f"{policy} {n}/{info.num_experts}: hit rate {stats.hit_rate():.3f}, "
                   f"{got['tokens_per_s']:.1f} tok/s", flush=True)
-    return {"info": {"num_experts": info.num_experts, "top_k": info.top_k, "layers": len(offload.layers)},
-            "resident": {k: resident[k] for k in ("seconds", "tokens_fed", "generated", "tokens_per_s")},
-            "rows": rows}
+    return rows
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -151,6 +162,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     return save_figure(fig, path, dpi=100)
 
 
+def _mib(row: dict[str, Any]) -> str:
+    return f"{row['resident_expert_bytes'] / 2**20:.1f} of {row['all_expert_bytes'] / 2**20:.1f} MiB"
+
+
 def markdown(report: dict[str, Any]) -> str:
     res, info = report["resident"], report["info"]
     lines = [f"# Expert offloading ({report['when']})", "", f"Command: `{report['command']}`", "",
@@ -158,19 +173,24 @@ def markdown(report: dict[str, Any]) -> str:
              f"top-{info['top_k']}). {report['prompts']} AlpacaEval instructions, {report['tokens']} greedy "
              f"tokens each, one at a time, torch threads 1, cold caches per run. Load average: "
              f"{report['load']}.", "",
-             f"Fully resident: {res['tokens_per_s']:.1f} tokens/s ({res['generated']} tokens in "
-             f"{res['seconds']:.1f} s).", "",
+             f"Fully resident (the faster of a run before and one after the offloaded runs): "
+             f"{res['tokens_per_s']:.1f} tokens/s wall, {res['tokens_per_cpu_s']:.1f} per CPU second "
+             f"({res['generated']} tokens). Expert weights resident: "
+             f"{', '.join(sorted({_mib(r) for r in report['rows']}))}.", "",
              "| policy | resident | hit rate | misses | prefetch hits / prefetches | MiB read per token | "
-             "tokens/s | vs resident | same tokens |", "|---|---|---|---|---|---|---|---|---|"]
+             "tokens/s | vs resident | per CPU s vs resident | same tokens |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['policy']} | {r['experts_resident']} ({r['share']:.0%}) | {r['hit_rate']:.3f} | "
                      f"{r['misses']} | {r['prefetch_hits']} / {r['prefetches']} | "
                      f"{r['bytes_per_token'] / 2**20:.3f} | {r['tokens_per_s']:.1f} | "
-                     f"{r['speed_vs_resident']:.0%} | {'yes' if r['same_tokens'] else 'NO'} |")
+                     f"{r['speed_vs_resident']:.0%} | {r['cpu_speed_vs_resident']:.0%} | "
+                     f"{'yes' if r['same_tokens'] else 'NO'} |")
     goal = report["goal"]
     lines += ["", f"Goal at 50% resident (predict's hit rate above LRU's, and its tokens/s >= 70% of the "
                   f"resident model's): {'met' if goal['met'] else 'NOT met'} (hit rate {goal['predict_hit']:.3f} "
-                  f"vs {goal['lru_hit']:.3f}; speed {goal['predict_speed']:.0%}). "
+                  f"vs {goal['lru_hit']:.3f}; speed {goal['predict_speed']:.0%} wall, "
+                  f"{goal['predict_cpu_speed']:.0%} per CPU second). "
                   "Plot: ![offloading](moe_offload.png)", ""]
     return "\n".join(lines)
 
@@ -187,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         measured = measure(folder, instructions(args.prompts), args.tokens, Path(tmp) / "store")
     half = {r["policy"]: r for r in measured["rows"] if r["share"] == 0.5}
     goal = {"predict_hit": half["predict"]["hit_rate"], "lru_hit": half["lru"]["hit_rate"],
-            "predict_speed": half["predict"]["speed_vs_resident"]}
+            "predict_speed": half["predict"]["speed_vs_resident"],
+            "predict_cpu_speed": half["predict"]["cpu_speed_vs_resident"]}
     goal["met"] = goal["predict_hit"] > goal["lru_hit"] and goal["predict_speed"] >= 0.7
     report = {"when": utc_now(), "command": command("moe_offload.py", argv), "load": load_average(),
               "model": str(args.model) if args.model else "tiny random Mixtral (no --model)",
