@@ -144,18 +144,19 @@ class OffloadedExperts:
                  *args: Any, **kwargs: Any) -> Any:
         import torch
 
-        chosen = torch.unique(top_k_index)  # sorted ascending
-        chosen = chosen[chosen < self.num_experts]
-        ids = chosen.tolist()
+        # a decode step routes a handful of (token, expert) pairs: plain Python beats torch.unique here
+        ids = sorted({e for e in top_k_index.flatten().tolist() if e < self.num_experts})
         weights, where = self._weights(ids)
-        table = torch.full((self.num_experts + 1,), self.cache.capacity + len(ids), dtype=top_k_index.dtype)
-        table[chosen] = torch.tensor(where, dtype=top_k_index.dtype)
+        table = [self.cache.capacity + len(ids)] * (self.num_experts + 1)
+        for expert, index in zip(ids, where, strict=True):
+            table[expert] = index
+        remapped = torch.tensor(table, dtype=top_k_index.dtype)[top_k_index]
         inner = self.inner
         for p in self.params:
             setattr(inner, p, weights[p])
         inner.num_experts = weights[self.params[0]].shape[0]
         try:
-            return inner(hidden_states, table[top_k_index], top_k_weights, *args, **kwargs)
+            return inner(hidden_states, remapped, top_k_weights, *args, **kwargs)
         finally:  # only the cache holds experts between passes
             for p in self.params:
                 setattr(inner, p, None)
