@@ -3,11 +3,13 @@
 Every run generates greedily, through the server's own batched decode loop (:class:`Engine`), the same
 answers to the same AlpacaEval instructions (read from ../shared/data, never copied), one request at a
 time, with one torch thread; the fully resident model is the reference for both the tokens (they must
-match exactly) and the speed. Caches start empty in every run, so cold misses count. The expert store
+match exactly) and the speed. Caches start empty in every run, so cold misses count. The machine these
+runs share is busy, so every configuration runs several times, interleaved, and the best speed counts;
+speed per CPU second is reported beside wall-clock speed. The expert store
 sits in the page cache after its first read, so a "read from disk" here is a copy out of the OS cache:
 the numbers show what the caching policy saves, not the speed of a cold SSD.
 
-    .venv/bin/python benchmarks/moe_offload.py [--model PATH] [--prompts 8] [--tokens 32]
+    .venv/bin/python benchmarks/moe_offload.py [--model PATH] [--prompts 8] [--tokens 32] [--repeats 3]
 
 Without ``--model`` a tiny random Mixtral (2 layers, 4 experts) is built. Writes
 benchmarks/results/moe_offload.{json,md,png}.
@@ -91,7 +93,8 @@ def run(model: Any, tokenizer: Any, prompts: list[list[int]], tokens: int) -> di
             "tokens_per_s": generated / seconds, "tokens_per_cpu_s": generated / cpu}
 
 
-def measure(folder: Path, prompts: list[str], tokens: int, store: Path) -> dict[str, Any]:
+def measure(folder: Path, prompts: list[str], tokens: int, store: Path, repeats: int) -> dict[str, Any]:
+    """Every configuration ``repeats`` times, interleaved, each from cold caches; speeds: the best run."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,41 +105,52 @@ def measure(folder: Path, prompts: list[str], tokens: int, store: Path) -> dict[
     assert info is not None, f"{folder} is not an MoE model"
     ids = prompt_ids(tokenizer, prompts)
     run(base, tokenizer, ids[:1], 4)  # warm-up: first-call allocations and lazy imports
-    resident = run(base, tokenizer, ids, tokens)
-    rows = _offloaded_rows(base, tokenizer, ids, tokens, store, info)
-    again = run(base, tokenizer, ids, tokens)  # the machine is shared: keep the faster resident run
-    best = max(resident, again, key=lambda r: r["tokens_per_s"])
-    for row in rows:
+    configs = [(policy, max(info.top_k, round(share * info.num_experts)), share)
+               for share in SHARES for policy in POLICIES]
+    resident: dict[str, Any] = {}
+    rows: dict[tuple[str, float], dict[str, Any]] = {}
+    for _ in range(repeats):  # interleaved: a busy spell on the shared machine hits every configuration
+        _keep_best(resident, run(base, tokenizer, ids, tokens))
+        for policy, n, share in configs:
+            _keep_best(rows.setdefault((policy, share), {}), _offloaded(base, tokenizer, ids, tokens, store,
+                                                                        policy, n, share, info))
+    for row in rows.values():
         row["same_tokens"] = row.pop("texts") == resident["texts"]
-        row["speed_vs_resident"] = row["tokens_per_s"] / best["tokens_per_s"]
-        row["cpu_speed_vs_resident"] = row["tokens_per_cpu_s"] / best["tokens_per_cpu_s"]
+        row["speed_vs_resident"] = row["tokens_per_s"] / resident["tokens_per_s"]
+        row["cpu_speed_vs_resident"] = row["tokens_per_cpu_s"] / resident["tokens_per_cpu_s"]
     keys = ("seconds", "cpu_seconds", "tokens_fed", "generated", "tokens_per_s", "tokens_per_cpu_s")
-    return {"info": {"num_experts": info.num_experts, "top_k": info.top_k, "layers": rows[0]["layers"]},
-            "resident": {k: best[k] for k in keys}, "rows": rows}
+    first = next(iter(rows.values()))
+    return {"info": {"num_experts": info.num_experts, "top_k": info.top_k, "layers": first["layers"]},
+            "resident": {k: resident[k] for k in keys}, "repeats": repeats, "rows": list(rows.values())}
 
 
-def _offloaded_rows(base: Any, tokenizer: Any, ids: list[list[int]], tokens: int, store: Path,
-                    info: Any) -> list[dict[str, Any]]:
-    rows = []
-    for share in SHARES:
-        n = max(info.top_k, round(share * info.num_experts))
-        for policy in POLICIES:
-            model = copy.deepcopy(base)
-            offload = attach_offload(model, "bench", n, policy, store)
-            got = run(model, tokenizer, ids, tokens)
-            stats = offload.stats
-            rows.append({"policy": policy, "share": share, "experts_resident": n, "hit_rate": stats.hit_rate(),
-                         "hits": stats.hits, "misses": stats.misses, "prefetch_hits": stats.prefetch_hits,
-                         "prefetches": stats.prefetches, "bytes_loaded": stats.bytes_loaded,
-                         "bytes_per_token": stats.bytes_loaded / got["tokens_fed"],
-                         "tokens_per_s": got["tokens_per_s"], "tokens_per_cpu_s": got["tokens_per_cpu_s"],
-                         "resident_expert_bytes": offload.resident_bytes(),
-                         "all_expert_bytes": info.num_experts * sum(offload.expert_bytes),
-                         "layers": len(offload.layers), "texts": got["texts"]})
-            offload.close()
-            print(f"{policy} {n}/{info.num_experts}: hit rate {stats.hit_rate():.3f}, "
-                  f"{got['tokens_per_s']:.1f} tok/s", flush=True)
-    return rows
+def _keep_best(best: dict[str, Any], new: dict[str, Any]) -> None:
+    """Counts from the first run (they repeat); the highest wall and CPU speeds over all runs."""
+    if not best:
+        best.update(new)
+        return
+    best["tokens_per_s"] = max(best["tokens_per_s"], new["tokens_per_s"])
+    best["tokens_per_cpu_s"] = max(best["tokens_per_cpu_s"], new["tokens_per_cpu_s"])
+
+
+def _offloaded(base: Any, tokenizer: Any, ids: list[list[int]], tokens: int, store: Path, policy: str,
+               n: int, share: float, info: Any) -> dict[str, Any]:
+    model = copy.deepcopy(base)
+    offload = attach_offload(model, "bench", n, policy, store)
+    got = run(model, tokenizer, ids, tokens)
+    stats = offload.stats
+    offload.close()
+    print(f"{policy} {n}/{info.num_experts}: hit rate {stats.hit_rate():.3f}, {got['tokens_per_s']:.1f} tok/s",
+          flush=True)
+    return {"policy": policy, "share": share, "experts_resident": n, "hit_rate": stats.hit_rate(),
+            "hits": stats.hits, "misses": stats.misses, "prefetch_hits": stats.prefetch_hits,
+            "prefetches": stats.prefetches, "bytes_loaded": stats.bytes_loaded,
+            "bytes_per_token": stats.bytes_loaded / got["tokens_fed"], "seconds": got["seconds"],
+            "cpu_seconds": got["cpu_seconds"], "tokens_fed": got["tokens_fed"], "generated": got["generated"],
+            "tokens_per_s": got["tokens_per_s"], "tokens_per_cpu_s": got["tokens_per_cpu_s"],
+            "resident_expert_bytes": offload.resident_bytes(),
+            "all_expert_bytes": info.num_experts * sum(offload.expert_bytes),
+            "layers": len(offload.layers), "texts": got["texts"]}
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -171,9 +185,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Expert offloading ({report['when']})", "", f"Command: `{report['command']}`", "",
              f"Model: {report['model']} ({info['layers']} MoE layers, {info['num_experts']} experts, "
              f"top-{info['top_k']}). {report['prompts']} AlpacaEval instructions, {report['tokens']} greedy "
-             f"tokens each, one at a time, torch threads 1, cold caches per run. Load average: "
+             f"tokens each, one at a time, torch threads 1, cold caches per run; every configuration run "
+             f"{report['repeats']} times, interleaved, speeds from the best run. Load average: "
              f"{report['load']}.", "",
-             f"Fully resident (the faster of a run before and one after the offloaded runs): "
+             f"Fully resident: "
              f"{res['tokens_per_s']:.1f} tokens/s wall, {res['tokens_per_cpu_s']:.1f} per CPU second "
              f"({res['generated']} tokens). Expert weights resident: "
              f"{', '.join(sorted({_mib(r) for r in report['rows']}))}.", "",
@@ -200,11 +215,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=None, help="an MoE model folder (default: tiny random)")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (speed: the best)")
     parser.add_argument("--out", type=Path, default=RESULTS / "moe_offload")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model or make_tiny_moe("mixtral", Path(tmp) / "tiny-mixtral")
-        measured = measure(folder, instructions(args.prompts), args.tokens, Path(tmp) / "store")
+        measured = measure(folder, instructions(args.prompts), args.tokens, Path(tmp) / "store",
+                           args.repeats)
     half = {r["policy"]: r for r in measured["rows"] if r["share"] == 0.5}
     goal = {"predict_hit": half["predict"]["hit_rate"], "lru_hit": half["lru"]["hit_rate"],
             "predict_speed": half["predict"]["speed_vs_resident"],

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 POLICIES = ("lru", "lfu", "predict")
+PRECISION_DECAY = 0.9  # weight of the past in a layer's running share of prefetches that get used
 
 Tensors = dict[str, Any]  # parameter name -> that expert's tensor
 
@@ -69,6 +70,7 @@ class LayerCache:
         self.resident: OrderedDict[int, int] = OrderedDict()  # expert -> slot, least recently used first
         self.uses: dict[int, int] = {}
         self.pending: dict[int, Future[tuple[Tensors, int]]] = {}  # prefetches in flight
+        self.precision = 1.0  # running share of this layer's prefetches that were used (optimistic start)
 
     def fetch_slots(self, experts: list[int]) -> list[int]:
         """The slots holding ``experts`` (at most ``capacity``: all stay resident through the pass)."""
@@ -99,6 +101,7 @@ class LayerCache:
         if future is not None:
             tensors, size = future.result()
             self.stats.prefetch_hits += 1
+            self._scored(1.0)
         else:
             tensors, size = self.loader(expert)
             self.stats.misses += 1
@@ -136,6 +139,7 @@ class LayerCache:
         """A wrong guess: its read is counted if it happened, and it never displaces a resident expert."""
         for expert, future in list(self.pending.items()):
             del self.pending[expert]
+            self._scored(0.0)
             if future.cancel():
                 self.stats.prefetches -= 1
                 continue
@@ -144,6 +148,9 @@ class LayerCache:
             if len(self.resident) < self.capacity:
                 self._place(expert, tensors, set())
                 self.resident.move_to_end(expert, last=False)  # unused so far: first to leave
+
+    def _scored(self, used: float) -> None:
+        self.precision = PRECISION_DECAY * self.precision + (1 - PRECISION_DECAY) * used
 
     def clear(self) -> None:
         for future in self.pending.values():

@@ -17,7 +17,9 @@ batched_mm) does the same arithmetic as on the full tensors: greedy outputs are 
 With the ``predict`` policy, a pre-hook on layer l's MoE block runs layer l+1's router on layer l's input
 (the residual stream changes little from one layer to the next) and reads the experts it picks in a
 background thread, so the read overlaps layer l's experts and layer l+1's attention; a wrong guess
-falls back to an on-demand read.
+falls back to an on-demand read. A layer whose guesses are mostly wasted (a router that keeps choosing
+the resident experts leaves only wrong guesses to prefetch) prefetches only on every 16th pass until
+its guesses improve.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     import torch
 
 STORE_FILE = "experts.safetensors"
+MIN_PRECISION = 0.2  # below this share of used prefetches, a layer only prefetches on probe passes
+PROBE_EVERY = 16  # passes between probes, so a layer whose guesses improve starts prefetching again
 
 
 @dataclass
@@ -186,6 +190,7 @@ class ExpertOffload:
         self.stats = OffloadStats()
         self.on_pass: Callable[[OffloadStats], None] | None = None  # called after every forward pass
         self._taken = self._flushed = OffloadStats()
+        self.passes = 0
         self.caches = [LayerCache(resident, policy, self._loader(i, layer), self.stats)
                        for i, layer in enumerate(layers)]
         self.expert_bytes = [sum(t.numel() * t.element_size() for t in store.read(i, layer.params, 0)[0].values())
@@ -215,6 +220,9 @@ class ExpertOffload:
         import torch
 
         assert self._pool is not None
+        cache = self.caches[target]
+        if cache.precision < MIN_PRECISION and self.passes % PROBE_EVERY:
+            return  # its guesses have mostly been wrong lately: the reads would cost more than they save
         router = self.layers[target].router
         out = router.forward(hidden)  # .forward, not __call__: the telemetry hooks must not see a guess
         logits = out[self._logits_at] if isinstance(out, tuple | list) else out
@@ -222,10 +230,11 @@ class ExpertOffload:
         votes = torch.bincount(picks, minlength=self.num_experts)
         order = votes.argsort(descending=True, stable=True)[: self.resident]
         wanted = [int(e) for e in order if votes[e] > 0]
-        cache, pool = self.caches[target], self._pool
+        pool = self._pool
         cache.prefetch(wanted, lambda e: pool.submit(cache.loader, e))
 
     def _after_pass(self, *_: Any) -> None:
+        self.passes += 1
         if self.on_pass is not None:
             now = OffloadStats().add(self.stats)
             self.on_pass(now.minus(self._flushed))
