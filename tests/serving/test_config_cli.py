@@ -25,8 +25,10 @@ def test_parse_bytes() -> None:
 def test_example_config_loads() -> None:
     config = ServingConfig.from_yaml(REPO_ROOT / "examples" / "local.yaml")
     assert config.memory_budget == 2 * 2**30
-    assert [m.name for m in config.models] == ["smollm2-135m", "tiny-mixtral"]
+    assert [m.name for m in config.models] == ["smollm2-135m", "tiny-mixtral", "tiny-mixtral-offloaded"]
     assert config.models[1].path is not None and "~" not in str(config.models[1].path)
+    offload = config.models[2].offload
+    assert offload is not None and (offload.experts_resident, offload.policy) == (2, "predict")
 
 
 def test_config_errors_name_the_key() -> None:

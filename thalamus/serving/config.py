@@ -6,6 +6,7 @@ plain bytes or strings such as ``"2GiB"`` / ``"500MB"``, since a memory budget i
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,30 @@ def parse_bytes(value: int | float | str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+_TOP_K_KEYS = ("num_experts_per_tok", "moe_top_k", "top_k")
+_N_EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+class OffloadSpec(BaseModel):
+    """Expert offloading of an MoE model: ``experts_resident`` experts per layer in memory, the rest on disk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experts_resident: int = Field(ge=1, description="experts of each MoE layer kept in memory")
+    policy: Literal["lru", "lfu", "predict"] = "lru"
+
+
+def routing_of(folder: Path) -> tuple[int, int] | None:
+    """(top_k, num_experts) from a model folder's config.json; None when it is missing or not an MoE."""
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    top_k = next((raw[k] for k in _TOP_K_KEYS if isinstance(raw.get(k), int)), None)
+    n = next((raw[k] for k in _N_EXPERT_KEYS if isinstance(raw.get(k), int)), None)
+    return (top_k, n) if top_k is not None and n is not None else None
+
+
 class ModelSpec(BaseModel):
     """One servable model: a local Hugging Face folder (``path``) or a prepared ``source``."""
 
@@ -40,6 +65,7 @@ class ModelSpec(BaseModel):
     source: str | None = None
     dtype: str = "float32"
     context_length: int | None = Field(default=None, gt=0)
+    offload: OffloadSpec | None = None
 
     @model_validator(mode="after")
     def _one_location(self) -> ModelSpec:
@@ -49,7 +75,26 @@ class ModelSpec(BaseModel):
             raise ValueError(f"model {self.name!r}: unknown source {self.source!r}; known: {SOURCES}")
         if self.path is not None:
             self.path = self.path.expanduser()
+        if self.offload is not None:
+            self._check_offload(self.offload)
         return self
+
+    def _check_offload(self, offload: OffloadSpec) -> None:
+        """Checked here when the folder is readable; the pool checks again against the loaded model."""
+        if self.source is not None:
+            raise ValueError(f"model {self.name!r}: offload needs an MoE model folder ('path'); "
+                             f"source {self.source!r} is a dense model")
+        assert self.path is not None
+        if not (self.path / "config.json").is_file():
+            return  # the folder may appear later; loading reports what is wrong with it
+        routing = routing_of(self.path)
+        if routing is None:
+            raise ValueError(f"model {self.name!r}: offload is set but {self.path}/config.json describes no "
+                             "MoE model (no experts per token / number of experts)")
+        top_k, n = routing
+        if not top_k <= offload.experts_resident <= n:
+            raise ValueError(f"model {self.name!r}: offload.experts_resident={offload.experts_resident} must "
+                             f"be between the model's top_k ({top_k}) and num_experts ({n})")
 
 
 class ServingConfig(BaseModel):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from thalamus.serving.kvbatch import Batch, joinable
 from thalamus.serving.moe import MoeInfo, RouterTap, count_experts, expert_load_payload
+from thalamus.serving.offload import offload_of
 from thalamus.serving.text import TextTracker
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class _Row:
     first_token_at: float = 0.0
     routed_tokens: int = 0
     experts: Any = None
+    offload: Any = None  # OffloadStats of the passes this row took part in (offloaded MoE models)
 
 
 class Engine:
@@ -88,6 +90,7 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = _eos_ids(model, tokenizer)
         self.tap = RouterTap(model) if moe is not None else None
+        self.offload = offload_of(model)
 
     def close(self) -> None:
         """Remove the router hooks (the model is being unloaded)."""
@@ -164,10 +167,16 @@ class Engine:
                  rows: list[_Row]) -> torch.Tensor:
         if self.tap is not None:
             self.tap.take()  # drop anything left by a failed pass
+        if self.offload is not None:
+            self.offload.take()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         if self.tap is not None:
             self._record_experts(self.tap.take(), mask[:, -ids.shape[1]:], rows)
+        if self.offload is not None:  # a batched pass's expert reads serve, and are charged to, every row
+            step = self.offload.take()
+            for row in rows:
+                row.offload = step if row.offload is None else row.offload.add(step)
         return out.logits[:, -1, :].float()
 
     def _record_experts(self, router_logits: Any, step_mask: torch.Tensor, rows: list[_Row]) -> None:
@@ -221,6 +230,8 @@ class Engine:
         load = None
         if self.moe is not None and row.experts is not None:
             load = expert_load_payload(row.experts, row.routed_tokens, self.moe)
+            if row.offload is not None:
+                load["offload"] = row.offload.payload(row.routed_tokens)
         now = time.perf_counter()
         job.done = True
         job.sink.finish(Finished(reason, len(job.prompt_ids), row.generated,

@@ -2,7 +2,8 @@
 
 Requests, tokens, time to first token, decode speed, batch sizes, running rows and joins, queues (depth,
 waits, rejections), the model pool (loaded models, bytes,
-load/unload/switch times) and, for MoE models, tokens routed to each expert of each layer.
+load/unload/switch times) and, for MoE models, tokens routed to each expert of each layer and, when
+the experts are offloaded, the expert cache's hits, misses, prefetch hits and bytes read from disk.
 """
 
 from __future__ import annotations
@@ -43,6 +44,27 @@ class ServingMetrics:
         self._queue_metrics(r)
         self.expert_tokens = Counter(f"{PREFIX}_expert_tokens", "Tokens routed to each expert (MoE models)",
                                      ["model", "layer", "expert"], registry=r)
+        self._offload_metrics(r)
+
+    def _offload_metrics(self, r: CollectorRegistry) -> None:
+        def counter(name: str, text: str) -> Counter:
+            return Counter(f"{PREFIX}_expert_cache_{name}", text, ["model"], registry=r)
+
+        self.expert_hits = counter("hits", "Experts a forward pass found resident (offloaded MoE models)")
+        self.expert_misses = counter("misses", "Experts read from disk on demand")
+        self.expert_prefetch_hits = counter("prefetch_hits", "Experts in memory because a prefetch read them")
+        self.expert_prefetches = counter("prefetches", "Experts read ahead of need (predict policy)")
+        self.expert_bytes_loaded = counter("bytes_loaded", "Bytes of experts read from disk (on demand and "
+                                           "prefetched)")
+
+    def record_offload(self, model: str, delta: Any) -> None:
+        """Account one forward pass of an offloaded model (an ``OffloadStats`` delta)."""
+        for metric, value in ((self.expert_hits, delta.hits), (self.expert_misses, delta.misses),
+                              (self.expert_prefetch_hits, delta.prefetch_hits),
+                              (self.expert_prefetches, delta.prefetches),
+                              (self.expert_bytes_loaded, delta.bytes_loaded)):
+            if value > 0:  # a pass cut short by an error settles its prefetches in the next one
+                metric.labels(model).inc(value)
 
     def _pool_metrics(self, r: CollectorRegistry) -> None:
         self.loaded_models = Gauge(f"{PREFIX}_loaded_models", "Models held in memory", registry=r)

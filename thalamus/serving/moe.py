@@ -50,6 +50,12 @@ def _router_recorder(model: Any) -> tuple[type, int] | None:
     return None
 
 
+def router_logits_index(model: Any) -> int:
+    """Where the logits sit in a router's output tuple (0 when the router returns them alone)."""
+    found = _router_recorder(model)
+    return found[1] if found else 0
+
+
 def router_modules(model: Any) -> list[Any]:
     """The router (gate) modules of every MoE layer, in layer order."""
     found = _router_recorder(model)

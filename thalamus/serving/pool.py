@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from thalamus.serving.batching import BatchWorker
-from thalamus.serving.config import ModelSpec, ServingConfig
+from thalamus.serving.config import ModelSpec, OffloadSpec, ServingConfig, routing_of
 from thalamus.serving.engine import Engine
 from thalamus.serving.jobqueue import WorkerHooks
 from thalamus.serving.metrics import ServingMetrics
-from thalamus.serving.models import prepare_smollm2
+from thalamus.serving.models import models_dir, prepare_smollm2
 from thalamus.serving.moe import moe_info
+from thalamus.serving.offload import ExpertOffload, attach_offload, store_folder
 from thalamus.serving.protocol import BusyError, ServingError
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -44,6 +45,7 @@ class LoadedModel:
     bytes: int
     last_used: float = field(default_factory=time.monotonic)
     in_use: int = 0
+    offload: ExpertOffload | None = None
 
 
 @dataclass
@@ -63,7 +65,7 @@ class LoadStats:
         return self.total_s / self.loads if self.loads else None
 
 
-def _safetensors_numels(path: Path) -> list[tuple[int, str]]:
+def _safetensors_numels(path: Path) -> list[tuple[int, str, str]]:
     with path.open("rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(size))
@@ -73,21 +75,36 @@ def _safetensors_numels(path: Path) -> list[tuple[int, str]]:
             numel = 1
             for dim in info["shape"]:
                 numel *= int(dim)
-            out.append((numel, info["dtype"]))
+            out.append((numel, info["dtype"], name))
     return out
 
 
-def estimate_bytes(folder: Path, dtype: str) -> int:
-    """Bytes the weights in ``folder`` take once loaded as ``dtype`` ("auto": as stored)."""
+def _is_routed_expert(name: str) -> bool:
+    """``...mlp.experts.3.w1.weight`` or fused ``...mlp.experts.gate_up_proj``; not ``shared_expert``."""
+    return "experts" in name.split(".")
+
+
+def estimate_bytes(folder: Path, dtype: str, offload: OffloadSpec | None = None) -> int:
+    """Bytes the weights in ``folder`` take once loaded as ``dtype`` ("auto": as stored).
+
+    With ``offload``, routed experts count only for the ``experts_resident`` of each layer kept in memory.
+    """
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return sum(p.stat().st_size for p in folder.glob("*.bin"))
-    total = 0
+    dense = experts = 0
     for file in files:
-        for numel, stored in _safetensors_numels(file):
+        for numel, stored, name in _safetensors_numels(file):
             width = _DTYPE_BYTES.get(dtype, 0) if stored in ("F32", "F16", "BF16") else 0
-            total += numel * (width or _DTYPE_BYTES.get(stored, 4))
-    return total
+            size = numel * (width or _DTYPE_BYTES.get(stored, 4))
+            if _is_routed_expert(name):
+                experts += size
+            else:
+                dense += size
+    routing = routing_of(folder) if offload is not None else None
+    if offload is None or routing is None:
+        return dense + experts
+    return dense + experts * offload.experts_resident // routing[1]
 
 
 class _NoRoom(Exception):
@@ -168,7 +185,7 @@ class ModelPool:
     async def _load(self, spec: ModelSpec) -> None:
         started = time.perf_counter()
         folder = await asyncio.to_thread(self._folder, spec)
-        need = await asyncio.to_thread(estimate_bytes, folder, spec.dtype)
+        need = await asyncio.to_thread(estimate_bytes, folder, spec.dtype, spec.offload)
         evicted = await self._make_room(spec.name, need)
         try:
             model = await asyncio.to_thread(self._build, spec, folder)
@@ -216,6 +233,8 @@ class ModelPool:
         model = self.loaded.pop(name)
         await asyncio.to_thread(model.worker.stop)
         model.engine.close()
+        if model.offload is not None:
+            model.offload.close()
         del model
         gc.collect()
         self.metrics.unload_seconds.labels(name).observe(time.perf_counter() - started)
@@ -228,16 +247,28 @@ class ModelPool:
 
         dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        offload = self._offload(spec, model, folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         context = spec.context_length or getattr(model.config, "max_position_embeddings", None) \
             or tokenizer.model_max_length
         engine = Engine(model, tokenizer, int(context), moe_info(model))
         size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        size += offload.resident_bytes() if offload is not None else 0
         config = self.config
         worker = BatchWorker(engine, spec.name, config.batch_window_ms / 1000 if config.batching else 0.0,
                              config.max_batch_size if config.batching else 1, mode=config.batch_mode,
                              queue_timeout_s=config.queue_timeout_s, hooks=self._hooks(spec.name))
-        return LoadedModel(spec, tokenizer, engine, worker, int(context), size)
+        return LoadedModel(spec, tokenizer, engine, worker, int(context), size, offload=offload)
+
+    def _offload(self, spec: ModelSpec, model: Any, folder: Path) -> ExpertOffload | None:
+        """Move the routed experts to the on-disk store (written once per checkpoint) when configured."""
+        if spec.offload is None:
+            return None
+        root = models_dir(self.cache_dir) / "offload"
+        offload = attach_offload(model, spec.name, spec.offload.experts_resident, spec.offload.policy,
+                                 store_folder(root, spec.name, folder, spec.dtype))
+        offload.on_pass = lambda delta: self.metrics.record_offload(spec.name, delta)
+        return offload
 
     def _hooks(self, name: str) -> WorkerHooks:
         m = self.metrics
