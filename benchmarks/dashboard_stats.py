@@ -130,8 +130,9 @@ def bench(url: str, name: str, rows: list[tuple[Any, ...]], fb: list[tuple[Any, 
     (load_postgres if name == "postgresql" else load_sqlite)(ledger, rows, fb)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    assert ledger.migrate() == 5
+    assert ledger.migrate(5) == 5
     backfill_s = time.perf_counter() - t0
+    ledger.migrate()  # the later migrations only add columns and tables
     if name == "postgresql":
         with ledger.engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
