@@ -34,12 +34,12 @@ from thalamus.gateway.ledger_rollup import (
     rollup_hourly,
     rollup_hourly_router,
 )
-from thalamus.gateway.stats_sql import Filters, fell_back, floor_div, is_error, latency_bucket, total
+from thalamus.gateway.stats_sql import Filters, fell_back, floor_div, is_error, latency_bucket, no_index, total
 
 c = requests.c
 FLOAT_COLUMNS = frozenset({"spend_usd", "counterfactual_spend_usd", "score_sum", "score_sq", "total_ms_sum",
                            "pq_sum"})
-RAW_COLUMNS = {"model": c.chosen_model, "key": c.api_key_id}
+RAW_COLUMNS: dict[str, ColumnElement[Any]] = {"model": c.chosen_model, "key": no_index(c.api_key_id)}
 ROLLUP_COLUMNS = {"model": "chosen_model", "key": "api_key_id"}
 
 
@@ -211,14 +211,18 @@ def _raw(conn: Connection, f: Filters, ranges: Sequence[tuple[float | None, floa
         for m in metrics:
             if int(rec[f"b_{m}"]) >= 0:
                 acc.count(m, int(rec[f"b_{m}"]), int(rec["requests"]))
-    fb = sa.select(*groups, sa.func.count(feedback.c.score).label("feedback_n"),
-                   total(feedback.c.score).label("score_sum"),
-                   total(feedback.c.score * feedback.c.score).label("score_sq")).select_from(
-        feedback.join(requests, requests.c.id == feedback.c.request_id)).where(*where)
-    for rec in conn.execute(fb.group_by(*groups) if groups else fb).mappings():
-        acc = acc_of(out, tuple(float(rec[n]) if n == "ts" else rec[n] for n in by))
-        for name in FEEDBACK_COLUMNS:
-            acc.add(name, rec[name])
+    base = [*Filters(None, None, f.router, f.key, f.model).where()]
+    # the feedback join one range at a time: with an OR of ranges SQLite's planner scans all of feedback
+    # and looks each request up (1.2 s at 200,000 feedback rows) instead of starting from the time index
+    for one in ranges:
+        fb = sa.select(*groups, sa.func.count(feedback.c.score).label("feedback_n"),
+                       total(feedback.c.score).label("score_sum"),
+                       total(feedback.c.score * feedback.c.score).label("score_sq")).select_from(
+            feedback.join(requests, requests.c.id == feedback.c.request_id)).where(*base, raw_ranges([one]))
+        for rec in conn.execute(fb.group_by(*groups) if groups else fb).mappings():
+            acc = acc_of(out, tuple(float(rec[n]) if n == "ts" else rec[n] for n in by))
+            for name in FEEDBACK_COLUMNS:
+                acc.add(name, rec[name])
     return out
 
 
