@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from thalamus.gateway.ledger import requests
-from thalamus.gateway.stats_router import SAMPLE, _grouped, _point
+from thalamus.gateway.stats_router import POINTS_ROWS, SAMPLE, _grouped, _point
 from thalamus.gateway.stats_sql import Filters
 
 c = requests.c
@@ -33,11 +33,11 @@ def _candidates(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _predicted(conn: Connection, where: list[ColumnElement[bool]], picks: dict[str, ColumnElement[Any]]
+def _predicted(conn: Connection, src: Any, where: list[ColumnElement[bool]], picks: dict[str, ColumnElement[Any]]
                ) -> dict[str, Any]:
     """Mean predicted quality and cost of each pick column over the newest SAMPLE rows matching ``where``."""
-    query = (sa.select(c.candidates, *(col.label(name) for name, col in picks.items())).where(*where)
-             .order_by(c.created_at.desc()).limit(SAMPLE))
+    query = (sa.select(src.c.candidates, *(col.label(name) for name, col in picks.items())).where(*where)
+             .order_by(src.c.created_at.desc()).limit(SAMPLE))
     sums = {name: {"quality": [0.0, 0], "cost": [0.0, 0]} for name in picks}
     rows = 0
     for rec in conn.execute(query).mappings():
@@ -57,47 +57,57 @@ def _predicted(conn: Connection, where: list[ColumnElement[bool]], picks: dict[s
     return out
 
 
-def _shadow(conn: Connection, f: Filters, router: str, version: str, n: int, agree: int) -> dict[str, Any]:
-    where = [*f.where(), c.router == router, c.shadow_version == version]
-    predicted = _predicted(conn, where, {"serving": c.chosen_model, "candidate": c.shadow_model})
+def _shadow(conn: Connection, src: Any, router: str, version: str, n: int, agree: int) -> dict[str, Any]:
+    s = src.c
+    predicted = _predicted(conn, src, [s.router == router, s.shadow_version == version],
+                           {"serving": s.chosen_model, "candidate": s.shadow_model})
     return {"version": version, "requests": n, "agreement": agree / n if n else None, "agree": agree} | predicted
 
 
-def _shadows(conn: Connection, f: Filters) -> dict[str, list[dict[str, Any]]]:
-    same = sa.case((c.shadow_model == c.chosen_model, 1), else_=0)
-    query = (sa.select(c.router, c.shadow_version, sa.func.count().label("n"),
+def _shadows(conn: Connection, src: Any) -> dict[str, list[dict[str, Any]]]:
+    s = src.c
+    same = sa.case((s.shadow_model == s.chosen_model, 1), else_=0)
+    query = (sa.select(s.router, s.shadow_version, sa.func.count().label("n"),
                        sa.func.coalesce(sa.func.sum(same), 0).label("agree"))
-             .where(*f.where(), c.router.is_not(None), c.shadow_version.is_not(None))
-             .group_by(c.router, c.shadow_version).order_by(c.router, c.shadow_version))
+             .where(s.shadow_version.is_not(None))
+             .group_by(s.router, s.shadow_version).order_by(s.router, s.shadow_version))
     out: dict[str, list[dict[str, Any]]] = {}
     for rec in conn.execute(query).all():
         out.setdefault(str(rec.router), []).append(
-            _shadow(conn, f, str(rec.router), str(rec.shadow_version), int(rec.n), int(rec.agree)))
+            _shadow(conn, src, str(rec.router), str(rec.shadow_version), int(rec.n), int(rec.agree)))
     return out
 
 
-def _canaries(conn: Connection, f: Filters) -> dict[str, dict[str, Any]]:
+def _canaries(conn: Connection, src: Any) -> dict[str, dict[str, Any]]:
     """Per router with canary rows in the range: its canary and serving arms (by deciding version)."""
-    arm_rows = [*f.where(), c.router.is_not(None), c.shadow_version.is_(None), c.rollout.in_(("canary", "serving"))]
-    groups = _grouped(conn, [c.router.label("router"), c.rollout.label("rollout"),
-                             c.artifact_version.label("version")], arm_rows)
+    s = src.c
+    arm_rows = [s.shadow_version.is_(None), s.rollout.in_(("canary", "serving"))]
+    groups = _grouped(conn, [s.router.label("router"), s.rollout.label("rollout"),
+                             s.artifact_version.label("version")], arm_rows, src)
     out: dict[str, dict[str, Any]] = {}
     for router in sorted({str(r) for (r, arm, _) in groups if arm == "canary"}):
         arms: dict[str, Any] = {}
         for (r, arm, version), sums in sorted(groups.items(), key=lambda kv: str(kv[0])):
             if r != router:
                 continue
-            where = [*arm_rows, c.router == router, c.rollout == arm, c.artifact_version == version]
-            predicted = _predicted(conn, where, {"chosen": c.chosen_model})
+            where = [*arm_rows, s.router == router, s.rollout == arm, s.artifact_version == version]
+            predicted = _predicted(conn, src, where, {"chosen": s.chosen_model})
             arms.setdefault(str(arm), []).append({"version": version} | _point(sums) | predicted)
         out[router] = arms
     return out
 
 
-def rollout_compare(engine: Engine, f: Filters) -> list[dict[str, Any]]:
-    """Per router with shadow or canary rows in the range: ``shadow`` (one entry per candidate version)
-    and ``canary`` ({"canary": [arm per version], "serving": [...]}, None without canary rows)."""
+_COLUMNS = ("id", "created_at", "router", "chosen_model", "shadow_model", "shadow_version", "rollout",
+            "artifact_version", "candidates", "status", "cost_usd", "predicted_quality", "total_ms")
+
+
+def rollout_compare(engine: Engine, f: Filters, limit: int = POINTS_ROWS) -> list[dict[str, Any]]:
+    """Per router with shadow or canary rows among the newest ``limit`` routed requests of the range (a
+    bounded read, as the router points): ``shadow`` (one entry per candidate version) and ``canary``
+    ({"canary": [arm per version], "serving": [...]}, None without canary rows)."""
+    newest = (sa.select(*(c[n] for n in _COLUMNS)).where(*f.where(), c.router.is_not(None))
+              .order_by(c.created_at.desc()).limit(limit).subquery())
     with engine.connect() as conn:
-        shadows, canaries = _shadows(conn, f), _canaries(conn, f)
+        shadows, canaries = _shadows(conn, newest), _canaries(conn, newest)
     return [{"router": r, "shadow": shadows.get(r, []), "canary": canaries.get(r)}
             for r in sorted(set(shadows) | set(canaries))]
