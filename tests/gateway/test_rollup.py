@@ -118,6 +118,10 @@ def test_rollups_answer_what_raw_rows_answer(db_url: str) -> None:  # noqa: F811
         for by in ("model", "key"):
             got, want = stats.grouped(ledger.engine, f, by), stats.grouped(ledger.engine, f, by, use_rollup=False)
             same(sorted(got, key=lambda x: str(x[by])), sorted(want, key=lambda x: str(x[by])), f"{by} {f}")
+        menus = stats.filter_options(ledger.engine, f)  # the menus: rollup key columns + raw ends
+        assert menus == stats.filter_options(ledger.engine, f, use_rollup=False), str(f)
+    full = stats.filter_options(ledger.engine, Filters())
+    assert full["routers"] and full["keys"] and len(full["models"]) > 1
     ledger.close()
 
 

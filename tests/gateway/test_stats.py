@@ -169,6 +169,15 @@ def test_models_keys_and_calibration(filled: tuple[Ledger, list[LedgerRow], list
         inside = [(p, s) for p, s in pairs if min(int(p * 5), 4) == b["bin"]]
         assert b["n"] == len(inside) and b["lo"] <= b["predicted"] <= b["hi"]
         assert b["observed"] == pytest.approx(np.mean([s for _, s in inside]))
+    # bounded: the feedback of the newest scored requests only, at most `limit` entries
+    created = {r.id: r.created_at for r in rows}
+    newest = sorted([(rid, s) for rid, s in scored if pq[rid] is not None],
+                    key=lambda x: -created[x[0]])
+    edge = created[newest[len(newest) // 3][0]]  # cut between requests, not inside one's feedback entries
+    limit = sum(1 for rid, _ in newest if created[rid] > edge)
+    cut = stats.calibration(ledger.engine, Filters(), bins=5, limit=limit)
+    assert sum(b["n"] for b in cut) == limit
+    assert sum(b["n"] * b["observed"] for b in cut) == pytest.approx(sum(s for _, s in newest[:limit]))
 
 
 def test_recent_and_one_request_carry_the_decision(filled: tuple[Ledger, list[LedgerRow], list[tuple[str, float]]]

@@ -22,6 +22,11 @@ def test_train_writes_a_loadable_artifact_with_its_provenance(data_dir: Path, tm
     assert result.params["k"] == 15 and result.params["seed"] == 3 and len(result.version) == 12
     info = json.loads((tmp_path / "knn" / "training.json").read_text())
     assert info["rows"] == ds.n_prompts and info["params"]["weighting"] == "uniform"
+    curve = json.loads((tmp_path / "knn" / "pareto.json").read_text())  # the dashboard's offline curve
+    assert curve["split"] == "train" and curve["n"] == ds.n_prompts and curve["models"] == ds.models
+    frontier = curve["frontier"]
+    assert 1 <= len(frontier["cost"]) == len(frontier["quality"]) <= len(curve["points"])
+    assert frontier["cost"] == sorted(frontier["cost"]) and frontier["quality"] == sorted(frontier["quality"])
     loaded = Router.load(tmp_path / "knn")
     np.testing.assert_array_equal(loaded.predict_quality(ds.texts[:5]), result.router.predict_quality(ds.texts[:5]))
 

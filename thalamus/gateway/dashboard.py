@@ -89,14 +89,15 @@ def install_dashboard(app: FastAPI) -> None:
 def snapshot_data(engine: Engine, since: float | None = None, until: float | None = None,
                   bucket: str = "minute") -> dict[str, Any]:
     """What the page shows, computed now: the same JSON the stats API answers."""
-    from thalamus.gateway import stats, stats_rows
+    from thalamus.gateway import stats, stats_rollout, stats_router, stats_rows
     from thalamus.gateway.stats_sql import Filters
 
     f = Filters(since=since, until=until)
     return {"overview": stats.overview(engine, f), "series": stats.timeseries(engine, f, bucket),
             "models": stats.grouped(engine, f, "model"), "keys": stats.grouped(engine, f, "key"),
             "recent": stats_rows.recent(engine, f, 200), "calibration": stats.calibration(engine, f),
-            "options": stats.filter_options(engine, f)}
+            "options": stats.filter_options(engine, f), "routers": stats_router.router_points(engine, f),
+            "rollout": [r | {"live": None} for r in stats_rollout.rollout_compare(engine, f)]}
 
 
 def snapshot_html(data: dict[str, Any], title: str = "Thalamus dashboard (snapshot)") -> str:

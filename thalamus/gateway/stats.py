@@ -17,8 +17,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from thalamus.gateway.ledger import feedback, requests
-from thalamus.gateway.ledger_rollup import FEEDBACK_COLUMNS, HOUR_S, METRICS, SUM_COLUMNS
-from thalamus.gateway.stats_rollup import Acc, Groups, Level, collect
+from thalamus.gateway.ledger_rollup import (
+    FEEDBACK_COLUMNS,
+    HOUR_S,
+    METRICS,
+    SUM_COLUMNS,
+    key_decode,
+    key_value,
+    rollup_hourly,
+    rollup_hourly_router,
+)
+from thalamus.gateway.stats_rollup import EMPTY, Acc, Groups, Level, collect, raw_ranges, split
 from thalamus.gateway.stats_sql import PERCENTILES, Filters, floor_div, percentile
 
 Bucket = Literal["minute", "hour", "day"]
@@ -60,7 +69,7 @@ def overview(engine: Engine, f: Filters, use_rollup: bool = True) -> dict[str, A
     reads raw rows only (the reference the rollup-backed answer is tested against)."""
     with engine.connect() as conn:
         (groups,) = collect(conn, f, [Level(())], use_rollup=use_rollup)
-    acc = groups.get((), Acc())
+    acc = groups.get((), EMPTY)
     out = _shape(acc.sums) | _acc_score(acc)
     out["latency_ms"] = {m: _percentiles(acc.hist[m]) for m in METRICS}
     out["filters"] = f.as_dict()
@@ -95,7 +104,7 @@ def timeseries(engine: Engine, f: Filters, bucket: str = "hour", now: float | No
     with engine.connect() as conn:
         per_model, per_ts = collect(conn, fr, SERIES_LEVELS, width, use_rollup and width % HOUR_S == 0)
     return {"bucket": bucket, "width_s": width, "filters": fr.as_dict(),
-            "points": [_point(s, per_ts.get((float(s),), Acc())) for s in starts],
+            "points": [_point(s, per_ts.get((float(s),), EMPTY)) for s in starts],
             "models": _model_series(starts, per_model)}
 
 
@@ -115,7 +124,7 @@ def _model_series(starts: list[float], per_model: Groups) -> dict[str, Any]:
     for name in names:
         points = []
         for s in starts:
-            acc = per_model.get((float(s), name), Acc())
+            acc = per_model.get((float(s), name), EMPTY)
             n = int(acc.sums["requests"])
             points.append({"t": s, "requests": n, "share": n / totals[s] if totals.get(s) else 0.0,
                            "spend_usd": float(acc.sums["spend_usd"])} | _acc_score(acc))
@@ -141,28 +150,53 @@ def grouped(engine: Engine, f: Filters, by: Literal["model", "key"], use_rollup:
     return sorted(out, key=lambda x: (-x["spend_usd"], -x["requests"], str(x[by])))
 
 
-def calibration(engine: Engine, f: Filters, bins: int = 10) -> list[dict[str, Any]]:
-    """Predicted quality of the answering model vs the feedback it got, in equal-width bins of [0, 1]."""
+CALIBRATION_FEEDBACK = 5_000  # feedback entries a calibration reads: ten bins need hundreds each, not millions
+
+
+def calibration(engine: Engine, f: Filters, bins: int = 10, limit: int = CALIBRATION_FEEDBACK
+                ) -> list[dict[str, Any]]:
+    """Predicted quality of the answering model vs the feedback it got, in equal-width bins of [0, 1],
+    over the feedback of the newest scored requests of the range, at most ``limit`` entries: a bounded
+    read (newest first by ``ix_requests_created_at``, stopping at the limit) where all of them would
+    join every scored row of the range."""
     pq = c.predicted_quality
-    b = sa.case((pq >= 1.0, bins - 1), else_=floor_div(pq, 1.0 / bins)).label("bin")
-    query = (sa.select(b, sa.func.count().label("n"), sa.func.avg(pq).label("predicted"),
-                       sa.func.avg(feedback.c.score).label("observed"))
-             .select_from(feedback.join(requests, requests.c.id == feedback.c.request_id))
-             .where(*f.where(), pq.is_not(None), pq >= 0, pq <= 1).group_by(b).order_by(b))
+    newest = (sa.select(pq.label("pq"), feedback.c.score.label("score"))
+              .select_from(feedback.join(requests, requests.c.id == feedback.c.request_id))
+              .where(*f.where(), pq.is_not(None), pq >= 0, pq <= 1)
+              .order_by(c.created_at.desc()).limit(limit).subquery())
+    b = sa.case((newest.c.pq >= 1.0, bins - 1), else_=floor_div(newest.c.pq, 1.0 / bins)).label("bin")
+    query = (sa.select(b, sa.func.count().label("n"), sa.func.avg(newest.c.pq).label("predicted"),
+                       sa.func.avg(newest.c.score).label("observed")).group_by(b).order_by(b))
     with engine.connect() as conn:
         return [{"bin": int(r.bin), "lo": int(r.bin) / bins, "hi": (int(r.bin) + 1) / bins, "n": int(r.n),
                  "predicted": float(r.predicted), "observed": float(r.observed)} for r in conn.execute(query)]
 
 
-def filter_options(engine: Engine, f: Filters) -> dict[str, list[str]]:
-    """The routers, keys and models present in the time range (for the page's filter menus)."""
-    window = Filters(f.since, f.until)
-    out: dict[str, list[str]] = {}
+MENU_LIMIT = 500
+_MENUS = (("routers", "router", c.router), ("keys", "api_key_id", c.api_key_id), ("models", "chosen_model",
+                                                                                   c.chosen_model))
+
+
+def filter_options(engine: Engine, f: Filters, use_rollup: bool = True) -> dict[str, list[str]]:
+    """The routers, keys and models present in the time range (for the page's filter menus): whole hours
+    from the rollups' key columns, the partial hours at the ends from raw rows (as ``collect`` splits)."""
+    parts = split(f.since, f.until, use_rollup)
+    found: dict[str, set[str]] = {name: set() for name, _, _ in _MENUS}
     with engine.connect() as conn:
-        for name, col in (("routers", c.router), ("keys", c.api_key_id), ("models", c.chosen_model)):
-            query = sa.select(col).where(*window.where(), col.is_not(None)).distinct().order_by(col).limit(500)
-            out[name] = [str(v) for v in conn.execute(query).scalars()]
-    return out
+        for name, column, raw_col in _MENUS:
+            if parts.hours is not None:
+                table = rollup_hourly if column == "api_key_id" else rollup_hourly_router
+                t = table.c
+                lo, hi = parts.hours
+                where = [t[column] != key_value(None)] + ([t.hour >= lo] if lo is not None else []) + (
+                    [t.hour < hi] if hi is not None else [])
+                query = sa.select(t[column]).where(*where).distinct().limit(MENU_LIMIT)
+                found[name] |= {str(key_decode(v)) for v in conn.execute(query).scalars()}
+            if parts.raw:
+                query = (sa.select(raw_col).where(raw_ranges(parts.raw), raw_col.is_not(None)).distinct()
+                         .limit(MENU_LIMIT))
+                found[name] |= {str(v) for v in conn.execute(query).scalars()}
+    return {name: sorted(values)[:MENU_LIMIT] for name, values in found.items()}
 
 
 def _num(value: Any) -> float | None:

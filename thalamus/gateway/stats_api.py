@@ -18,8 +18,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
-from thalamus.gateway import stats, stats_rows
+from thalamus.gateway import stats, stats_rollout, stats_router, stats_rows
 from thalamus.gateway.protocol import RequestError
+from thalamus.gateway.router_curves import live_rollouts, serving_curves
 from thalamus.gateway.stats_sql import Filters
 
 
@@ -106,6 +107,30 @@ async def filter_options(request: Request) -> JSONResponse:
     return JSONResponse(await _run(stats.filter_options, guard(request), filters(request)))
 
 
+async def routers(request: Request) -> JSONResponse:
+    """Realized points per router (and knob value), with the serving artifact's offline curve if any."""
+    engine, f = guard(request), filters(request)
+    service = getattr(request.app.state, "service", None)
+    points = await _run(stats_router.router_points, engine, f)
+    curves = await asyncio.to_thread(serving_curves, service)
+    by_name = {p["router"]: p for p in points}
+    for name in curves:
+        if f.router is None or name == f.router:
+            by_name.setdefault(name, {"router": name, "all": None, "knobs": []})
+    return JSONResponse({"data": [by_name[n] | curves.get(n, {"curve": None}) for n in sorted(by_name)]})
+
+
+async def rollout(request: Request) -> JSONResponse:
+    """Serving vs candidate per router with shadow or canary rows in the range, plus the live state."""
+    engine, f = guard(request), filters(request)
+    rows = {r["router"]: r for r in await _run(stats_rollout.rollout_compare, engine, f)}
+    live = live_rollouts(getattr(request.app.state, "service", None))
+    for name in live:
+        if f.router is None or name == f.router:
+            rows.setdefault(name, {"router": name, "shadow": [], "canary": None})
+    return JSONResponse({"data": [rows[n] | {"live": live.get(n)} for n in sorted(rows)]})
+
+
 async def recent(request: Request) -> JSONResponse:
     engine, f = guard(request), filters(request)
     limit = _int(request, "limit", 50)
@@ -125,6 +150,7 @@ async def one_request(request: Request) -> JSONResponse:
 ROUTES: dict[str, Callable[[Request], Any]] = {
     "/api/stats/overview": overview, "/api/stats/timeseries": timeseries, "/api/stats/models": models,
     "/api/stats/keys": keys, "/api/stats/calibration": calibration, "/api/stats/filters": filter_options,
+    "/api/stats/routers": routers, "/api/stats/rollout": rollout,
     "/api/requests": recent, "/api/requests/{request_id}": one_request,
 }
 

@@ -49,6 +49,31 @@ def _floor_div_sqlite(element: floor_div, compiler: SQLCompiler, **kw: Any) -> s
     return f"CAST(({compiler.process(value, **kw)}) / ({compiler.process(divisor, **kw)}) AS INTEGER)"
 
 
+class no_index(FunctionElement[Any]):
+    """A column SQLite must not pick an index for: ``+col`` there (its documented hint), ``col`` elsewhere.
+
+    Grouping raw rows by ``api_key_id`` made SQLite's planner walk ``ix_requests_key_created`` (key, time)
+    over the whole table, or scan all of feedback, to save the GROUP BY sort, instead of starting from
+    the time range (1.3 s instead of 3 ms at 1,000,000 rows)."""
+
+    inherit_cache = True
+    name = "no_index"
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        super().__init__(column)
+        self.type = column.type  # the column's own type
+
+
+@compiles(no_index)
+def _no_index_default(element: no_index, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(next(iter(element.clauses)), **kw)
+
+
+@compiles(no_index, "sqlite")
+def _no_index_sqlite(element: no_index, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"+{compiler.process(next(iter(element.clauses)), **kw)}"
+
+
 def latency_bucket(column: ColumnElement[Any], bounds: Sequence[float] = LATENCY_BOUNDS_MS) -> ColumnElement[Any]:
     """Index of the bucket holding ``column``: k when bounds[k-1] <= value < bounds[k]."""
 

@@ -1,7 +1,8 @@
 """``train(router_name, params, dataset)``: embed once, optionally tune by CV, fit, save an artifact.
 
 The artifact directory holds the router's own files (router.json, arrays.npz, library
-files) plus ``training.json``: dataset, rows, parameters, tuning scores and fit time. The
+files) plus ``training.json``: dataset, rows, parameters, tuning scores and fit time, and
+``pareto.json``: the knob sweep on the training rows (``training.pareto``, for the dashboard). The
 artifact's content version (a hash over every file, ``training.json`` included) is returned in
 ``TrainResult``, so a served router can be traced back to its training.
 """
@@ -19,6 +20,7 @@ from thalamus.datasets.schema import RoutingDataset
 from thalamus.router.base import Router, artifact_version
 from thalamus.router.registry import get_router_class, make_router
 from thalamus.training.cv import TuneResult, tune
+from thalamus.training.pareto import offline_curve, write_curve
 
 TRAINING_FILE = "training.json"
 
@@ -79,5 +81,6 @@ def train(router_name: str, params: Mapping[str, Any], dataset: RoutingDataset, 
             "models": dataset.models, "params": router.get_params(), "fit_seconds": fit_seconds,
             "tuning": tuning.to_dict() if tuning else None}
     (directory / TRAINING_FILE).write_text(json.dumps(info, indent=1, default=str))
+    write_curve(directory, offline_curve(router, dataset, "train", X))
     return TrainResult(router, directory, router.get_params(), fit_seconds, artifact_version(directory),
                        tuning, info)

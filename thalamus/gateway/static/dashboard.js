@@ -46,12 +46,12 @@
     const s = q.toString();
     const ts = new URLSearchParams(q);
     ts.set("bucket", bucket);
-    const [overview, series, models, keys, recent, calibration, options] = await Promise.all([
+    const [overview, series, models, keys, recent, calibration, options, routers, rollout] = await Promise.all([
       api("/api/stats/overview?" + s), api("/api/stats/timeseries?" + ts), api("/api/stats/models?" + s),
       api("/api/stats/keys?" + s), api("/api/requests?limit=50&" + s), api("/api/stats/calibration?" + s),
-      api("/api/stats/filters?" + s)]);
+      api("/api/stats/filters?" + s), api("/api/stats/routers?" + s), api("/api/stats/rollout?" + s)]);
     return { overview, series, models: models.data, keys: keys.data, recent: recent.data,
-             calibration: calibration.data, options };
+             calibration: calibration.data, options, routers: routers.data, rollout: rollout.data };
   }
 
   function fillOptions(options) {
@@ -119,6 +119,59 @@
       OPTS);
   }
 
+  // the router panel: each router's realized (mean cost, mean feedback) per knob value over its offline curve
+  function routerChart(routers) {
+    const traces = [];
+    for (const r of routers || []) {
+      if (r.curve) {
+        const fr = r.curve.frontier;
+        traces.push({ name: `${r.router}: offline (${r.curve.split}, ${r.curve.dataset})`, x: fr.cost, y: fr.quality,
+                      type: "scatter", mode: "lines+markers", line: { dash: "dot" }, marker: { size: 4 } });
+      }
+      const pts = (r.knobs || []).filter((k) => k.mean_cost_usd != null && k.score_mean != null);
+      traces.push({ name: `${r.router}: realized`, x: pts.map((k) => k.mean_cost_usd), y: pts.map((k) => k.score_mean),
+                    text: pts.map((k) => `${k.kind} ${k.value}: n=${k.requests}, feedback ${k.feedback_n}`),
+                    error_y: { type: "data", array: pts.map((k) => 1.96 * (k.score_se || 0)) },
+                    type: "scatter", mode: "markers", marker: { size: 11, symbol: "diamond" } });
+    }
+    Plotly.react("chart-router", traces, LAYOUT("router: realized cost / quality vs offline curve", {
+      hovermode: "closest", margin: { l: 50, r: 10, t: 36, b: 70 }, legend: { orientation: "h", y: -0.35 },
+      xaxis: { type: "log", title: { text: "mean cost per request (USD)", standoff: 4 } },
+      yaxis: { range: [0, 1.05], title: { text: "quality (feedback / offline)" } } }), OPTS);
+  }
+
+  // serving vs candidate while a rollout runs (shadow: agreement, predictions; canary: realized numbers)
+  function rolloutTable(rows) {
+    const box = $("rollout");
+    box.hidden = !(rows && rows.length);
+    const lines = [];
+    for (const r of rows || []) {
+      const live = r.live ? `${r.live.mode}${r.live.mode === "canary" ? " " + pct(r.live.share) : ""}` : "ended";
+      for (const s of r.shadow) {
+        lines.push({ router: r.router, kind: "shadow", version: s.version, live, n: s.requests,
+                     agreement: s.agreement, sq: s.serving_predicted_quality, sc: s.serving_predicted_cost,
+                     cq: s.candidate_predicted_quality, cc: s.candidate_predicted_cost });
+      }
+      for (const arm of ["canary", "serving"]) {
+        for (const a of ((r.canary || {})[arm] || [])) {
+          lines.push({ router: r.router, kind: arm, version: a.version, live, n: a.requests,
+                       q: a.chosen_predicted_quality, c: a.chosen_predicted_cost, cost: a.mean_cost_usd,
+                       score: a.score_mean, fb: a.feedback_n, err: a.requests ? a.errors / a.requests : null });
+        }
+      }
+    }
+    table("table-rollout", [["router", (l) => esc(l.router)], ["traffic", (l) => esc(l.kind)],
+      ["version", (l) => esc(l.version)], ["now", (l) => esc(l.live)], ["requests", (l) => num(l.n)],
+      ["agreement", (l) => pct(l.agreement)],
+      ["predicted q (serving / candidate)", (l) => (l.kind === "shadow" ? `${num(l.sq, 3)} / ${num(l.cq, 3)}` : num(l.q, 3))],
+      ["predicted cost (serving / candidate)", (l) => (l.kind === "shadow" ? `${usd(l.sc)} / ${usd(l.cc)}` : usd(l.c))],
+      ["mean cost", (l) => usd(l.cost)], ["feedback", (l) => num(l.fb)], ["score", (l) => num(l.score, 3)],
+      ["errors", (l) => pct(l.err)]], lines,
+      (l) => `data-router="${esc(l.router)}" data-kind="${esc(l.kind)}" data-n="${l.n}"` +
+             (l.agreement != null ? ` data-agreement="${l.agreement}"` : "") +
+             (l.cost != null ? ` data-cost="${l.cost}"` : "") + (l.score != null ? ` data-score="${l.score}"` : ""));
+  }
+
   function table(id, cols, rows, attrs) {
     $(id).innerHTML = "<thead><tr>" + cols.map((c) => `<th>${c[0]}</th>`).join("") + "</tr></thead><tbody>" +
       rows.map((r) => `<tr ${attrs ? attrs(r) : ""}>` + cols.map((c) => `<td>${c[1](r)}</td>`).join("") + "</tr>")
@@ -176,6 +229,8 @@
     fillOptions(d.options);
     cards(d.overview);
     charts(d);
+    routerChart(d.routers);
+    rolloutTable(d.rollout);
     tables(d);
     state.loads += 1;
     state.ready = true;
