@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ import numpy as np
 
 
 def command(script: str, argv: list[str] | None) -> str:
-    return " ".join([".venv/bin/python", f"benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])
+    args = argv if argv is not None else sys.argv[1:]
+    return shlex.join([".venv/bin/python", f"benchmarks/{script}", *args])  # quoted, so it can be pasted
 
 
 def utc_now() -> str:

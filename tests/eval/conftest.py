@@ -44,4 +44,4 @@ def result_keys() -> set[str]:
             "best_single", "oracle", "dataset_oracle", "random", "cost_range", "zero_router_hull",
             "zero_router_aiq", "knob", "points", "two_model", "strong", "weak", "apgr", "cpt_50", "cpt_80",
             "pgr_curve", "hull", "quality_at_max", "cost_at_max", "aiq", "gap_closed",
-            "cost_saving_at_best_single", "quality_at_budget", "cost_metrics_skipped"}
+            "cost_saving_at_best_single", "quality_at_budget", "cost_metrics_skipped", "cost_estimated"}

@@ -74,12 +74,16 @@ def import_cmd(
     file: Annotated[Path, typer.Argument(help="A CSV / JSONL / Parquet file in the wide or long layout.")],
     out: Annotated[Path, typer.Option("--out", help="The Parquet file to write.")],
     name: Annotated[str | None, typer.Option("--name", help="Dataset name (default: file stem).")] = None,
+    cost_estimated: Annotated[bool, typer.Option(
+        "--cost-estimated", help="Flag the file's costs as estimated (from prices and token estimates), "
+        "not billed; a true `cost_estimated` column on any row does the same.")] = False,
 ) -> None:
     """Validate a user file and write it as a Thalamus dataset (atomically)."""
     from thalamus.datasets.user_format import import_file
 
-    ds = import_file(file, out, name)
-    Console().print(f"wrote {out}: {ds.n_prompts} prompts x {ds.n_models} models ({ds.name})")
+    ds = import_file(file, out, name, cost_estimated)
+    Console().print(f"wrote {out}: {ds.n_prompts} prompts x {ds.n_models} models ({ds.name}, "
+                    f"cost {'estimated' if ds.cost_estimated else 'observed'})")
 
 
 def register(app: typer.Typer) -> None:

@@ -140,6 +140,10 @@ def register(app: typer.Typer) -> None:
         for name in sorted({r["dataset"] for r in results if r.get("cost_metrics_skipped")}):
             console.print(f"{name}: no cost observed, so cost metrics (AIQ, cost saving, quality at budget) "
                           "are skipped; quality metrics only")
+        for name in sorted({r["dataset"] for r in results
+                            if r.get("cost_estimated") and not r.get("cost_metrics_skipped")}):
+            console.print(f"{name}: costs are estimated (prices x estimated tokens), not billed; "
+                          "the cost metrics rest on those estimates")
         if json_out:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(results, indent=1))

@@ -8,16 +8,23 @@ Wide: one row per prompt.
     quality:<model>   one column per model, a number in [0, 1]; empty / null = not observed
     cost:<model>      optional, USD per call, >= 0; empty = not observed
     output_tokens:<model>, response:<model>   optional
+    cost_estimated    optional, true / false (1 / 0; empty = false): this row's costs are estimates
 
 Long: one row per (prompt, model).
 
     prompt, model, quality      required
     cost, output_tokens, response, id, task, split     optional
+    cost_estimated    optional, true / false per row, as in the wide layout
 
 A table with both ``model`` and ``quality`` columns is long; one with ``quality:<model>``
 columns is wide. In the long layout a prompt is identified by ``id`` when given, else by its
 text; a repeated (prompt, model) pair is an error, and so are different task/split values for
 one prompt. Quality may also be written true/false (1/0). Other columns are ignored.
+
+Costs computed from prices and estimated token counts, rather than billed, are flagged: by a true
+``cost_estimated`` cell on any row, or for the whole file by ``cost_estimated=True``
+(``thalamus data import --cost-estimated``). The dataset's ``cost_estimated`` is then set, and
+``thalamus data info`` and ``thalamus eval`` say the costs are estimated.
 JSONL holds one JSON object per line with the same keys. A ``.parquet`` file written by
 Thalamus (``thalamus data import``) loads as is; any other Parquet file is read as a table.
 
@@ -151,6 +158,19 @@ def numbers(table: Table, column: str, field: str) -> np.ndarray:
     return out
 
 
+def flags(table: Table, column: str) -> bool:
+    """Whether any row of a true/false column is true (absent column: False); other values are errors."""
+    if column not in table.df.columns:
+        return False
+    found = False
+    for i, value in enumerate(table.df[column].tolist()):
+        num = _number(value)
+        if num is None or not (np.isnan(num) or num in (0.0, 1.0)):
+            raise table.fail(i, column, f"{value!r} is not true / false (or 1 / 0, or empty)")
+        found = found or num == 1.0
+    return found
+
+
 def texts(table: Table, column: str) -> list[str]:
     if column not in table.df.columns:
         return [""] * len(table.df)
@@ -214,7 +234,7 @@ def _wide(table: Table, name: str) -> RoutingDataset:
         name=name, prompts=frame, models=models,
         quality=quality if quality is not None else np.full((n, m), np.nan),
         cost=cost if cost is not None else np.full((n, m), np.nan),
-        output_tokens=matrix("output_tokens"), responses=responses,
+        output_tokens=matrix("output_tokens"), responses=responses, cost_estimated=flags(table, "cost_estimated"),
     )
 
 
@@ -267,7 +287,7 @@ def _long(table: Table, name: str) -> RoutingDataset:
     return RoutingDataset(
         name=name, prompts=frame, models=models, quality=quality,
         cost=cost if cost is not None else np.full(quality.shape, np.nan),
-        output_tokens=matrix("output_tokens"), responses=responses,
+        output_tokens=matrix("output_tokens"), responses=responses, cost_estimated=flags(table, "cost_estimated"),
     )
 
 
@@ -281,9 +301,17 @@ def detect_layout(table: Table) -> str:
                     f"'quality:<model>' columns (wide layout); found {sorted(columns)}")
 
 
-def read_user_file(path: str | Path, name: str | None = None) -> RoutingDataset:
-    """A user's CSV / JSONL / Parquet file as a RoutingDataset (see the module docstring)."""
-    path = Path(path)
+def read_user_file(path: str | Path, name: str | None = None, cost_estimated: bool = False) -> RoutingDataset:
+    """A user's CSV / JSONL / Parquet file as a RoutingDataset (see the module docstring).
+
+    ``cost_estimated=True`` flags the file's costs as estimated, whatever its rows say.
+    """
+    ds = _read_user_file(Path(path), name)
+    ds.cost_estimated = ds.cost_estimated or cost_estimated
+    return ds
+
+
+def _read_user_file(path: Path, name: str | None) -> RoutingDataset:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.suffix not in SUFFIXES:
@@ -302,9 +330,10 @@ def read_user_file(path: str | Path, name: str | None = None) -> RoutingDataset:
     return build(table, name or path.stem)
 
 
-def import_file(src: str | Path, out: str | Path, name: str | None = None) -> RoutingDataset:
+def import_file(src: str | Path, out: str | Path, name: str | None = None,
+                cost_estimated: bool = False) -> RoutingDataset:
     """Validate ``src`` fully, then write it to ``out`` atomically; on failure ``out`` is untouched."""
-    ds = read_user_file(src, name)
+    ds = read_user_file(src, name, cost_estimated)
     out = Path(out)
     try:
         ds.to_parquet(out)

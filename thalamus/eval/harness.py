@@ -120,7 +120,7 @@ def evaluate(router_name: str, dataset: str | Path | RoutingDataset, params: Map
     result: dict[str, Any] = {
         "router": router_name, "params": dict(params or {}), "dataset": ds.name,
         "source": ds.name if isinstance(dataset, RoutingDataset) else str(dataset), "seed": seed,
-        "embedder": embedder,
+        "embedder": embedder, "cost_estimated": ds.cost_estimated,
         "split": {"folds": folds, "test_size": None if folds else test_size, "n_train": n_train,
                   "n_test": sum(t.n_prompts for t in tests), "n_test_incomplete_dropped": n_dropped},
     }

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -159,16 +160,18 @@ async def readyz(request: Request) -> JSONResponse:
     service: GatewayService | None = getattr(request.app.state, "service", None)
     if service is None:
         return JSONResponse({"status": "starting"}, status_code=503)
-    status, details = await _ledger_state(request.app.state.ledger, service)
+    status, details = await _ledger_state(request.app.state.ledger, service,
+                                          getattr(request.app.state, "health_executor", None))
     body: dict[str, Any] = {"status": status}
     if not service.keys.enabled or service.keys.identify(request.headers.get("authorization")) is not None:
         body |= details | {"routers": sorted(service.routers), "backends": len(service.backends)}
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 
-async def _ledger_state(ledger: Ledger, service: GatewayService) -> tuple[str, dict[str, Any]]:
+async def _ledger_state(ledger: Ledger, service: GatewayService,
+                        executor: Executor | None) -> tuple[str, dict[str, Any]]:
     try:
-        await asyncio.to_thread(ledger.ping)
+        await asyncio.get_running_loop().run_in_executor(executor, ledger.ping)
     except Exception as exc:  # any database failure means not ready
         log.warning("readiness: ledger ping failed: %s", exc)
         return "ledger unavailable", {"error": type(exc).__name__}

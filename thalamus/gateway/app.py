@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,8 +86,6 @@ def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
 def start_batching(config: GatewayConfig, routers: list[Router]) -> list[BatchingEmbedder]:
     """Micro-batch the routers' embedders (server.embed_batch_ms; 0 disables). Routing threads then
     mostly wait on a shared batch, so the default executor gets enough of them to fill one."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from thalamus.router.batching import attach_batching
 
     if config.server.embed_batch_ms <= 0:
@@ -120,6 +119,9 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
         ledger, writer = open_ledger(config, settings)
         writer.start()
         app.state.ledger = ledger
+        # readiness pings the ledger on threads of its own: routing threads stuck in a slow
+        # embedding batch can fill the default executor, and /readyz must not queue behind them
+        app.state.health_executor = ThreadPoolExecutor(2, thread_name_prefix="health")
         owned = backends or make_backends(config.backends)
         hasher = PromptHasher(load_key(config.ledger.hash_key_env, (settings or Settings()).cache_dir
                                        / "prompt_hash.key"))
@@ -145,6 +147,7 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
                 await backend.aclose()
             await writer.close()
             ledger.close()
+            app.state.health_executor.shutdown(wait=False)
             for batcher in batchers:
                 batcher.close()
 

@@ -69,6 +69,7 @@ class LinearBanditRouter(Router):
             raise ConfigError(f"{self.name}: ridge must be > 0, got {self.ridge}")
         if self.wtp is not None and self.wtp <= 0:
             raise ConfigError(f"{self.name}: wtp must be > 0, got {self.wtp}")
+        self._check_exploration()
         emb = np.asarray(X, dtype=np.float64)
         self._fit_projection(emb)
         Z = self.context(emb)
@@ -87,6 +88,9 @@ class LinearBanditRouter(Router):
         self.A_inv_: np.ndarray = np.linalg.inv(A)
         self.wtp_: float = float(self.wtp) if self.wtp is not None else self.cost_scale_
         self.n_updates_: int = 0
+
+    def _check_exploration(self) -> None:
+        """The exploration parameters of the subclass; none here."""
 
     # -- online updates ------------------------------------------------------------------
     def partial_fit(self, feedback: Sequence[Feedback]) -> Self:
@@ -162,6 +166,10 @@ class LinUCBRouter(LinearBanditRouter):
         super().__init__(n_components=n_components, ridge=ridge, wtp=wtp, embedder=embedder, seed=seed)
         self.alpha = alpha
 
+    def _check_exploration(self) -> None:
+        if self.alpha < 0:
+            raise ConfigError(f"linucb: alpha must be >= 0, got {self.alpha}")
+
     def _explore(self, X: Features, mean_q: np.ndarray, cost: np.ndarray, width: np.ndarray,
                  knob: Knob) -> tuple[np.ndarray, Any]:
         return mean_q + self.alpha * width, lambda _index: 1.0
@@ -178,6 +186,12 @@ class ThompsonRouter(LinearBanditRouter):
         super().__init__(n_components=n_components, ridge=ridge, wtp=wtp, embedder=embedder, seed=seed)
         self.v = v
         self.n_prob_samples = n_prob_samples
+
+    def _check_exploration(self) -> None:
+        if self.v < 0:
+            raise ConfigError(f"thompson: v must be >= 0, got {self.v}")
+        if self.n_prob_samples < 1:
+            raise ConfigError(f"thompson: n_prob_samples must be >= 1, got {self.n_prob_samples}")
 
     def _rng(self, X: Features) -> np.random.Generator:
         digest = hashlib.sha1(np.asarray(X, dtype=np.float32).tobytes()).digest()

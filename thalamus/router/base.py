@@ -96,9 +96,9 @@ class Router:
     # -- fitting -------------------------------------------------------------------------
     def fit(self, dataset: RoutingDataset, features: Features | None = None) -> Self:
         """Learn from a dataset; ``features`` may be passed to reuse embeddings already computed."""
+        self._clear_fitted()  # a refit keeps nothing of the last fit, even one refused below
         if dataset.n_prompts == 0:
             raise DataError(f"{dataset.name}: cannot fit a router on an empty dataset")
-        self._clear_fitted()  # a refit with other parameters keeps nothing of the last fit
         try:
             self._init_fitted(dataset.models, dataset.cost)
             X = features if features is not None else self.features(dataset.texts)

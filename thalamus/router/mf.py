@@ -111,8 +111,18 @@ class MFRouter(Router):
         """Learn from pairwise votes; ``features`` are embeddings of ``preferences.votes.text``.
 
         Preference data carries no costs, so predicted cost is 0 for every model until the
-        router is refitted on outcomes; the knob then ranks by predicted quality alone.
+        router is refitted on outcomes; the knob then ranks by predicted quality alone. Like
+        ``fit``, a failure leaves the router unfitted and a refit keeps nothing of the last fit.
         """
+        self._clear_fitted()
+        try:
+            self._fit_preferences(preferences, features)
+        except BaseException:
+            self._clear_fitted()
+            raise
+        return self
+
+    def _fit_preferences(self, preferences: PreferenceDataset, features: Features | None) -> None:
         import torch
 
         self._check_params()
@@ -138,7 +148,6 @@ class MFRouter(Router):
         prior = np.full(len(self.models_), 0.5)
         self._train(emb.shape[1], len(self.models_), prior, loss_on,
                     np.flatnonzero(~held), np.flatnonzero(held))
-        return self
 
     def _train(
         self,

@@ -47,9 +47,15 @@ class XGBRouter(Router):
         self.reg_lambda = reg_lambda
         self.n_jobs = n_jobs
 
-    def _booster_params(self, binary: bool) -> dict[str, Any]:
+    def _check_params(self) -> None:
         if self.n_estimators < 1:
             raise ConfigError(f"xgb: n_estimators must be >= 1, got {self.n_estimators}")
+        if self.max_depth < 1:
+            raise ConfigError(f"xgb: max_depth must be >= 1, got {self.max_depth}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"xgb: learning_rate must be > 0, got {self.learning_rate}")
+
+    def _booster_params(self, binary: bool) -> dict[str, Any]:
         return {
             "objective": "binary:logistic" if binary else "reg:logistic",
             "max_depth": self.max_depth, "eta": self.learning_rate, "subsample": self.subsample,
@@ -61,6 +67,7 @@ class XGBRouter(Router):
     def _fit(self, X: Features, dataset: RoutingDataset) -> None:
         import xgboost as xgb
 
+        self._check_params()  # before any booster: a constant dataset trains none
         emb = np.asarray(X, dtype=np.float32)
         boosters: list[Any] = []
         kinds: list[str] = []
