@@ -206,7 +206,7 @@ def markdown(report: dict[str, Any]) -> str:
                   f"resident model's): {'met' if goal['met'] else 'NOT met'} (hit rate {goal['predict_hit']:.3f} "
                   f"vs {goal['lru_hit']:.3f}; speed {goal['predict_speed']:.0%} wall, "
                   f"{goal['predict_cpu_speed']:.0%} per CPU second). "
-                  "Plot: ![offloading](moe_offload.png)", ""]
+                  f"Plot: ![offloading]({report['plot']})", ""]
     return "\n".join(lines)
 
 
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     goal["met"] = goal["predict_hit"] > goal["lru_hit"] and goal["predict_speed"] >= 0.7
     report = {"when": utc_now(), "command": command("moe_offload.py", argv), "load": load_average(),
               "model": str(args.model) if args.model else "tiny random Mixtral (no --model)",
-              "prompts": args.prompts, "tokens": args.tokens, **measured, "goal": goal}
+              "prompts": args.prompts, "tokens": args.tokens, **measured, "goal": goal,
+              "plot": args.out.with_suffix(".png").name}
     plot(measured["rows"], args.out.with_suffix(".png"))
     write(args.out, report, markdown(report))
 
