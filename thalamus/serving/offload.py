@@ -24,8 +24,8 @@ its guesses improve.
 
 from __future__ import annotations
 
+import gc
 import hashlib
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thalamus.serving.expert_cache import LayerCache, OffloadStats, Tensors
-from thalamus.serving.moe import moe_info, router_logits_index, router_modules
+from thalamus.serving.moe import MoeInfo, moe_info, router_logits_index, router_modules
+from thalamus.serving.tensorfile import Planned, write_streamed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -110,20 +111,22 @@ def store_folder(root: Path, name: str, model_folder: Path, dtype: str) -> Path:
     return root / f"{name}-{digest.hexdigest()[:16]}"
 
 
-def write_store(layers: list[ExpertLayer], folder: Path) -> Path:
-    """Write every expert's slices once (atomically: a crash never leaves a half-written store)."""
-    from safetensors.torch import save_file
+def store_plan(layers: list[ExpertLayer]) -> list[Planned]:
+    """The store's tensors for a model whose fused expert tensors are loaded: views of its slices."""
+    def view(tensor: Any, expert: int) -> Callable[[], Any]:
+        return lambda: tensor[expert]
 
+    return [Planned(ExpertStore.key(i, p, e), tensor.dtype, tuple(tensor.shape[1:]), view(tensor, e))
+            for i, layer in enumerate(layers) for p in layer.params
+            for tensor in (getattr(layer.experts, p),) for e in range(tensor.shape[0])]
+
+
+def write_store(plan: list[Planned], folder: Path) -> Path:
+    """Write every expert's slices once, one at a time (atomically: a crash never leaves half a store)."""
     path = folder / STORE_FILE
-    if path.is_file():
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {ExpertStore.key(i, p, e): getattr(layer.experts, p)[e].detach().contiguous()
-               for i, layer in enumerate(layers) for p in layer.params
-               for e in range(getattr(layer.experts, p).shape[0])}
-    tmp = folder / f".{STORE_FILE}.{os.getpid()}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_streamed(path, plan)
     return path
 
 
@@ -267,10 +270,8 @@ def check_resident(name: str, resident: int, top_k: int, num_experts: int) -> No
                          f"top_k ({top_k}) and num_experts ({num_experts})")
 
 
-def attach_offload(model: Any, name: str, resident: int, policy: str, folder: Path) -> ExpertOffload:
-    """Offload ``model``'s routed experts to ``folder``/experts.safetensors, keeping ``resident`` per layer."""
-    import gc
-
+def moe_layers(model: Any, name: str, resident: int) -> tuple[MoeInfo, list[ExpertLayer]]:
+    """The model's routing and MoE layers; errors name the model when it cannot be offloaded."""
     info = moe_info(model)
     if info is None:
         raise ValueError(f"model {name!r}: offload is configured but the model has no MoE layers")
@@ -279,7 +280,12 @@ def attach_offload(model: Any, name: str, resident: int, policy: str, folder: Pa
     if not layers:
         raise ValueError(f"model {name!r}: offload needs experts stored as fused [num_experts, ...] "
                          f"parameters beside the router; {type(model).__name__} has none")
-    store = ExpertStore(write_store(layers, folder))
+    return info, layers
+
+
+def install_offload(model: Any, layers: list[ExpertLayer], store: ExpertStore, resident: int, policy: str,
+                    info: MoeInfo) -> ExpertOffload:
+    """Drop the fused expert tensors (loaded or still on the meta device) and route through the caches."""
     offload = ExpertOffload(model, layers, store, resident, policy, info.num_experts, info.top_k)
     for layer, cache in zip(layers, offload.caches, strict=True):
         for p in layer.params:
@@ -290,3 +296,10 @@ def attach_offload(model: Any, name: str, resident: int, policy: str, folder: Pa
     model.thalamus_offload = offload
     gc.collect()
     return offload
+
+
+def attach_offload(model: Any, name: str, resident: int, policy: str, folder: Path) -> ExpertOffload:
+    """Offload a loaded ``model``'s routed experts to ``folder``/experts.safetensors, keeping ``resident``."""
+    info, layers = moe_layers(model, name, resident)
+    store = ExpertStore(write_store(store_plan(layers), folder))
+    return install_offload(model, layers, store, resident, policy, info)
