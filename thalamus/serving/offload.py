@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import threading
+import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from thalamus.serving.expert_cache import LayerCache, OffloadStats, Tensors
 from thalamus.serving.moe import MoeInfo, moe_info, router_logits_index, router_modules
-from thalamus.serving.tensorfile import Planned, write_streamed
+from thalamus.serving.tensorfile import Planned, read_header, read_into, write_streamed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -83,23 +84,33 @@ def find_expert_layers(model: Any, num_experts: int) -> list[ExpertLayer]:
 
 
 class ExpertStore:
-    """Per-expert tensors in one safetensors file, memory-mapped; a read copies one expert into memory."""
+    """Per-expert tensors in one safetensors file; a read copies one expert into memory with ``pread``.
+
+    Not memory-mapped: pages of a mapped file that a read touches count as the process's resident
+    memory until unmapped, so over time the whole store would show up in the server's RSS.
+    """
 
     def __init__(self, path: Path) -> None:
-        from safetensors import safe_open
-
         self.path = path
-        self._file = safe_open(str(path), framework="pt")
-        self._lock = threading.Lock()  # the prefetch thread and the generation thread both read
+        self.entries = read_header(path)
+        self._fd = os.open(path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self._fd)  # pread is thread-safe: no lock
 
     @staticmethod
     def key(layer: int, param: str, expert: int) -> str:
         return f"{layer}.{param}.{expert}"
 
+    def nbytes(self, layer: int, params: tuple[str, ...], expert: int) -> int:
+        """Bytes of one expert's tensors, from the header (nothing read)."""
+        return sum(self.entries[self.key(layer, p, expert)].end - self.entries[self.key(layer, p, expert)].start
+                   for p in params)
+
     def read(self, layer: int, params: tuple[str, ...], expert: int) -> tuple[Tensors, int]:
-        with self._lock:
-            tensors = {p: self._file.get_tensor(self.key(layer, p, expert)) for p in params}
+        tensors = {p: read_into([(self.entries[self.key(layer, p, expert)], None)], self._fd) for p in params}
         return tensors, sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def close(self) -> None:
+        self._closer()
 
 
 def store_folder(root: Path, name: str, model_folder: Path, dtype: str) -> Path:
@@ -196,8 +207,7 @@ class ExpertOffload:
         self.passes = 0
         self.caches = [LayerCache(resident, policy, self._loader(i, layer), self.stats)
                        for i, layer in enumerate(layers)]
-        self.expert_bytes = [sum(t.numel() * t.element_size() for t in store.read(i, layer.params, 0)[0].values())
-                             for i, layer in enumerate(layers)]
+        self.expert_bytes = [store.nbytes(i, layer.params, 0) for i, layer in enumerate(layers)]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="expert-prefetch") if policy == "predict" else None
         self._handles = [model.register_forward_hook(self._after_pass)]
         if self._pool is not None:
@@ -256,6 +266,7 @@ class ExpertOffload:
             self._pool.shutdown(wait=True, cancel_futures=True)
         for cache in self.caches:
             cache.clear()
+        self.store.close()
 
 
 def offload_of(model: Any) -> ExpertOffload | None:

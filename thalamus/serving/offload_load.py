@@ -32,7 +32,7 @@ from thalamus.serving.offload import (
     moe_layers,
     write_store,
 )
-from thalamus.serving.tensorfile import Entry, Planned, read_header, read_range, torch_dtype
+from thalamus.serving.tensorfile import Entry, Planned, read_header, read_into, read_range, torch_dtype
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -138,13 +138,8 @@ def plan_checkpoint(model: Any, layers: list[ExpertLayer], entries: dict[str, En
 
 def _reader(parts: list[tuple[int, Entry, int | None]], dtype: torch.dtype) -> Callable[[], torch.Tensor]:
     """Reads one expert's slice: its parts (gate, up) in the converter's order, concatenated."""
-    def read() -> torch.Tensor:
-        import torch
-
-        ordered = sorted(parts, key=lambda p: p[0])
-        tensors = [read_range(entry, index).to(dtype) for _, entry, index in ordered]
-        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
-    return read
+    ordered = [(entry, index) for _, entry, index in sorted(parts, key=lambda p: p[0])]
+    return lambda: read_into(ordered).to(dtype)
 
 
 def expert_plan(layers: list[ExpertLayer], plan: CheckpointPlan, num_experts: int, name: str) -> list[Planned]:

@@ -66,24 +66,55 @@ def read_header(path: Path) -> dict[str, Entry]:
             for name, info in header.items() if name != "__metadata__"}
 
 
-def read_range(entry: Entry, index: int | None = None) -> torch.Tensor:
-    """The tensor of ``entry`` or, with ``index``, its ``[index]`` slice along the first dimension."""
+def _span(entry: Entry, index: int | None) -> tuple[int, int, tuple[int, ...]]:
+    """(start, length, shape) of ``entry`` or of its ``[index]`` slice along the first dimension."""
+    shape, start, length = entry.shape, entry.start, entry.end - entry.start
+    if index is None:
+        return start, length, shape
+    if not 0 <= index < shape[0]:
+        raise ValueError(f"{entry.file}: index {index} outside a tensor of shape {list(shape)}")
+    length //= shape[0]
+    return start + index * length, length, shape[1:]
+
+
+def read_into(parts: list[tuple[Entry, int | None]], fd: int | None = None) -> torch.Tensor:
+    """The parts (whole tensors or ``[index]`` slices, one dtype) concatenated along their first dimension.
+
+    Contiguous tensors concatenated along dim 0 are their bytes back to back, so each part is read
+    straight into its place in one buffer: one allocation, no copy. ``fd``: an open descriptor of the
+    parts' file to read with ``pread`` (thread-safe, no seek); else each part's file is opened.
+    """
     import torch
 
-    shape, start, length = entry.shape, entry.start, entry.end - entry.start
-    if index is not None:
-        if not 0 <= index < shape[0]:
-            raise ValueError(f"{entry.file}: index {index} outside a tensor of shape {list(shape)}")
-        length //= shape[0]
-        start, shape = start + index * length, shape[1:]
-    buffer = bytearray(length)
-    with entry.file.open("rb") as f:
-        f.seek(start)
-        if f.readinto(buffer) != length:
+    spans = [_span(entry, index) for entry, index in parts]
+    dtypes = {entry.dtype for entry, _ in parts}
+    if len(dtypes) != 1 or len({shape[1:] for _, _, shape in spans}) != 1:
+        raise ValueError(f"{parts[0][0].file}: parts of one tensor differ in dtype or trailing shape")
+    shape = (sum(s[0] if s else 1 for _, _, s in spans), *spans[0][2][1:]) if len(parts) > 1 else spans[0][2]
+    buffer = bytearray(sum(length for _, length, _ in spans))
+    view, at = memoryview(buffer), 0
+    for (entry, _), (start, length, _) in zip(parts, spans, strict=True):
+        got = _pread(entry.file, view[at:at + length], start, fd)
+        if got != length:
             raise ValueError(f"{entry.file}: truncated (a tensor's bytes end past the end of the file)")
-    if not length:
-        return torch.empty(shape, dtype=torch_dtype(entry.dtype))
-    return torch.frombuffer(buffer, dtype=torch_dtype(entry.dtype)).reshape(shape)
+        at += length
+    dtype = torch_dtype(parts[0][0].dtype)
+    if not buffer:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def _pread(path: Path, into: memoryview, start: int, fd: int | None) -> int:
+    if fd is not None:
+        return os.preadv(fd, [into], start)
+    with path.open("rb") as f:
+        f.seek(start)
+        return f.readinto(into)
+
+
+def read_range(entry: Entry, index: int | None = None) -> torch.Tensor:
+    """The tensor of ``entry`` or, with ``index``, its ``[index]`` slice along the first dimension."""
+    return read_into([(entry, index)])
 
 
 @dataclass(frozen=True)
