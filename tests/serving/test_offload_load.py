@@ -77,7 +77,7 @@ def test_loaded_from_the_checkpoint_matches_the_resident_model(arch: str, tiny_d
     assert all(torch.equal(got[k], dense[k]) and not got[k].is_meta for k in got)
 
 
-def test_bfloat16_load_matches_the_resident_model(tiny_dir: Path, tmp_path: Path) -> None:
+def test_bfloat16_and_auto_dtypes(tiny_dir: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -86,6 +86,10 @@ def test_bfloat16_load_matches_the_resident_model(tiny_dir: Path, tmp_path: Path
     model, offload = load_offloaded(folder, "q", "bfloat16", 2, "lru", tmp_path)
     assert torch.equal(_greedy(model), _greedy(reference))
     assert {t.dtype for t in _store_tensors(tmp_path).values()} == {torch.bfloat16}
+    offload.close()
+    model, offload = load_offloaded(folder, "q", "auto", 2, "lru", tmp_path / "auto")  # as stored: float32
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {t.dtype for t in _store_tensors(tmp_path / "auto").values()} == {torch.float32}
     offload.close()
 
 
