@@ -66,6 +66,7 @@ def test_loaded_from_the_checkpoint_matches_the_resident_model(arch: str, tiny_d
         model, offload = load_offloaded(folder, arch, "float32", resident, policy, store)
         assert torch.equal(_greedy(model), want), (policy, resident)
         assert all(len(cache.resident) <= resident for cache in offload.caches)
+        assert not model.training and not any(layer.experts.training for layer in offload.layers)
         offload.close()
     # the store written expert by expert from the checkpoint holds exactly what the loaded model held
     written, expected = _store_tensors(tmp_path / "from-checkpoint"), _store_tensors(tmp_path / "from-model")

@@ -72,7 +72,7 @@ def _skeleton(folder: Path, dtype: str, entries: dict[str, Entry]) -> Any:
         stored = next((e.dtype for e in entries.values() if e.dtype in ("F32", "F16", "BF16")), "F32")
         chosen = getattr(config, "dtype", None) or torch_dtype(stored)
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=chosen)
+        model = AutoModelForCausalLM.from_config(config, dtype=chosen).eval()  # before the experts leave it
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model
@@ -116,24 +116,30 @@ def plan_checkpoint(model: Any, layers: list[ExpertLayer], entries: dict[str, En
             if target in meta:
                 plan.dense[target] = entry
             continue  # a key the model has no place for: from_pretrained ignores it too
-        layer, param = experts[target]
-        if pattern is None:  # already fused: one [num_experts, ...] tensor
-            if entry.shape[:1] != (num_experts,):
-                raise ValueError(f"model {name!r}: checkpoint tensor {key!r} has shape {list(entry.shape)}; "
-                                 f"a fused experts tensor leads with num_experts ({num_experts})")
-            plan.part_count[(layer, param)] = 1
-            for e in range(num_experts):
-                plan.parts.setdefault((layer, param, e), []).append((0, entry, e))
-            continue
-        converter = next(c for c in converters if pattern in c.source_patterns)
-        plan.part_count[(layer, param)] = _parts_of(converter, key, name)
-        found = _EXPERT_INDEX.search(key)
-        if found is None:
-            raise ValueError(f"model {name!r}: checkpoint tensor {key!r} is a per-expert tensor without an "
-                             "'experts.<index>.' in its name")
-        part = list(converter.source_patterns).index(pattern)
-        plan.parts.setdefault((layer, param, int(found.group(1))), []).append((part, entry, None))
+        _add_expert_part(plan, key, entry, experts[target], pattern, converters, num_experts, name)
     return plan
+
+
+def _add_expert_part(plan: CheckpointPlan, key: str, entry: Entry, target: tuple[int, str], pattern: str | None,
+                     converters: list[Any], num_experts: int, name: str) -> None:
+    """Record checkpoint tensor ``key`` as one part of one expert (or, fused, of every expert) of ``target``."""
+    layer, param = target
+    if pattern is None:  # already fused: one [num_experts, ...] tensor
+        if entry.shape[:1] != (num_experts,):
+            raise ValueError(f"model {name!r}: checkpoint tensor {key!r} has shape {list(entry.shape)}; "
+                             f"a fused experts tensor leads with num_experts ({num_experts})")
+        plan.part_count[target] = 1
+        for e in range(num_experts):
+            plan.parts.setdefault((layer, param, e), []).append((0, entry, e))
+        return
+    converter = next(c for c in converters if pattern in c.source_patterns)
+    plan.part_count[target] = _parts_of(converter, key, name)
+    found = _EXPERT_INDEX.search(key)
+    if found is None:
+        raise ValueError(f"model {name!r}: checkpoint tensor {key!r} is a per-expert tensor without an "
+                         "'experts.<index>.' in its name")
+    part = list(converter.source_patterns).index(pattern)
+    plan.parts.setdefault((layer, param, int(found.group(1))), []).append((part, entry, None))
 
 
 def _reader(parts: list[tuple[int, Entry, int | None]], dtype: torch.dtype) -> Callable[[], torch.Tensor]:
@@ -185,4 +191,4 @@ def load_offloaded(folder: Path, name: str, dtype: str, resident: int, policy: s
     _load_dense(model, plan)
     offload = install_offload(model, layers, ExpertStore(path), resident, policy, info)
     _check_complete(model, name, folder)
-    return model.eval(), offload
+    return model, offload
