@@ -5,7 +5,9 @@ experts module, next to the layer's router (``gate``) inside the MoE block; Qwen
 an ordinary MLP beside them and stays resident. :func:`attach_offload` finds, per MoE layer, the router
 (:func:`thalamus.serving.moe.router_modules`) and the sibling module whose parameters lead with
 ``num_experts``; it writes every expert's slice once into a safetensors file under the cache directory,
-frees the fused tensors and puts :class:`OffloadedExperts` in the experts module's place.
+frees the fused tensors and puts :class:`OffloadedExperts` in the experts module's place. The server
+does not load the experts first: :mod:`thalamus.serving.offload_load` writes the same store straight from
+the checkpoint and installs the same caches on a model whose fused tensors never left the meta device.
 
 Each forward pass of a layer asks its :class:`~thalamus.serving.expert_cache.LayerCache` for the experts
 the router chose, remaps the routing indices onto the cache's ``[N, ...]`` slot tensors and calls the
