@@ -5,7 +5,9 @@ experts module, next to the layer's router (``gate``) inside the MoE block; Qwen
 an ordinary MLP beside them and stays resident. :func:`attach_offload` finds, per MoE layer, the router
 (:func:`thalamus.serving.moe.router_modules`) and the sibling module whose parameters lead with
 ``num_experts``; it writes every expert's slice once into a safetensors file under the cache directory,
-frees the fused tensors and puts :class:`OffloadedExperts` in the experts module's place.
+frees the fused tensors and puts :class:`OffloadedExperts` in the experts module's place. The server
+does not load the experts first: :mod:`thalamus.serving.offload_load` writes the same store straight from
+the checkpoint and installs the same caches on a model whose fused tensors never left the meta device.
 
 Each forward pass of a layer asks its :class:`~thalamus.serving.expert_cache.LayerCache` for the experts
 the router chose, remaps the routing indices onto the cache's ``[N, ...]`` slot tensors and calls the
@@ -24,16 +26,18 @@ its guesses improve.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
-import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thalamus.serving.expert_cache import LayerCache, OffloadStats, Tensors
-from thalamus.serving.moe import moe_info, router_logits_index, router_modules
+from thalamus.serving.moe import MoeInfo, moe_info, router_logits_index, router_modules
+from thalamus.serving.tensorfile import Planned, read_header, read_into, write_streamed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -82,23 +86,33 @@ def find_expert_layers(model: Any, num_experts: int) -> list[ExpertLayer]:
 
 
 class ExpertStore:
-    """Per-expert tensors in one safetensors file, memory-mapped; a read copies one expert into memory."""
+    """Per-expert tensors in one safetensors file; a read copies one expert into memory with ``pread``.
+
+    Not memory-mapped: pages of a mapped file that a read touches count as the process's resident
+    memory until unmapped, so over time the whole store would show up in the server's RSS.
+    """
 
     def __init__(self, path: Path) -> None:
-        from safetensors import safe_open
-
         self.path = path
-        self._file = safe_open(str(path), framework="pt")
-        self._lock = threading.Lock()  # the prefetch thread and the generation thread both read
+        self.entries = read_header(path)
+        self._fd = os.open(path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self._fd)  # pread is thread-safe: no lock
 
     @staticmethod
     def key(layer: int, param: str, expert: int) -> str:
         return f"{layer}.{param}.{expert}"
 
+    def nbytes(self, layer: int, params: tuple[str, ...], expert: int) -> int:
+        """Bytes of one expert's tensors, from the header (nothing read)."""
+        return sum(self.entries[self.key(layer, p, expert)].end - self.entries[self.key(layer, p, expert)].start
+                   for p in params)
+
     def read(self, layer: int, params: tuple[str, ...], expert: int) -> tuple[Tensors, int]:
-        with self._lock:
-            tensors = {p: self._file.get_tensor(self.key(layer, p, expert)) for p in params}
+        tensors = {p: read_into([(self.entries[self.key(layer, p, expert)], None)], self._fd) for p in params}
         return tensors, sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def close(self) -> None:
+        self._closer()
 
 
 def store_folder(root: Path, name: str, model_folder: Path, dtype: str) -> Path:
@@ -110,20 +124,22 @@ def store_folder(root: Path, name: str, model_folder: Path, dtype: str) -> Path:
     return root / f"{name}-{digest.hexdigest()[:16]}"
 
 
-def write_store(layers: list[ExpertLayer], folder: Path) -> Path:
-    """Write every expert's slices once (atomically: a crash never leaves a half-written store)."""
-    from safetensors.torch import save_file
+def store_plan(layers: list[ExpertLayer]) -> list[Planned]:
+    """The store's tensors for a model whose fused expert tensors are loaded: views of its slices."""
+    def view(tensor: Any, expert: int) -> Callable[[], Any]:
+        return lambda: tensor[expert]
 
+    return [Planned(ExpertStore.key(i, p, e), tensor.dtype, tuple(tensor.shape[1:]), view(tensor, e))
+            for i, layer in enumerate(layers) for p in layer.params
+            for tensor in (getattr(layer.experts, p),) for e in range(tensor.shape[0])]
+
+
+def write_store(plan: list[Planned], folder: Path) -> Path:
+    """Write every expert's slices once, one at a time (atomically: a crash never leaves half a store)."""
     path = folder / STORE_FILE
-    if path.is_file():
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {ExpertStore.key(i, p, e): getattr(layer.experts, p)[e].detach().contiguous()
-               for i, layer in enumerate(layers) for p in layer.params
-               for e in range(getattr(layer.experts, p).shape[0])}
-    tmp = folder / f".{STORE_FILE}.{os.getpid()}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_streamed(path, plan)
     return path
 
 
@@ -193,8 +209,7 @@ class ExpertOffload:
         self.passes = 0
         self.caches = [LayerCache(resident, policy, self._loader(i, layer), self.stats)
                        for i, layer in enumerate(layers)]
-        self.expert_bytes = [sum(t.numel() * t.element_size() for t in store.read(i, layer.params, 0)[0].values())
-                             for i, layer in enumerate(layers)]
+        self.expert_bytes = [store.nbytes(i, layer.params, 0) for i, layer in enumerate(layers)]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="expert-prefetch") if policy == "predict" else None
         self._handles = [model.register_forward_hook(self._after_pass)]
         if self._pool is not None:
@@ -253,6 +268,7 @@ class ExpertOffload:
             self._pool.shutdown(wait=True, cancel_futures=True)
         for cache in self.caches:
             cache.clear()
+        self.store.close()
 
 
 def offload_of(model: Any) -> ExpertOffload | None:
@@ -267,10 +283,8 @@ def check_resident(name: str, resident: int, top_k: int, num_experts: int) -> No
                          f"top_k ({top_k}) and num_experts ({num_experts})")
 
 
-def attach_offload(model: Any, name: str, resident: int, policy: str, folder: Path) -> ExpertOffload:
-    """Offload ``model``'s routed experts to ``folder``/experts.safetensors, keeping ``resident`` per layer."""
-    import gc
-
+def moe_layers(model: Any, name: str, resident: int) -> tuple[MoeInfo, list[ExpertLayer]]:
+    """The model's routing and MoE layers; errors name the model when it cannot be offloaded."""
     info = moe_info(model)
     if info is None:
         raise ValueError(f"model {name!r}: offload is configured but the model has no MoE layers")
@@ -279,7 +293,12 @@ def attach_offload(model: Any, name: str, resident: int, policy: str, folder: Pa
     if not layers:
         raise ValueError(f"model {name!r}: offload needs experts stored as fused [num_experts, ...] "
                          f"parameters beside the router; {type(model).__name__} has none")
-    store = ExpertStore(write_store(layers, folder))
+    return info, layers
+
+
+def install_offload(model: Any, layers: list[ExpertLayer], store: ExpertStore, resident: int, policy: str,
+                    info: MoeInfo) -> ExpertOffload:
+    """Drop the fused expert tensors (loaded or still on the meta device) and route through the caches."""
     offload = ExpertOffload(model, layers, store, resident, policy, info.num_experts, info.top_k)
     for layer, cache in zip(layers, offload.caches, strict=True):
         for p in layer.params:
@@ -290,3 +309,10 @@ def attach_offload(model: Any, name: str, resident: int, policy: str, folder: Pa
     model.thalamus_offload = offload
     gc.collect()
     return offload
+
+
+def attach_offload(model: Any, name: str, resident: int, policy: str, folder: Path) -> ExpertOffload:
+    """Offload a loaded ``model``'s routed experts to ``folder``/experts.safetensors, keeping ``resident``."""
+    info, layers = moe_layers(model, name, resident)
+    store = ExpertStore(write_store(store_plan(layers), folder))
+    return install_offload(model, layers, store, resident, policy, info)

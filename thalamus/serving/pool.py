@@ -28,7 +28,8 @@ from thalamus.serving.jobqueue import WorkerHooks
 from thalamus.serving.metrics import ServingMetrics
 from thalamus.serving.models import models_dir, prepare_smollm2
 from thalamus.serving.moe import moe_info
-from thalamus.serving.offload import ExpertOffload, attach_offload, store_folder
+from thalamus.serving.offload import ExpertOffload, store_folder
+from thalamus.serving.offload_load import load_offloaded
 from thalamus.serving.protocol import BusyError, ServingError
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -245,9 +246,12 @@ class ModelPool:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
-        offload = self._offload(spec, model, folder)
+        offload: ExpertOffload | None = None
+        if spec.offload is not None:
+            model, offload = self._load_offloaded(spec, spec.offload, folder)
+        else:
+            dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         context = spec.context_length or getattr(model.config, "max_position_embeddings", None) \
             or tokenizer.model_max_length
@@ -260,15 +264,14 @@ class ModelPool:
                              queue_timeout_s=config.queue_timeout_s, hooks=self._hooks(spec.name))
         return LoadedModel(spec, tokenizer, engine, worker, int(context), size, offload=offload)
 
-    def _offload(self, spec: ModelSpec, model: Any, folder: Path) -> ExpertOffload | None:
-        """Move the routed experts to the on-disk store (written once per checkpoint) when configured."""
-        if spec.offload is None:
-            return None
+    def _load_offloaded(self, spec: ModelSpec, offload: OffloadSpec, folder: Path) -> tuple[Any, ExpertOffload]:
+        """Load with the routed experts in the on-disk store (written once per checkpoint, expert by
+        expert): the full set of experts is never in memory, so a model larger than memory loads."""
         root = models_dir(self.cache_dir) / "offload"
-        offload = attach_offload(model, spec.name, spec.offload.experts_resident, spec.offload.policy,
-                                 store_folder(root, spec.name, folder, spec.dtype))
-        offload.on_pass = lambda delta: self.metrics.record_offload(spec.name, delta)
-        return offload
+        model, experts = load_offloaded(folder, spec.name, spec.dtype, offload.experts_resident, offload.policy,
+                                        store_folder(root, spec.name, folder, spec.dtype))
+        experts.on_pass = lambda delta: self.metrics.record_offload(spec.name, delta)
+        return model, experts
 
     def _hooks(self, name: str) -> WorkerHooks:
         m = self.metrics
