@@ -5,6 +5,7 @@ the stats API checked against SQL on its ledger file, and the page in headless C
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -123,7 +124,8 @@ def test_rollout_compare_equals_sql(rolled: Any) -> None:
     assert sum(a["requests"] for a in best["canary"].values() for a in a) == N_CANARY
 
 
-@pytest.mark.skipif(not _chromium_ready(), reason="no /usr/bin/chromium (apt-get install -y chromium)")
+@pytest.mark.skipif(not _chromium_ready() and os.environ.get("CI", "").lower() != "true",
+                    reason="no /usr/bin/chromium (apt-get install -y chromium)")  # in CI a missing browser fails
 def test_router_panels_in_chromium(rolled: Any) -> None:
     from playwright.sync_api import sync_playwright
 
