@@ -18,52 +18,25 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import yaml
-
-from benchmarks.bench_report import command, load_average, utc_now, write
+from bench_report import command, load_average, utc_now, write
+from local_server import PROMPTS, start_local
 
 RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = (1, 4, 8, 16)
 MODES = ("continuous", "window")
-PROMPTS = ["Write a poem about the sea.", "Explain how a bicycle works.", "Tell me a story about a fox.",
-           "Describe the city of Paris.", "What makes a good breakfast?", "Explain photosynthesis simply.",
-           "List some facts about the moon.", "How do airplanes fly?"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(mode: str, model: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
     cfg = {"models": [model], "batch_mode": mode, "batch_window_ms": 5, "max_batch_size": max(CONCURRENCY),
            "torch_threads": 1}
-    path = Path(tempfile.mkdtemp()) / "local.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-c", "from thalamus.cli import main; main()", "serve-local", "--config", str(path),
-           "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"serve-local ({mode}) did not start")
+    return start_local(cfg, mode)
 
 
 async def _one(client: httpx.AsyncClient, url: str, name: str, prompt: str, tokens: int,

@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-
-from benchmarks.bench_report import write
+from bench_report import write
 
 ROOT = Path(__file__).resolve().parent.parent
 THALAMUS = [str(Path(sys.executable).parent / "thalamus")]

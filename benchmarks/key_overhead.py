@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 import yaml
-
-from benchmarks.bench_report import write
-from benchmarks.gateway_overhead import CONCRETE, THALAMUS, free_port, start, stop
+from bench_report import write
+from gateway_overhead import CONCRETE, THALAMUS, free_port, start, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "sk-bench-admin"
