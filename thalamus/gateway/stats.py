@@ -47,7 +47,7 @@ def _shape(sums: dict[str, float]) -> dict[str, Any]:
     return out
 
 
-def _score(n: int, s: float, sq: float) -> dict[str, Any]:
+def score_summary(n: int, s: float, sq: float) -> dict[str, Any]:
     """Mean feedback score and its standard error (None when undefined)."""
     if n == 0:
         return {"feedback_n": 0, "score_mean": None, "score_se": None}
@@ -57,7 +57,7 @@ def _score(n: int, s: float, sq: float) -> dict[str, Any]:
 
 
 def _acc_score(acc: Acc) -> dict[str, Any]:
-    return _score(int(acc.sums["feedback_n"]), float(acc.sums["score_sum"]), float(acc.sums["score_sq"]))
+    return score_summary(int(acc.sums["feedback_n"]), float(acc.sums["score_sum"]), float(acc.sums["score_sq"]))
 
 
 def _percentiles(counts: dict[int, int]) -> dict[str, float | None]:

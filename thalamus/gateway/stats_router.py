@@ -16,7 +16,6 @@ predictions are the only ones logged for shadow rows, so both sides' picks are p
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,20 +23,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from thalamus.gateway.ledger import feedback, requests
+from thalamus.gateway.stats import score_summary
 from thalamus.gateway.stats_sql import Filters, total
 
 c = requests.c
 SAMPLE = 5000  # rows per side read for the predicted-cost means
 POINTS_ROWS = 50_000  # newest routed requests the router points read: a page refreshing every 30 s
 MAX_GROUPS = 500  # distinct (router, knob) texts read per call: a knob with free-form lists can vary a lot
-
-
-def _score(n: int, s: float, sq: float) -> dict[str, Any]:
-    if n == 0:
-        return {"feedback_n": 0, "score_mean": None, "score_se": None}
-    mean = s / n
-    var = max(sq / n - mean * mean, 0.0) * n / (n - 1) if n > 1 else None
-    return {"feedback_n": n, "score_mean": mean, "score_se": math.sqrt(var / n) if var is not None else None}
 
 
 def _sums(src: Any) -> list[ColumnElement[Any]]:
@@ -81,7 +73,7 @@ def _point(s: dict[str, float]) -> dict[str, Any]:
     return {"requests": int(s["requests"]), "errors": int(s["errors"]), "answered": int(s["answered"]),
             "spend_usd": s["spend"], "mean_cost_usd": s["spend"] / s["answered"] if s["answered"] else None,
             "mean_predicted_quality": s["pq_sum"] / s["pq_n"] if s["pq_n"] else None,
-            "mean_total_ms": s["ms_sum"] / s["ms_n"] if s["ms_n"] else None} | _score(
+            "mean_total_ms": s["ms_sum"] / s["ms_n"] if s["ms_n"] else None} | score_summary(
         int(s["fb_n"]), s["fb_sum"], s["fb_sq"])
 
 
