@@ -11,6 +11,8 @@ warm-up runs in a worker thread and is counted before the requests.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,10 @@ from thalamus.router import embedder_registry, registry
 from thalamus.router.bandit import LinUCBRouter
 from thalamus.router.base import Router
 from thalamus.router.cluster import ClusterRouter
+from thalamus.router.embedders import get_embedder
 
 N = 12
+LOAD_S = 4.0  # the slow embedder load of the last test
 
 
 @pytest.fixture
@@ -87,3 +91,30 @@ def test_an_embedder_not_declared_fast_routes_in_a_worker_thread(plugin: Any, re
         ClusterRouter(groups="kmeans", n_clusters=3, embedder="counting-fast:fast=0"), replay, tmp_path, counter)
     assert statuses == [200] * N
     assert (on_loop, off_loop) == (0, N)
+
+
+def test_inline_routing_does_not_wait_for_another_embedder_loading(plugin: Any, replay: ThreadedServer,
+                                                                  tmp_path: Path) -> None:
+    """A slow embedder load elsewhere in the process (a hot reload's, in a worker thread) holds the
+    process-wide load lock; decisions taken on the event loop must not queue behind it (a loaded
+    artifact holds its embedder: Router.load attaches it, so routing never asks get_embedder)."""
+    artifact = tmp_path / "artifact"
+    ClusterRouter(groups="kmeans", n_clusters=3, embedder="counting-fast").fit(synthetic_dataset(60)).save(artifact)
+    config = base_config(replay.url, artifact, tmp_path / "ledger.sqlite", provider="openai-compatible")
+    with ThreadedServer(create_app(config_from_dict(config))) as server:
+        loader = threading.Thread(target=get_embedder, args=(f"counting-fast:dim=32,load_s={LOAD_S}",))
+        loader.start()
+        time.sleep(0.2)  # the load has begun and holds the lock
+        plugin.FastCountingEmbedder.reset()
+        took = []
+        for i in range(5):
+            t0 = time.perf_counter()
+            response = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+                "model": "auto", "messages": [{"role": "user", "content": f"Question {i}: {i} plus 1?"}]})
+            took.append(time.perf_counter() - t0)
+            assert response.status_code == 200
+        still_loading = loader.is_alive()
+        loader.join(timeout=30)
+    assert still_loading, "the slow load finished before the requests: the test proved nothing"
+    assert plugin.FastCountingEmbedder.on_loop == 5
+    assert sum(took) < LOAD_S / 2, f"routed requests took {took} s while a {LOAD_S} s load held the lock"

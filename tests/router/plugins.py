@@ -94,7 +94,8 @@ class FastCountingEmbedder(HashingEmbedder):
         cls.on_loop = cls.off_loop = 0
 
 
-def counting_fast(dim: int = 64, fast: int = 1) -> FastCountingEmbedder:
+def counting_fast(dim: int = 64, fast: int = 1, load_s: float = 0.0) -> FastCountingEmbedder:
+    time.sleep(load_s)  # load_s: a slow model load (the process-wide embedder load lock is held meanwhile)
     return FastCountingEmbedder(dim, bool(fast))
 
 
