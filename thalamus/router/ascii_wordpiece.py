@@ -54,17 +54,21 @@ class AsciiWordPiece:
         lowered = text.lower()
         if any(token in lowered for token in self._added):  # the tokenizer matches these before normalizing
             return None
-        out: list[int] = []
+        tokens = WORDS.findall(lowered)
         words = self._words
-        for word in WORDS.findall(lowered):
-            ids = words.get(word)
-            if ids is None:
-                ids = self._word_ids(word)
-            out.extend(ids)
+        missing = {w for w in tokens if w not in words}
+        found = self._learn(missing) if missing else words
+        out: list[int] = []
+        for word in tokens:
+            out.extend(found[word])
         return out
 
-    def _word_ids(self, word: str) -> tuple[int, ...]:
-        ids = tuple(self._tokenizer.encode(word, add_special_tokens=False).ids)
-        if len(self._words) < MAX_WORDS:  # a plain dict: one assignment is atomic under the GIL
-            self._words[word] = ids
-        return ids
+    def _learn(self, missing: set[str]) -> dict[str, tuple[int, ...]]:
+        """The ids of words not seen before, from one tokenizer call; kept while the dict has room."""
+        batch = sorted(missing)
+        encodings = self._tokenizer.encode_batch_fast(batch, add_special_tokens=False)
+        fresh = {w: tuple(e.ids) for w, e in zip(batch, encodings, strict=True)}
+        if len(self._words) < MAX_WORDS:  # dict.update from a dict holds the GIL: readers see old or new
+            self._words.update(fresh)
+            return self._words
+        return {**self._words, **fresh}
