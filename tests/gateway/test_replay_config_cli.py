@@ -80,7 +80,8 @@ def test_catalog_fills_backend_defaults() -> None:
 
 def test_example_config_is_valid() -> None:
     cfg = load_config(EXAMPLE)
-    assert len(cfg.backends) == 11 and "knn" in cfg.routers and "auto" in cfg.routers["knn"].aliases
+    assert len(cfg.backends) == 11 and "cluster" in cfg.routers and "auto" in cfg.routers["cluster"].aliases
+    assert cfg.routers["cluster"].artifact.name == "cluster"  # trained with --embedder static:dims=384
 
 
 def test_cli_config_check_logs_and_export(make_gateway: GatewayFactory, tmp_path: Path,

@@ -20,6 +20,7 @@ from thalamus.router import embedder_registry, registry
 PLUGIN_SOURCE = '''
 """Real embedders and a real router for the tests: counting, failing and slow variants."""
 
+import asyncio
 import threading
 import time
 
@@ -33,6 +34,7 @@ class CountingEmbedder(HashingEmbedder):
     """Hashing vectors; counts calls and texts. ``fail_after`` calls succeed, then it raises."""
 
     disk_cache = False
+    fast = False  # it sleeps on "slow" texts: the gateway must keep it off its event loop
     calls = 0
     texts = 0
     fail_after = -1
@@ -65,6 +67,38 @@ def counting(dim: int = 64) -> CountingEmbedder:
     return CountingEmbedder(dim)
 
 
+class FastCountingEmbedder(HashingEmbedder):
+    """Hashing vectors that declare themselves ``fast``; counts calls made on and off an event loop."""
+
+    disk_cache = False
+    batchable = False
+    fast = True
+    on_loop = 0
+    off_loop = 0
+
+    def __init__(self, dim: int = 64, fast: bool = True) -> None:
+        super().__init__(dim)
+        self.id = f"counting-fast-{dim}"
+        self.fast = fast  # counting-fast:fast=0 is the same embedder, not declared fast
+
+    def embed(self, texts):
+        try:
+            asyncio.get_running_loop()
+            type(self).on_loop += 1
+        except RuntimeError:  # a worker thread: no event loop runs here
+            type(self).off_loop += 1
+        return super().embed(texts)
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.on_loop = cls.off_loop = 0
+
+
+def counting_fast(dim: int = 64, fast: int = 1, load_s: float = 0.0) -> FastCountingEmbedder:
+    time.sleep(load_s)  # load_s: a slow model load (the process-wide embedder load lock is held meanwhile)
+    return FastCountingEmbedder(dim, bool(fast))
+
+
 class NearestRouter(KNNRouter):
     """A third party's router: kNN with its own name and a default of 5 neighbours."""
 
@@ -77,6 +111,7 @@ class NearestRouter(KNNRouter):
 ENTRY_POINTS = """
 [thalamus.embedders]
 counting = thalamus_testplugin:counting
+counting-fast = thalamus_testplugin:counting_fast
 
 [thalamus.routers]
 nearest = thalamus_testplugin:NearestRouter
@@ -97,6 +132,7 @@ def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     # one module per process: embedders made from it are cached process-wide by spec
     module = sys.modules.get("thalamus_testplugin") or importlib.import_module("thalamus_testplugin")
     module.CountingEmbedder.reset()
+    module.FastCountingEmbedder.reset()
     return module
 
 

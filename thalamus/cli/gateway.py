@@ -130,8 +130,8 @@ def replay_cmd(
 
 def demo_cmd(
     limit: Annotated[int, typer.Option(help="Held-out prompts to send.")] = 200,
-    router: Annotated[str, typer.Option(help="Router to train (knn; best-single if unavailable).")] = "knn",
-    embedder: Annotated[str, typer.Option(help="Embedder for the kNN router.")] = "minilm",
+    router: Annotated[str, typer.Option(help="Router to train (best-single if unavailable).")] = "cluster",
+    embedder: Annotated[str, typer.Option(help="Embedder spec of the router (e.g. minilm).")] = "static:dims=384",
     lambda_: Annotated[float, typer.Option("--lambda", help="Cost weight of the knob in [0, 1].")] = 0.05,
     concurrency: int = 8,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report here.")] = None,

@@ -98,6 +98,16 @@ class LearningLoop:
         self.pool: PoolTracker | None = None  # pool-aware routing (gateway/pool_aware.py), set by the app
 
     # -- deciding -----------------------------------------------------------------------
+    def inline(self, loaded: LoadedRouter) -> bool:
+        """True when the decision may run on the event loop: every router it reads embeds with a ``fast``
+        embedder (a lookup table, well under a millisecond) and none learns online (a feedback update
+        holds the router's lock, a checkpoint's disk write included). A worker-thread hop costs more
+        than such a decision at concurrency 1; slow embedders keep the thread (and micro-batching)."""
+        if self._learns(loaded.name, loaded.router) or not fast_router(loaded.router):
+            return False
+        candidate = self.rollout.candidates.get(loaded.name)
+        return candidate is None or fast_router(candidate.router)
+
     def route(self, loaded: LoadedRouter, text: str, knob: Knob) -> Decision:
         decision = self._route(loaded, text, knob)
         if self.pool is not None:  # the chosen model is about to be loaded, if it was not resident
@@ -207,6 +217,11 @@ class LearningLoop:
             if count and count % loaded.config.checkpoint_every:
                 with self.locks[name]:
                     checkpoint(loaded.router, loaded.config.artifact)
+
+
+def fast_router(router: Router) -> bool:
+    """A router whose decision is one fast embedding (``fast = True`` on the embedder) and arithmetic."""
+    return router.uses_embeddings and bool(getattr(router.embedder_in_use(), "fast", False))
 
 
 def is_judge(source: str | None) -> bool:

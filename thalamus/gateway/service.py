@@ -4,7 +4,7 @@
    (passthrough), a router (``router:NAME`` or an alias) or a RouteLLM name
    (``router-NAME-THRESHOLD``)
 2. routing text from the messages (protocol.routing_text)
-3. decision = router.route(text, knob) in a worker thread (sync CPU work)
+3. decision = router.route(text, knob) in a worker thread (sync CPU work; inline for ``fast`` embedders)
 4. call the chosen backend; retry retryable failures with exponential backoff, then fall back
    in the router's score order (or the configured list); a stream falls back only before
    its first byte; a context-length error goes to ``fallback.context_model`` when set
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import re
 import time
@@ -242,17 +243,16 @@ class GatewayService:
         try:
             knob = overrides.apply(loaded.default_knob())
             t0 = time.perf_counter()
-            decision = await asyncio.to_thread(self._route, loaded, text, knob, target.threshold)
+            route = functools.partial(self._route, loaded, text, knob, target.threshold)
+            decision = route() if self.learning.inline(loaded) else await asyncio.to_thread(route)
             call.row.routing_ms = (time.perf_counter() - t0) * 1000
         except ConfigError as exc:
             raise p.RequestError(400, str(exc), param="routing", code="invalid_routing") from None
         call.decision = decision
         row = call.row
         row.router, row.artifact_version, row.knob = loaded.name, loaded.version, knob_dict(decision.knob)
-        row.candidates = {m: {"quality": float(q), "cost": float(c)} for m, q, c in zip(
-            decision.models, decision.predicted_quality, decision.expected_cost, strict=True)}
-        row.chosen_model, row.probability = decision.model, decision.probability
-        self.learning.record(row, loaded, decision)
+        row.chosen_model = decision.model
+        self.learning.record(row, loaded, decision)  # probability and candidates (quality, cost, p)
         order = [decision.model, *(fallback.models if fallback.order == "list" else fallback_order(decision))]
         candidates = unique([m for m in order if m in self.backends])[: fallback.max_candidates]
         if decision.model not in self.backends:

@@ -44,6 +44,8 @@ class Embedder(Protocol):
 class HashingEmbedder:
     """Character n-gram feature hashing, L2-normalised. Deterministic and instant."""
 
+    fast = True  # the gateway may route on its event loop (see GatewayService._candidates)
+
     def __init__(self, dim: int = 256) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from thalamus.errors import ConfigError
+from thalamus.router.ascii_wordpiece import AsciiWordPiece
 from thalamus.router.truncation import check_tail, head_tail
 
 DISTILL_VERSION = "m2v1"  # bump when the build recipe changes, so old tables are not reused
@@ -37,6 +38,7 @@ class StaticEmbedder:
 
     disk_cache = False  # a table lookup is faster than the SQLite cache
     batchable = False  # nothing to gain from gathering: no forward pass to share
+    fast = True  # well under a millisecond: the gateway routes inline instead of through a worker thread
 
     def __init__(self, dims: int = 256, max_tokens: int = 512, tail: int = 0,
                  cache_dir: Path | None = None) -> None:
@@ -65,12 +67,22 @@ class StaticEmbedder:
         self._mapping = None if model.token_mapping is None else np.asarray(model.token_mapping)
         self._unk = model.unk_token_id
         self.dim = int(self._table.shape[1])
+        self._ascii = AsciiWordPiece(self._tokenizer) if AsciiWordPiece.applies(self._tokenizer) else None
+
+    def _raw_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Every text's token ids: the ASCII fast path where it applies, the tokenizer for the rest."""
+        out = [self._ascii.ids(t) if self._ascii is not None else None for t in texts]
+        rest = [i for i, ids in enumerate(out) if ids is None]
+        if rest:
+            encodings = self._tokenizer.encode_batch_fast([texts[i] for i in rest], add_special_tokens=False)
+            for i, enc in zip(rest, encodings, strict=True):
+                out[i] = enc.ids
+        return [ids if ids is not None else [] for ids in out]
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        encodings = self._tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
         out = []
-        for enc in encodings:
-            ids = [i for i in enc.ids if i != self._unk] if self._unk is not None else enc.ids
+        for raw in self._raw_ids(texts):
+            ids = [i for i in raw if i != self._unk] if self._unk is not None else raw
             out.append(head_tail(ids, self.max_tokens, self.tail))
         return out
 
