@@ -21,7 +21,7 @@ from servehelpers import ask, metric_sum, serve, tiny_config
 from thalamus.serving.pool import estimate_bytes
 
 CHAT = "/v1/chat/completions"
-LONG_TOKENS = 300  # ~3 s of decoding for a tiny model on a CPU
+LONG_TOKENS = 460  # 1.5-4 s of decoding for a tiny model on a 2-core CPU; the prompt + this fit in 512 positions
 
 
 def _post(url: str, model: str, tokens: int) -> httpx.Response:
@@ -103,7 +103,9 @@ def test_full_pool_timeout_and_full_queue_answer_503(tiny_dir: Path, busy: Any) 
 
 @pytest.mark.parametrize("mode", ["continuous", "window"])
 def test_full_batch_queues_then_times_out_or_refuses(tiny_dir: Path, busy: Any, mode: str) -> None:
-    config = tiny_config(tiny_dir, batch_mode=mode, max_batch_size=1, max_queued=1, queue_timeout_s=1.0)
+    # the timeout well under the long request's decoding even on a quiet machine (a 1 s timeout outlived
+    # a 300-token request in CI, so the queued one was served instead of timing out)
+    config = tiny_config(tiny_dir, batch_mode=mode, max_batch_size=1, max_queued=1, queue_timeout_s=0.4)
     model = "tiny-mixtral"
     with serve(config) as url, ThreadPoolExecutor(1) as pool:
         _post(url, model, 1)  # load it
@@ -113,6 +115,7 @@ def test_full_batch_queues_then_times_out_or_refuses(tiny_dir: Path, busy: Any, 
         while _metric(url, "thalamus_serving_queued_requests", model=model, queue="batch") < 1:
             assert time.monotonic() < deadline, "the second request never queued"
             time.sleep(0.01)
+        assert not long.done()
         _assert_busy_503(_post(url, model, 3), "queue_full")
         _assert_busy_503(waiter.result(), "queue_timeout")
         assert long.result().status_code == 200
