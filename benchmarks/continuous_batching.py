@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 from bench_report import command, load_average, utc_now, write
-from local_server import PROMPTS, start_local
+from local_server import PROMPTS, start_local, stream_one
 
 RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = (1, 4, 8, 16)
@@ -42,20 +40,7 @@ def _start(mode: str, model: dict[str, Any]) -> tuple[subprocess.Popen[bytes], s
 async def _one(client: httpx.AsyncClient, url: str, name: str, prompt: str, tokens: int,
                delay: float) -> dict[str, float]:
     await asyncio.sleep(delay)
-    body = {"model": name, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
-    start = time.perf_counter()
-    ttft, completion = 0.0, 0
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                completion = chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and not ttft:
-                ttft = time.perf_counter() - start
-    return {"start": start, "end": time.perf_counter(), "ttft": ttft, "tokens": completion}
+    return await stream_one(client, url, name, prompt, tokens)
 
 
 async def _round(url: str, name: str, concurrency: int, tokens: int, gap: float) -> dict[str, Any]:

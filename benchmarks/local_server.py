@@ -7,6 +7,7 @@ and the prompts they share.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -47,3 +48,22 @@ def start_local(config: dict[str, Any], what: str) -> tuple[subprocess.Popen[byt
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"serve-local ({what}) did not start")
+
+
+async def stream_one(client: httpx.AsyncClient, url: str, model: str, prompt: str, tokens: int) -> dict[str, float]:
+    """One greedy streamed answer of exactly ``tokens`` tokens: send time, end time, time to first content
+    chunk and completion tokens, measured at the client."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+            "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    ttft, completion = 0.0, 0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                completion = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and not ttft:
+                ttft = time.perf_counter() - start
+    return {"start": start, "end": time.perf_counter(), "ttft": ttft, "tokens": completion}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from local_server import PROMPTS, start_local
+from local_server import PROMPTS, start_local, stream_one
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,20 +35,8 @@ def _start(batching: bool, threads: int | None) -> tuple[subprocess.Popen[bytes]
 
 
 async def _one(client: httpx.AsyncClient, url: str, prompt: str, tokens: int) -> dict[str, float]:
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
-    start = time.perf_counter()
-    ttft, completion = 0.0, 0
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
-        async for line in response.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                completion = chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and not ttft:
-                ttft = time.perf_counter() - start
-    return {"ttft": ttft, "latency": time.perf_counter() - start, "tokens": completion}
+    run = await stream_one(client, url, "smollm2", prompt, tokens)
+    return {"ttft": run["ttft"], "latency": run["end"] - run["start"], "tokens": run["tokens"]}
 
 
 async def _round(url: str, concurrency: int, tokens: int) -> dict[str, float]:
