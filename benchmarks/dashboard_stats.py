@@ -2,7 +2,7 @@
 
 Builds a ledger of ``--rows`` request rows (default 1,000,000, all inside the last 7 days: the window the
 page shows holds every row, the hardest case) plus feedback on 20 % of them, then times the stats
-functions themselves (``thalamus.gateway.stats.overview`` and ``timeseries(bucket="hour")``, the SQL the
+functions themselves (``thalamus.gateway.stats.aggregates.overview`` and ``timeseries(bucket="hour")``, the SQL the
 API runs, without HTTP) and reports the p50 / min over ``--reps`` calls. PostgreSQL runs on a private
 server started like the tests' (initdb + pg_ctl in a temp dir, 127.0.0.1), loaded with COPY. Rows are
 loaded in time order by default, as a gateway appends them (``--order random`` scatters each hour's rows
@@ -28,10 +28,11 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gateway"))
 
-from thalamus.gateway import stats, stats_router
-from thalamus.gateway.ledger import Ledger, feedback, requests
-from thalamus.gateway.ledger_schema import REQUEST_COLUMNS
-from thalamus.gateway.stats_sql import Filters
+from thalamus.gateway.stats import aggregates as stats
+from thalamus.gateway.stats import router as stats_router
+from thalamus.gateway.stats.sql import Filters
+from thalamus.ledger import Ledger, feedback, requests
+from thalamus.ledger.schema import REQUEST_COLUMNS
 
 COLUMNS = ["id", "created_at", "finished_at", "api_key_id", "requested_model", "router", "candidates",
            "chosen_model", "probability", "fallback_chain", "status", "stream", "routing_ms", "ttft_ms", "total_ms",
@@ -179,7 +180,8 @@ def main() -> None:
     fb = [(r[0], r[1] + 5, float(i % 3) / 2) for i, r in enumerate(rows) if i % 5 == 0]
     results: dict[str, Any] = {"command": " ".join(["benchmarks/dashboard_stats.py", *sys.argv[1:]]),
                                "order": args.order, "load_average_start": os.getloadavg(),
-                               "rows": args.rows, "reps": args.reps, "what": "thalamus.gateway.stats functions"}
+                               "rows": args.rows, "reps": args.reps,
+                               "what": "thalamus.gateway.stats.aggregates functions"}
     with tempfile.TemporaryDirectory() as tmp:
         n = iter(range(100))
         results["sqlite"] = bench(f"sqlite:///{tmp}/bench.sqlite", "sqlite", rows, fb, now, args.reps,

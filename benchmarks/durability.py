@@ -33,7 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 CLI = "import sys; from thalamus.cli import build_app; build_app()(sys.argv[1:], prog_name='thalamus')"
-REPLAY = ("import sys, uvicorn; from thalamus.gateway.replay import create_replay_app; "
+REPLAY = ("import sys, uvicorn; from thalamus.gateway.replay.server import create_replay_app; "
           "from thalamus.datasets.schema import RoutingDataset; import pandas as pd, numpy as np; "
           "ds = RoutingDataset(name='d', prompts=pd.DataFrame({'text': ['q']}), models=['weak'], "
           "quality=np.ones((1, 1)), cost=np.ones((1, 1))); "
@@ -112,7 +112,7 @@ async def _until_dead(url: str, concurrency: int, stop_at: float) -> list[str]:
 
 
 def kill_run(replay_url: str, folder: Path, mode: str, concurrency: int, kill_after: float) -> dict[str, Any]:
-    from thalamus.gateway.ledger import Ledger
+    from thalamus.ledger import Ledger
 
     ledger_path = folder / f"{mode}-{time.time_ns()}.sqlite"
     config = gateway_config(replay_url, ledger_path, mode, free_port())

@@ -113,7 +113,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def gateway_config(models: list[str], replay_url: str, artifact: Path, router: str, ledger: Path, port: int,
                    provider: str) -> dict[str, Any]:
-    from thalamus.gateway.demo import gateway_config as demo_config
+    from thalamus.gateway.replay.demo import gateway_config as demo_config
 
     config = demo_config(models, replay_url, artifact, router, {"kind": "lambda", "value": 0.2},
                          f"sqlite:///{ledger}")
@@ -126,7 +126,7 @@ def gateway_config(models: list[str], replay_url: str, artifact: Path, router: s
 
 def routing_stats(ledger: Path, n1: int) -> dict[str, float]:
     """Ledger row count and the routing latency of the routed requests sent at concurrency 1."""
-    from thalamus.gateway.ledger import Ledger
+    from thalamus.ledger import Ledger
 
     db = Ledger(f"sqlite:///{ledger}")
     df = db.recent(limit=10_000_000)
@@ -166,7 +166,7 @@ def measure_gateway(provider: str, ctx: dict[str, Any], args: argparse.Namespace
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from thalamus.config import Settings
     from thalamus.datasets.registry import load_dataset
-    from thalamus.gateway.demo import DATASET, train_or_load
+    from thalamus.gateway.replay.demo import DATASET, train_or_load
 
     dataset = load_dataset(DATASET)
     train, test = dataset.train_test()

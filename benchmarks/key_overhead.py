@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
     from thalamus.datasets.registry import load_dataset
-    from thalamus.gateway.demo import DATASET
+    from thalamus.gateway.replay.demo import DATASET
 
     texts = load_dataset(DATASET).texts[:200]
     tmp = Path(tempfile.mkdtemp(prefix="thalamus-keys-bench-"))

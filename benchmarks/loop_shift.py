@@ -39,9 +39,9 @@ from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset, hash_fraction
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.ledger import Ledger
-from thalamus.gateway.replay import create_replay_app
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.server import create_replay_app
+from thalamus.gateway.replay.threaded import ThreadedServer
+from thalamus.ledger import Ledger
 from thalamus.router.bandit import LinUCBRouter
 from thalamus.router.embedders import get_embedder
 from thalamus.router.knn import KNNRouter
@@ -57,7 +57,7 @@ ADMIN = {"Authorization": "Bearer bench"}
 def prices(pool: RoutingDataset) -> dict[str, float]:
     """USD per million tokens per model such that the gateway's logged cost (tokens x price) matches the
     dataset's recorded cost on the median prompt: the loop must learn the costs the reward uses."""
-    from thalamus.gateway.protocol import estimate_prompt_tokens, estimate_tokens
+    from thalamus.gateway.wire.protocol import estimate_prompt_tokens, estimate_tokens
 
     prompt = np.array([estimate_prompt_tokens([{"role": "user", "content": t}]) for t in pool.texts], dtype=float)
     out = {}

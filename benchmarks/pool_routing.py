@@ -37,7 +37,7 @@ from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.app import create_app as create_gateway
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 from thalamus.router.knn import KNNRouter
 from thalamus.serving.app import create_app as create_local_server
 from thalamus.serving.config import ServingConfig

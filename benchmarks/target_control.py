@@ -36,10 +36,10 @@ from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset, hash_fraction
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.controller import smallest_lambda
-from thalamus.gateway.ledger import Ledger
-from thalamus.gateway.replay import create_replay_app
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.learning.controller import smallest_lambda
+from thalamus.gateway.replay.server import create_replay_app
+from thalamus.gateway.replay.threaded import ThreadedServer
+from thalamus.ledger import Ledger
 from thalamus.router.embedders import get_embedder
 from thalamus.router.knn import KNNRouter
 from thalamus.router.policy import Knob, choose

@@ -17,8 +17,8 @@ from gwhelpers import GatewayFactory, base_config, synthetic_dataset
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.replay import create_replay_app
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.server import create_replay_app
+from thalamus.gateway.replay.threaded import ThreadedServer
 from thalamus.router.baselines import BestSingleRouter
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.gateway.ledger import Ledger
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
+from thalamus.ledger import Ledger
 
 GatewayFactory = Callable[..., ThreadedServer]  # the make_gateway fixture's type
 

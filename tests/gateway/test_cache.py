@@ -10,9 +10,9 @@ import httpx
 import openai
 from gwhelpers import GatewayFactory, row_for
 
-from thalamus.gateway.cache import ResponseCache
 from thalamus.gateway.config import CacheConfig
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.core.cache import ResponseCache
+from thalamus.gateway.replay.threaded import ThreadedServer
 
 
 def upstream_calls(replay: ThreadedServer) -> int:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 
 HEADERS = {"content-type": "application/json"}
 

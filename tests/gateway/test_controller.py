@@ -13,9 +13,9 @@ from gwhelpers import GatewayFactory, ledger_rows
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.config import ControllerConfig, RouterConfig
-from thalamus.gateway.controller import Controller
-from thalamus.gateway.ledger import Ledger, LedgerRow
-from thalamus.gateway.service import LoadedRouter
+from thalamus.gateway.learning.artifacts import LoadedRouter
+from thalamus.gateway.learning.controller import Controller
+from thalamus.ledger import Ledger, LedgerRow
 from thalamus.router.base import Router
 from thalamus.router.knn import KNNRouter
 

@@ -16,7 +16,7 @@ import pytest
 from gwhelpers import GatewayFactory, ledger_rows
 from prometheus_client.parser import text_string_to_metric_families
 
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -207,7 +207,7 @@ def check_filter_and_drilldown(page: Any, ledger: Path) -> None:
 def test_standalone_dashboard_serves_a_ledger_read_only(filled_gateway: tuple[ThreadedServer, Path, list[Any]],
                                                         tmp_path: Path) -> None:
     from thalamus.errors import ConfigError
-    from thalamus.gateway.dashboard import ReadOnlyLedger, create_dashboard_app
+    from thalamus.gateway.http.dashboard import ReadOnlyLedger, create_dashboard_app
 
     server, ledger, _ = filled_gateway
     before = sql(ledger, "SELECT count(*), max(version) FROM requests, schema_version")[0]
@@ -231,7 +231,7 @@ def test_snapshot_is_self_contained(filled_gateway: tuple[ThreadedServer, Path, 
     import sqlalchemy as sa
     from playwright.sync_api import sync_playwright
 
-    from thalamus.gateway.dashboard import write_snapshot
+    from thalamus.gateway.http.dashboard import write_snapshot
 
     _, ledger, sent = filled_gateway
     engine = sa.create_engine(f"sqlite:///{ledger}")
@@ -257,8 +257,8 @@ def test_snapshot_is_self_contained(filled_gateway: tuple[ThreadedServer, Path, 
 
 WORKER = """
 import sys, time
-from thalamus.gateway.ledger_row import LedgerRow
-from thalamus.gateway.metrics import GatewayMetrics
+from thalamus.ledger.row import LedgerRow
+from thalamus.gateway.stats.metrics import GatewayMetrics
 m = GatewayMetrics()
 for i in range(int(sys.argv[1])):
     m.observe(LedgerRow(id=str(i), created_at=time.time(), chosen_model="weak", router="best", status=200,
@@ -273,7 +273,7 @@ def test_metrics_sum_over_worker_processes(tmp_path: Path) -> None:
     env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     for n in (7, 5):
         subprocess.run([sys.executable, "-c", WORKER, str(n)], env=env, check=True, timeout=120)
-    scrape = subprocess.run([sys.executable, "-c", "from thalamus.gateway.metrics import GatewayMetrics; "
+    scrape = subprocess.run([sys.executable, "-c", "from thalamus.gateway.stats.metrics import GatewayMetrics; "
                              "import sys; sys.stdout.write(GatewayMetrics().scrape().decode())"],
                             env=env, check=True, timeout=120, capture_output=True, text=True).stdout
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -288,8 +288,8 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     import json
     import re
 
-    from thalamus.gateway.ledger_row import LedgerRow
-    from thalamus.gateway.metrics import GatewayMetrics
+    from thalamus.gateway.stats.metrics import GatewayMetrics
+    from thalamus.ledger.row import LedgerRow
 
     m = GatewayMetrics()
     m.observe(LedgerRow(id="x", created_at=0, chosen_model="weak", router="r", status=200, cost_usd=0.1,

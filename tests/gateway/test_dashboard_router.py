@@ -21,7 +21,7 @@ from test_dashboard import CHROMIUM, FLAGS, IMG, _chromium_ready
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import DataError
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 from thalamus.router.base import Router
 from thalamus.router.baselines import BestSingleRouter
 from thalamus.training.pareto import CURVE_FILE, offline_curve, read_curve, write_curve

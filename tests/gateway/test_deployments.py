@@ -12,8 +12,8 @@ import pytest
 from gwhelpers import MODELS, GatewayFactory, backend
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.gateway.replay import create_replay_app
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.server import create_replay_app
+from thalamus.gateway.replay.threaded import ThreadedServer
 
 
 @pytest.fixture(scope="module")

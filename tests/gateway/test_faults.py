@@ -23,8 +23,8 @@ from gwhelpers import backend, base_config, ledger_rows
 
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.faults import HUGE_LINE_BYTES, LEAKED_BEARER, LEAKED_SECRET
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.faults import HUGE_LINE_BYTES, LEAKED_BEARER, LEAKED_SECRET
+from thalamus.gateway.replay.threaded import ThreadedServer
 
 PROVIDERS = ["litellm", "openai-compatible"]
 STATUS_FAULTS = ["503", "429", "429s", "429date", "hang", "drop"]

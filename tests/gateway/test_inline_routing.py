@@ -24,7 +24,7 @@ from gwhelpers import base_config, ledger_rows, synthetic_dataset
 from tests.router.plugins import install_plugin
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 from thalamus.router import embedder_registry, registry
 from thalamus.router.bandit import LinUCBRouter
 from thalamus.router.base import Router
@@ -40,7 +40,7 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     module = install_plugin(tmp_path, monkeypatch)
     yield module
     embedder_registry.refresh()
-    registry._entry_points.cache_clear()
+    registry.refresh()
 
 
 def _serve_and_send(router: Router, replay: ThreadedServer, tmp_path: Path, counter: Any,

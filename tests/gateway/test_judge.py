@@ -18,9 +18,9 @@ from gwhelpers import MODELS, backend, base_config, ledger_rows
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.ledger import Ledger, feedback
-from thalamus.gateway.replay import create_replay_app
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.server import create_replay_app
+from thalamus.gateway.replay.threaded import ThreadedServer
+from thalamus.ledger import Ledger, feedback
 from thalamus.router.bandit import LinUCBRouter
 
 JUDGE_PRICES = {"input_per_m": 3.0, "output_per_m": 15.0}

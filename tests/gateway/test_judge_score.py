@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from thalamus.errors import ConfigError
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.judge_config import JudgeConfig
-from thalamus.gateway.judge_score import judge_messages, parse_score
-from thalamus.gateway.replay_judge import NO_GRADE, ReplayJudge
+from thalamus.gateway.config.judge import JudgeConfig
+from thalamus.gateway.learning.judge_score import judge_messages, parse_score
+from thalamus.gateway.replay.judge import NO_GRADE, ReplayJudge
 
 ten = st.floats(min_value=1, max_value=10, allow_nan=False).map(lambda x: round(x, 3))
 unit = st.floats(min_value=0, max_value=1, allow_nan=False).map(lambda x: round(x, 4))

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from thalamus.cli import build_app
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.gateway.replay import create_replay_app
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.server import create_replay_app
+from thalamus.gateway.replay.threaded import ThreadedServer
 
 ADMIN = "sk-admin-test"
 AUTH = {"enabled": True, "keys": [{"id": "static", "key": "sk-static"}], "admin_key": ADMIN, "sync_ms": 50}

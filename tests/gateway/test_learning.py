@@ -15,8 +15,9 @@ from gwhelpers import GatewayFactory, ledger_rows, row_for
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.learning import ONLINE_DIR, decode_embedding
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.learning.artifacts import ONLINE_DIR
+from thalamus.gateway.replay.threaded import ThreadedServer
+from thalamus.ledger.embedding import decode_embedding
 from thalamus.router.bandit import LinUCBRouter
 from thalamus.router.base import Router
 

@@ -12,14 +12,14 @@ import sqlalchemy as sa
 from gwhelpers import GatewayFactory, ledger_rows
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.gateway.ledger import MIGRATIONS, Ledger, LedgerWriter
-from thalamus.gateway.ledger_row import LedgerRow
+from thalamus.ledger import MIGRATIONS, Ledger, LedgerWriter
+from thalamus.ledger.row import LedgerRow
 
 
 def test_migrations_are_numbered_and_upgrade_in_place(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     engine = sa.create_engine(url)
-    from thalamus.gateway.ledger import schema_version
+    from thalamus.ledger import schema_version
 
     with engine.begin() as conn:  # a ledger left at version 1 by an older release
         schema_version.create(conn)

@@ -16,17 +16,17 @@ import textwrap
 import time
 from pathlib import Path
 
-from thalamus.gateway.journal import Journal
-from thalamus.gateway.ledger import Ledger, LedgerWriter
-from thalamus.gateway.ledger_row import LedgerRow
+from thalamus.ledger import Ledger, LedgerWriter
+from thalamus.ledger.journal import Journal
+from thalamus.ledger.row import LedgerRow
 
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent("""
     import asyncio, sys, time
     from pathlib import Path
-    from thalamus.gateway.ledger import Ledger, LedgerWriter
-    from thalamus.gateway.ledger_row import LedgerRow
+    from thalamus.ledger import Ledger, LedgerWriter
+    from thalamus.ledger.row import LedgerRow
 
     async def main(url, journal, mode, n):
         writer = LedgerWriter(Ledger(url), flush_ms=10_000, batch_rows=10_000, journal_path=Path(journal),

@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pgserver import PgServer
 
-from thalamus.gateway.ledger import MIGRATIONS, Ledger, LedgerWriter, requests
-from thalamus.gateway.ledger_row import LedgerRow
+from thalamus.ledger import MIGRATIONS, Ledger, LedgerWriter, requests
+from thalamus.ledger.row import LedgerRow
 
 
 def trigger_rows(prefix: str) -> list[LedgerRow]:

@@ -23,8 +23,8 @@ from gwhelpers import GatewayFactory, base_config
 from pgserver import PgServer, free_port
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.gateway.ledger import Ledger
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
+from thalamus.ledger import Ledger
 
 RAW_BAD_MODELS = [b'"\\ud800"', b'"' + b"x" * 300 + b'\\u0000"', b'"a\\u0000b"']
 

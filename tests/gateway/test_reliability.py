@@ -16,7 +16,7 @@ from gwhelpers import GatewayFactory, backend, base_config, ledger_rows, row_for
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 
 
 def post(gateway: ThreadedServer, body: Any, **kwargs: Any) -> httpx.Response:
@@ -127,7 +127,7 @@ def test_request_errors_are_openai_shaped_and_logged(make_gateway: GatewayFactor
 
 
 def test_fastapi_has_nothing_to_validate(replay: ThreadedServer, artifact: Path, tmp_path: Path) -> None:
-    """Handlers take only the Request and parse the body themselves (parse_json_body), so FastAPI never
+    """Handlers (and their Depends) take only the Request and parse the body themselves (parse_json_body), so FastAPI never
     raises RequestValidationError and the gateway installs no handler for it. A route declaring a typed
     parameter would bring back FastAPI's 422, which is not OpenAI-shaped: this test guards that."""
     app = create_app(config_from_dict(base_config(replay.url, artifact, tmp_path / "ledger.sqlite")))
@@ -141,10 +141,13 @@ def test_fastapi_has_nothing_to_validate(replay: ThreadedServer, artifact: Path,
         "/api/stats/routers", "/api/stats/rollout", "/api/judge",
         "/dashboard/static/plotly.min.js", "/dashboard/static/{name}", "/api/controller", "/admin/routers",
         "/admin/routers/{name}/reload", "/admin/routers/{name}/candidate", "/admin/routers/{name}/promote"}
-    for route in routes:
-        d = route.dependant
-        assert not (d.path_params or d.query_params or d.header_params or d.cookie_params or d.body_params
-                    or d.dependencies), route.path
+    for route in routes:  # handlers and their dependencies (the service, the caller's key) read the Request only
+        pending = [route.dependant]
+        while pending:
+            d = pending.pop()
+            assert not (d.path_params or d.query_params or d.header_params or d.cookie_params or d.body_params), \
+                route.path
+            pending.extend(d.dependencies)
 
 
 def test_feedback_joins_and_unknown_ids_are_404(gateway: ThreadedServer, dataset: RoutingDataset) -> None:
@@ -157,7 +160,7 @@ def test_feedback_joins_and_unknown_ids_are_404(gateway: ThreadedServer, dataset
     assert_openai_error(missing, 404, "request_id")
     assert_openai_error(httpx.post(gateway.url + "/v1/feedback", json={"request_id": request_id, "score": 2}),
                         400, "score")
-    from thalamus.gateway.ledger import Ledger
+    from thalamus.ledger import Ledger
 
     ledger = Ledger(f"sqlite:///{gateway.ledger_path}")  # type: ignore[attr-defined]
     joined = ledger.rows_with_feedback().set_index("id")

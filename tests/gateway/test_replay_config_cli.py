@@ -14,8 +14,8 @@ from thalamus.cli import build_app
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError
 from thalamus.gateway.config import config_from_dict, load_config
-from thalamus.gateway.protocol import estimate_prompt_tokens, estimate_tokens
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
+from thalamus.gateway.wire.protocol import estimate_prompt_tokens, estimate_tokens
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "thalamus.yaml"
 

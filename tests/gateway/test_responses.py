@@ -17,7 +17,7 @@ from openai.types.responses import (
 )
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 
 TOOL = {"type": "function", "name": "get_weather", "description": "Weather of a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}

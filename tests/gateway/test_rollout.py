@@ -14,7 +14,7 @@ import pytest
 from gwhelpers import GatewayFactory, ledger_rows
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 from thalamus.router.baselines import BestSingleRouter
 
 ADMIN = {"Authorization": "Bearer admin-secret"}

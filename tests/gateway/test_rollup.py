@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from pgserver import db_url, pg_admin_url, pg_url  # noqa: F401  (PostgreSQL fixtures)
 
-from thalamus.gateway import stats
-from thalamus.gateway.counterfactual import annotate
-from thalamus.gateway.ledger import Ledger
-from thalamus.gateway.ledger_rollup import LATENCY_BOUNDS_V5, ROLLUP_V5
-from thalamus.gateway.ledger_row import LedgerRow
-from thalamus.gateway.stats_sql import LATENCY_BOUNDS_MS, Filters
+from thalamus.gateway.core.counterfactual import annotate
+from thalamus.gateway.stats import aggregates as stats
+from thalamus.gateway.stats.sql import LATENCY_BOUNDS_MS, Filters
+from thalamus.ledger import Ledger
+from thalamus.ledger.rollup import LATENCY_BOUNDS_V5, ROLLUP_V5
+from thalamus.ledger.row import LedgerRow
 
 T0 = 1_760_000_400.0  # 400 s after an hour boundary
 SPAN = 3 * 86400

@@ -10,7 +10,7 @@ import pytest
 from gwhelpers import row_for
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from gwhelpers import GatewayFactory, ledger_rows, row_for
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.gateway.prompt_hash import load_key
+from thalamus.ledger.prompt_hash import load_key
 
 KEYS = {"enabled": True, "keys": [{"id": "team-a", "key": "sk-team-a"}, {"id": "team-b", "key": "sk-team-b"}]}
 A = {"authorization": "Bearer sk-team-a"}

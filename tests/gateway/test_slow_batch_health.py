@@ -25,7 +25,7 @@ from gwhelpers import base_config, synthetic_dataset
 from tests.router.plugins import install_plugin
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 from thalamus.router import embedder_registry, registry
 from thalamus.router.cluster import ClusterRouter
 
@@ -40,7 +40,7 @@ def slow_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
     yield module
     module.CountingEmbedder.reset()
     embedder_registry.refresh()
-    registry._entry_points.cache_clear()
+    registry.refresh()
 
 
 @pytest.fixture

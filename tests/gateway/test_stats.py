@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from pgserver import db_url, pg_admin_url, pg_url  # noqa: F401  (PostgreSQL fixtures)
 
-from thalamus.gateway import stats, stats_rows
-from thalamus.gateway.counterfactual import annotate, baseline_for
-from thalamus.gateway.ledger import Ledger
-from thalamus.gateway.ledger_row import LedgerRow
-from thalamus.gateway.stats_sql import LATENCY_BOUNDS_MS, Filters, bucket_edges
+from thalamus.gateway.core.counterfactual import annotate, baseline_for
+from thalamus.gateway.stats import aggregates as stats
+from thalamus.gateway.stats import rows as stats_rows
+from thalamus.gateway.stats.sql import LATENCY_BOUNDS_MS, Filters, bucket_edges
+from thalamus.ledger import Ledger
+from thalamus.ledger.row import LedgerRow
 
 T0 = 1_750_000_000.0 - (1_750_000_000.0 % 3600)  # an hour boundary
 MODELS = {"strong": 0.02, "mid": 0.004, "weak": 0.0005}  # expected cost per request

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from pgserver import db_url, pg_admin_url, pg_url  # noqa: F401  (PostgreSQL fixtures)
 
-from thalamus.gateway import stats_rollout, stats_router
-from thalamus.gateway.ledger import Ledger
-from thalamus.gateway.ledger_row import LedgerRow
-from thalamus.gateway.stats_sql import Filters
+from thalamus.gateway.stats import rollout as stats_rollout
+from thalamus.gateway.stats import router as stats_router
+from thalamus.gateway.stats.sql import Filters
+from thalamus.ledger import Ledger
+from thalamus.ledger.row import LedgerRow
 
 CANDS = {"a": {"quality": 0.9, "cost": 0.01}, "b": {"quality": 0.5, "cost": 0.001}}
 

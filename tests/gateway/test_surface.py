@@ -10,7 +10,7 @@ import openai
 import pytest
 from gwhelpers import MODELS, GatewayFactory, backend, row_for
 
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
 
 
 def sdk(gw: ThreadedServer, key: str = "unused", prefix: str = "/v1") -> openai.OpenAI:

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from thalamus.gateway.backends import UpstreamError, make_backend
 from thalamus.gateway.config import BackendConfig
-from thalamus.gateway.redact import redact
-from thalamus.gateway.server import ThreadedServer
-from thalamus.gateway.upstream import check_chunk, check_completion, loads, parse_retry_after
+from thalamus.gateway.replay.threaded import ThreadedServer
+from thalamus.gateway.upstream.backends import make_backend
+from thalamus.gateway.upstream.checks import UpstreamError
+from thalamus.gateway.upstream.checks import check_chunk, check_completion, loads, parse_retry_after
+from thalamus.gateway.upstream.redact import redact
 
 PROVIDERS = ["litellm", "openai-compatible"]
 BODY = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}

@@ -27,8 +27,8 @@ from thalamus.datasets.schema import RoutingDataset
 from thalamus.datasets.user_format import read_user_file
 from thalamus.gateway.app import create_app as create_gateway
 from thalamus.gateway.config import config_from_dict, load_config
-from thalamus.gateway.ledger import Ledger
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
+from thalamus.ledger import Ledger
 from thalamus.router.knn import KNNRouter
 from thalamus.serving.app import create_app as create_local_server
 from thalamus.serving.config import ServingConfig

@@ -26,8 +26,8 @@ from openai import OpenAI
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.gateway.app import create_app as create_gateway
 from thalamus.gateway.config import config_from_dict
-from thalamus.gateway.ledger import Ledger
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.replay.threaded import ThreadedServer
+from thalamus.ledger import Ledger
 from thalamus.router.knn import KNNRouter
 from thalamus.serving.app import create_app as create_local_server
 from thalamus.serving.config import ServingConfig

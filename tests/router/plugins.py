@@ -128,7 +128,7 @@ def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     (dist / "entry_points.txt").write_text(ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(root))
     embedder_registry.refresh()
-    registry._entry_points.cache_clear()
+    registry.refresh()
     # one module per process: embedders made from it are cached process-wide by spec
     module = sys.modules.get("thalamus_testplugin") or importlib.import_module("thalamus_testplugin")
     module.CountingEmbedder.reset()
@@ -141,4 +141,4 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The plugin installed for one test, then forgotten by the registries."""
     yield install_plugin(tmp_path, monkeypatch)
     embedder_registry.refresh()
-    registry._entry_points.cache_clear()
+    registry.refresh()

@@ -73,7 +73,7 @@ def third_party(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as mp:
         yield install_plugin(tmp_path_factory.mktemp("plugin"), mp)
     embedder_registry.refresh()
-    registry._entry_points.cache_clear()
+    registry.refresh()
 
 
 def assert_unfitted(name: str, router: Router, tmp_path: Path) -> None:

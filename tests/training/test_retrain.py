@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from thalamus.errors import DataError
-from thalamus.gateway.learning import encode_embedding
+from thalamus.ledger.embedding import encode_embedding
 from thalamus.router.knn import KNNRouter
 from thalamus.training.retrain import training_set
 

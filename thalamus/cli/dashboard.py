@@ -22,7 +22,7 @@ def dashboard_cmd(
                                                    "of the whole ledger here and exit.")] = None,
 ) -> None:
     """Serve the cost/quality dashboard of a ledger, read-only."""
-    from thalamus.gateway.dashboard import ReadOnlyLedger, create_dashboard_app, write_snapshot
+    from thalamus.gateway.http.dashboard import ReadOnlyLedger, create_dashboard_app, write_snapshot
 
     if snapshot is not None:
         db = ReadOnlyLedger(ledger)

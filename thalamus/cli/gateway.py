@@ -82,7 +82,7 @@ def logs_cmd(
     """Recent ledger rows (one per request)."""
     if ctx.invoked_subcommand is not None:
         return
-    from thalamus.gateway.ledger import Ledger
+    from thalamus.ledger import Ledger
 
     db = Ledger(_ledger(config, ledger))
     df = db.recent(limit)
@@ -101,7 +101,7 @@ def logs_export_cmd(
     ledger: LedgerOpt = None,
 ) -> None:
     """Rows with feedback -> a RoutingDataset Parquet file for re-training."""
-    from thalamus.gateway.ledger import Ledger
+    from thalamus.ledger import Ledger
 
     db = Ledger(_ledger(config, ledger))
     try:
@@ -122,7 +122,7 @@ def replay_cmd(
     import uvicorn
 
     from thalamus.datasets.registry import load_dataset
-    from thalamus.gateway.replay import create_replay_app
+    from thalamus.gateway.replay.server import create_replay_app
 
     uvicorn.run(create_replay_app(load_dataset(data), delay_ms=delay_ms), host=host, port=port,
                 log_level="warning", access_log=False)
@@ -143,7 +143,7 @@ def demo_cmd(
     """Route held-out RouterBench prompts through a real gateway; compare with always calling GPT-4."""
     import logging
 
-    from thalamus.gateway.demo import run_demo
+    from thalamus.gateway.replay.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("thalamus").setLevel(logging.INFO)

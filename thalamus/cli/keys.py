@@ -38,7 +38,7 @@ def create_cmd(
 ) -> None:
     """Create a virtual key; prints its secret once (only its hash is stored)."""
     from thalamus.errors import ConfigError
-    from thalamus.gateway.keys import record_from
+    from thalamus.gateway.tenancy.keys import record_from
 
     try:
         meta = json.loads(metadata) if metadata is not None else None
@@ -92,8 +92,8 @@ def _num(value: float | int | None) -> str:
 
 def _store(config: Path | None, ledger: str | None) -> tuple[Any, frozenset[str]]:
     from thalamus.gateway.config import load_config
-    from thalamus.gateway.keys import KeyStore
-    from thalamus.gateway.ledger import Ledger
+    from thalamus.gateway.tenancy.keys import KeyStore
+    from thalamus.ledger import Ledger
 
     static = frozenset(k.id for k in load_config(config).auth.keys) if config is not None and config.exists() \
         else frozenset()

@@ -63,7 +63,7 @@ def ope_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results here.")] = None,
 ) -> None:
     """Off-policy estimates of candidate routers on the logged traffic, against the serving router."""
-    from thalamus.gateway.ledger import Ledger
+    from thalamus.ledger import Ledger
     from thalamus.router.base import Router
     from thalamus.training.ope import evaluate, logged_value
     from thalamus.training.ope_ledger import candidate_policy, knob_utility, load_log
@@ -117,7 +117,7 @@ def retrain_cmd(
     """Fit ROUTER on base data plus every logged (prompt, model, feedback) triple and save it."""
     from thalamus.cli.train import parse_pairs
     from thalamus.datasets.registry import load_dataset
-    from thalamus.gateway.ledger import Ledger
+    from thalamus.ledger import Ledger
     from thalamus.router.base import artifact_version
     from thalamus.router.registry import make_router
     from thalamus.training.retrain import training_set

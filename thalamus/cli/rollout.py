@@ -1,6 +1,6 @@
 """``thalamus rollout ...``: hot reload, shadow, canary and promotion on a running gateway.
 
-Thin clients of the gateway's admin endpoints (``thalamus.gateway.rollout_api``); the admin key is
+Thin clients of the gateway's admin endpoints (``thalamus.gateway.http.rollout``); the admin key is
 read from an environment variable (default ``THALAMUS_ADMIN_KEY``), never from the command line.
 """
 

@@ -10,34 +10,40 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
 from thalamus.config import Settings
 from thalamus.errors import ConfigError
-from thalamus.gateway.admin_api import install_admin
-from thalamus.gateway.api import install
-from thalamus.gateway.backends import Backend, make_backends
 from thalamus.gateway.config import GatewayConfig
-from thalamus.gateway.controller import Controllers, install_controller_api
-from thalamus.gateway.dashboard import install_dashboard
-from thalamus.gateway.judge import install_judge_api, start_judge
-from thalamus.gateway.ledger import Ledger, LedgerWriter
-from thalamus.gateway.ledger_writer import default_journal_path
-from thalamus.gateway.metrics import GatewayMetrics, install_metrics, multiprocess_dir
-from thalamus.gateway.pool_state import PoolTracker
-from thalamus.gateway.prompt_hash import PromptHasher, load_key
-from thalamus.gateway.rollout_api import install_rollout
-from thalamus.gateway.service import GatewayService, LoadedRouter
-from thalamus.gateway.stats_api import install_stats
-from thalamus.gateway.surface import install_surface
-
-if TYPE_CHECKING:
-    from thalamus.router.base import Router
-    from thalamus.router.batching import BatchingEmbedder
+from thalamus.gateway.core.cache import ResponseCache
+from thalamus.gateway.core.service import GatewayService
+from thalamus.gateway.http.admin import install_admin
+from thalamus.gateway.http.api import install
+from thalamus.gateway.http.dashboard import install_dashboard
+from thalamus.gateway.http.learning import install_learning_api
+from thalamus.gateway.http.metrics import install_metrics
+from thalamus.gateway.http.rollout import install_rollout
+from thalamus.gateway.http.stats import install_stats
+from thalamus.gateway.http.surface import install_surface
+from thalamus.gateway.learning.artifacts import LoadedRouter, load_artifact
+from thalamus.gateway.learning.controller import Controllers
+from thalamus.gateway.learning.feedback import FeedbackDesk
+from thalamus.gateway.learning.judge import start_judge
+from thalamus.gateway.learning.loop import LearningLoop
+from thalamus.gateway.learning.pool_state import PoolTracker
+from thalamus.gateway.stats.metrics import GatewayMetrics, multiprocess_dir
+from thalamus.gateway.tenancy.auth import KeyChecker
+from thalamus.gateway.tenancy.controls import TeamControls
+from thalamus.gateway.upstream.backends import make_backends
+from thalamus.gateway.upstream.base import Backend
+from thalamus.ledger import Ledger, LedgerWriter
+from thalamus.ledger.prompt_hash import PromptHasher, load_key
+from thalamus.ledger.writer import default_journal_path
+from thalamus.router.base import Router, artifact_version
+from thalamus.router.batching import BatchingEmbedder, attach_batching
 
 log = logging.getLogger("thalamus.gateway")
 
@@ -59,9 +65,6 @@ def open_ledger(config: GatewayConfig, settings: Settings | None = None) -> tupl
 
 
 def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
-    from thalamus.gateway.learning import load_artifact
-    from thalamus.router.base import artifact_version
-
     loaded: dict[str, LoadedRouter] = {}
     backends = {b.name for b in config.backends}
     for name, rc in config.routers.items():
@@ -86,8 +89,6 @@ def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
 def start_batching(config: GatewayConfig, routers: list[Router]) -> list[BatchingEmbedder]:
     """Micro-batch the routers' embedders (server.embed_batch_ms; 0 disables). Routing threads then
     mostly wait on a shared batch, so the default executor gets enough of them to fill one."""
-    from thalamus.router.batching import attach_batching
-
     if config.server.embed_batch_ms <= 0:
         return []
     batchers = attach_batching(routers, config.server.embed_batch_ms)
@@ -96,14 +97,57 @@ def start_batching(config: GatewayConfig, routers: list[Router]) -> list[Batchin
     return batchers
 
 
-async def start_pool(config: GatewayConfig, service: GatewayService) -> PoolTracker | None:
+async def start_pool(config: GatewayConfig) -> PoolTracker | None:
     """Pool-aware routing (``pool_routing.enabled``): the tracker, polled once, then every interval."""
     if not config.pool_routing.enabled:
         return None
     pool = PoolTracker(config.pool_routing, config.backends)
     await pool.start()
-    service.learning.pool = pool
     return pool
+
+
+async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backends: dict[str, Backend] | None,
+                stack: AsyncExitStack) -> None:
+    """The object graph, built once, in dependency order; ``stack`` closes it in the reverse order."""
+    routers = load_routers(config)
+    for batcher in start_batching(config, [loaded.router for loaded in routers.values()]):
+        stack.callback(batcher.close)
+    for loaded in routers.values():  # load embedders now, once, not under the first requests' race
+        await asyncio.to_thread(loaded.router.route, "Thalamus warm-up.", loaded.default_knob())
+    ledger, writer = open_ledger(config, settings)
+    stack.callback(ledger.close)
+    writer.start()
+    stack.push_async_callback(writer.close)
+    # readiness pings the ledger on threads of its own: routing threads stuck in a slow
+    # embedding batch can fill the default executor, and /readyz must not queue behind them
+    app.state.health_executor = ThreadPoolExecutor(2, thread_name_prefix="health")
+    stack.callback(app.state.health_executor.shutdown, wait=False)
+    owned = backends or make_backends(config.backends)
+    for backend in owned.values():
+        stack.push_async_callback(backend.aclose)
+    pool = app.state.pool = await start_pool(config)
+    learning = LearningLoop(config, pool=pool)
+    stack.push_async_callback(asyncio.to_thread, learning.close, routers)
+    controllers = app.state.controllers = Controllers(routers)
+    controllers.start(ledger)
+    stack.push_async_callback(controllers.stop)
+    controls = TeamControls(config.auth, ledger.engine)  # virtual keys, budgets, rate limits
+    await controls.start()
+    stack.push_async_callback(controls.close)
+    if pool is not None:
+        stack.push_async_callback(pool.close)
+    metrics = app.state.metrics = GatewayMetrics(writer)
+    desk = app.state.feedback = FeedbackDesk(ledger, writer, learning, routers)
+    # in multiprocess mode metric values live in the shared files, not in the app's registry
+    judge = start_judge(config.judge, owned, desk, None if multiprocess_dir() else metrics.registry,
+                        store_comments=config.ledger.store_prompts)
+    if judge is not None:  # closed first: its workers still use the backends, the writer and the ledger
+        stack.push_async_callback(judge.close)
+    hasher = PromptHasher(load_key(config.ledger.hash_key_env, settings.cache_dir / "prompt_hash.key"))
+    app.state.ledger = ledger
+    app.state.service = GatewayService(config, routers, owned, writer, hasher, controls,
+                                       KeyChecker(config.auth, controls.lookup), learning,
+                                       ResponseCache(config.cache), metrics=metrics, judge=judge)
 
 
 def create_app(config: GatewayConfig, settings: Settings | None = None,
@@ -112,44 +156,9 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        routers = load_routers(config)
-        batchers = start_batching(config, [loaded.router for loaded in routers.values()])
-        for loaded in routers.values():  # load embedders now, once, not under the first requests' race
-            await asyncio.to_thread(loaded.router.route, "Thalamus warm-up.", loaded.default_knob())
-        ledger, writer = open_ledger(config, settings)
-        writer.start()
-        app.state.ledger = ledger
-        # readiness pings the ledger on threads of its own: routing threads stuck in a slow
-        # embedding batch can fill the default executor, and /readyz must not queue behind them
-        app.state.health_executor = ThreadPoolExecutor(2, thread_name_prefix="health")
-        owned = backends or make_backends(config.backends)
-        hasher = PromptHasher(load_key(config.ledger.hash_key_env, (settings or Settings()).cache_dir
-                                       / "prompt_hash.key"))
-        app.state.metrics = GatewayMetrics(writer)
-        app.state.service = GatewayService(config, routers, owned, writer, hasher, metrics=app.state.metrics)
-        # in multiprocess mode metric values live in the shared files, not in the app's registry
-        judge = start_judge(app.state.service, ledger, None if multiprocess_dir() else app.state.metrics.registry)
-        app.state.controllers = Controllers(routers)
-        app.state.controllers.start(ledger)
-        await app.state.service.controls.start()
-        pool = app.state.pool = await start_pool(config, app.state.service)
-        try:
+        async with AsyncExitStack() as stack:
+            await build(app, config, settings or Settings(), backends, stack)
             yield
-        finally:
-            if judge is not None:  # first: its workers still use the backends, the writer and the ledger
-                await judge.close()
-            if pool is not None:
-                await pool.close()
-            await app.state.service.controls.close()
-            await app.state.controllers.stop()
-            await asyncio.to_thread(app.state.service.learning.close, routers)
-            for backend in owned.values():
-                await backend.aclose()
-            await writer.close()
-            ledger.close()
-            app.state.health_executor.shutdown(wait=False)
-            for batcher in batchers:
-                batcher.close()
 
     docs = config.server.docs if config.server.docs is not None else not config.auth.enabled
     app = FastAPI(title="Thalamus gateway", lifespan=lifespan, docs_url="/docs" if docs else None,
@@ -160,7 +169,6 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     install_dashboard(app)
     install_metrics(app)
     install_rollout(app)
-    install_controller_api(app)
-    install_judge_api(app)
+    install_learning_api(app)
     install_surface(app, config.server)  # last: it copies the /v1 routes
     return app

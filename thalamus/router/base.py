@@ -22,13 +22,15 @@ import hashlib
 import inspect
 import json
 from collections.abc import Sequence
+from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.errors import ConfigError, DataError, NotFittedError
+from thalamus.errors import ConfigError, DataError, NotFittedError, UnknownNameError
 from thalamus.router.embedders import Embedder, get_embedder
 from thalamus.router.policy import Decision, Knob, decide
 
@@ -228,8 +230,6 @@ class Router:
         The embedder (``embedder``, else the one the artifact's spec names) must have the id the
         router was fitted with: a ConfigError names both ids otherwise.
         """
-        from thalamus.router.registry import get_router_class
-
         directory = Path(directory)
         meta_path = directory / "router.json"
         if not meta_path.exists():
@@ -284,3 +284,22 @@ def _jsonable(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+ROUTER_GROUP = "thalamus.routers"  # the entry-point group of router classes, built-ins included
+
+
+@cache
+def router_entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ROUTER_GROUP)}
+
+
+def get_router_class(name: str) -> type[Router]:
+    """The Router subclass registered under ``name`` (entry points of ``thalamus.routers``)."""
+    eps = router_entry_points()
+    if name not in eps:
+        raise UnknownNameError(f"unknown router {name!r}; registered: {', '.join(sorted(eps))}")
+    klass = eps[name].load()
+    if not (isinstance(klass, type) and issubclass(klass, Router)):
+        raise UnknownNameError(f"entry point {name!r} in {ROUTER_GROUP} is not a Router subclass")
+    return klass

@@ -6,33 +6,14 @@ package would use, so there is one path for both.
 
 from __future__ import annotations
 
-from functools import cache
-from importlib.metadata import entry_points
 from typing import Any
 
 from thalamus.errors import UnknownNameError
-from thalamus.router.base import Router
-
-GROUP = "thalamus.routers"
-
-
-@cache
-def _entry_points() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+from thalamus.router.base import Router, get_router_class, router_entry_points
 
 
 def router_names() -> list[str]:
-    return sorted(_entry_points())
-
-
-def get_router_class(name: str) -> type[Router]:
-    eps = _entry_points()
-    if name not in eps:
-        raise UnknownNameError(f"unknown router {name!r}; registered: {', '.join(sorted(eps))}")
-    klass = eps[name].load()
-    if not (isinstance(klass, type) and issubclass(klass, Router)):
-        raise UnknownNameError(f"entry point {name!r} in {GROUP} is not a Router subclass")
-    return klass
+    return sorted(router_entry_points())
 
 
 def make_router(name: str, **params: Any) -> Router:
@@ -43,3 +24,8 @@ def make_router(name: str, **params: Any) -> Router:
             f"router {name!r} has no parameter(s) {sorted(unknown)}; it takes {klass.param_names()}"
         )
     return klass(**params)
+
+
+def refresh() -> None:
+    """Forget the discovered entry points (a plugin was installed or removed at run time)."""
+    router_entry_points.cache_clear()

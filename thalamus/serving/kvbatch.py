@@ -19,12 +19,12 @@ tokens shared by all rows); :func:`joinable` says whether a model's cache qualif
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
-    from thalamus.serving.engine import _Row
+R = TypeVar("R")  # the engine's per-row generation state
 
 
 def joinable(cache: Any) -> bool:
@@ -35,8 +35,8 @@ def joinable(cache: Any) -> bool:
 
 
 @dataclass
-class Batch:
-    rows: list[_Row]
+class Batch(Generic[R]):
+    rows: list[R]
     cache: Any
     mask: torch.Tensor  # (rows, columns): 1 where a cached column is a real token of that row
     next_pos: torch.Tensor  # (rows, 1): position id of each row's next token

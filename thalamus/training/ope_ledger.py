@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from thalamus.errors import DataError
-from thalamus.gateway.learning import decode_embedding
+from thalamus.ledger.embedding import decode_embedding
 from thalamus.router.base import Router
 from thalamus.router.policy import Knob, choose
 from thalamus.training.ope import LoggedBandit

@@ -21,7 +21,7 @@ import pandas as pd
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import DataError
-from thalamus.gateway.learning import decode_embedding
+from thalamus.ledger.embedding import decode_embedding
 from thalamus.router.base import Router
 
 

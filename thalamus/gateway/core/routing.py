@@ -1,0 +1,91 @@
+"""From the request's ``model`` field to the backends to try, in order: resolve, scope, route.
+
+``model`` names a concrete backend (no routing; the configured fallbacks follow it), a router
+(``router:NAME`` or an alias) or a RouteLLM name (``router-NAME-THRESHOLD``). The set of models a request may
+be served by is resolved here once: the router's servable models, cut to the key's scope and the request's
+``routing.allowed`` / ``excluded`` (the knob), and every candidate tried is a configured backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import time
+
+from thalamus.errors import ConfigError
+from thalamus.gateway.config import GatewayConfig
+from thalamus.gateway.core.call import Call, Target
+from thalamus.gateway.core.decisions import fallback_order, knob_dict, threshold_knob, unique
+from thalamus.gateway.core.request import RequestView
+from thalamus.gateway.learning.artifacts import LoadedRouter
+from thalamus.gateway.learning.loop import LearningLoop
+from thalamus.gateway.tenancy.controls import TeamControls
+from thalamus.gateway.upstream.base import Backend
+from thalamus.gateway.wire import protocol as p
+from thalamus.router.policy import Decision, Knob
+
+ROUTELLM_NAME = re.compile(r"^router-(?P<name>.+)-(?P<threshold>[0-9]*\.?[0-9]+)$")
+
+
+class Planner:
+    def __init__(self, config: GatewayConfig, routers: dict[str, LoadedRouter], backends: dict[str, Backend],
+                 controls: TeamControls, learning: LearningLoop) -> None:
+        self.config, self.routers, self.backends = config, routers, backends
+        self.controls, self.learning = controls, learning
+        self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
+
+    def resolve(self, model: str, routed: bool = True) -> Target:
+        if model in self.backends:
+            return Target(backend=model)
+        if not routed:
+            raise p.RequestError(404, f"model {model!r} is not a configured backend (embeddings and completions "
+                                 "go to a named backend, not a router)", param="model", code="model_not_found")
+        name = model.removeprefix("router:")
+        if model.startswith("router:") and name in self.routers:
+            return Target(router=self.routers[name])
+        if model in self.aliases:
+            return Target(router=self.aliases[model])
+        m = ROUTELLM_NAME.match(model)
+        if m and m["name"] in self.routers and self.routers[m["name"]].config.strong:
+            return Target(router=self.routers[m["name"]], threshold=float(m["threshold"]))
+        raise p.RequestError(404, f"model {model!r} is not a configured backend, router or alias; "
+                             "GET /v1/models lists them", param="model", code="model_not_found")
+
+    async def plan(self, call: Call, view: RequestView, routed: bool) -> list[str]:
+        """The backends to try, in order (routing decided, the key's scope checked)."""
+        target = self.resolve(view.model, routed)
+        overrides = self.controls.scope(call.row.api_key_id, target.backend,
+                                        target.router.name if target.router else None, view.overrides)
+        if target.router is None:
+            assert target.backend is not None
+            call.row.chosen_model = target.backend
+            return unique([target.backend, *self.config.fallback.models]) if routed else [target.backend]
+        return await self._routed(call, target.router, target.threshold, overrides, view.routing_text)
+
+    async def _routed(self, call: Call, loaded: LoadedRouter, threshold: float | None,
+                      overrides: p.RoutingOverrides, text: str) -> list[str]:
+        fallback = self.config.fallback
+        try:
+            knob = overrides.apply(loaded.default_knob())
+            t0 = time.perf_counter()
+            route = functools.partial(self._route, loaded, text, knob, threshold)
+            decision = route() if self.learning.inline(loaded) else await asyncio.to_thread(route)
+            call.row.routing_ms = (time.perf_counter() - t0) * 1000
+        except ConfigError as exc:
+            raise p.RequestError(400, str(exc), param="routing", code="invalid_routing") from None
+        call.decision = decision
+        row = call.row
+        row.router, row.artifact_version, row.knob = loaded.name, loaded.version, knob_dict(decision.knob)
+        row.chosen_model = decision.model
+        self.learning.record(row, loaded, decision)  # probability and candidates (quality, cost, p)
+        if decision.model not in self.backends:
+            raise p.RequestError(400, f"the router chose {decision.model!r}, which has no configured backend; "
+                                 "restrict routing.allowed to backends", param="routing.allowed")
+        order = [decision.model, *(fallback.models if fallback.order == "list" else fallback_order(decision))]
+        return unique([m for m in order if m in self.backends])[: fallback.max_candidates]
+
+    def _route(self, loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
+        if threshold is not None:  # RouteLLM form: the configured strong/weak pair of a many-model router
+            knob = threshold_knob(loaded.pair(), knob, threshold)
+        return self.learning.route(loaded, text, knob)

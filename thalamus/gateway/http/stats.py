@@ -1,0 +1,163 @@
+"""The JSON stats API: ``/api/stats/*`` and ``/api/requests``, on the gateway and the standalone dashboard.
+
+Handlers parse the query string into ``Filters``, run the SQL of ``stats`` / ``stats_rows`` in a worker
+thread (the database calls are synchronous) and answer JSON. On the gateway they sit behind the same
+API-key check as ``/v1/*`` when auth is on; the standalone dashboard (``thalamus dashboard``) has no
+service and serves them read-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
+
+from thalamus.gateway.stats import aggregates as stats
+from thalamus.gateway.stats import rollout as stats_rollout
+from thalamus.gateway.stats import router as stats_router
+from thalamus.gateway.stats import rows as stats_rows
+from thalamus.gateway.stats.router_curves import live_rollouts, serving_curves
+from thalamus.gateway.stats.sql import Filters
+from thalamus.gateway.wire.protocol import RequestError
+
+
+def guard(request: Request) -> Engine:
+    """401 unless the caller may read stats (auth on: any configured key); returns the ledger's engine."""
+    service = getattr(request.app.state, "service", None)
+    if service is not None:
+        service.authorize(request.headers.get("authorization"))
+    engine: Engine = request.app.state.ledger.engine
+    return engine
+
+
+def _time(name: str, raw: str | None) -> float | None:
+    """Epoch seconds, or an ISO 8601 time (a time without zone is UTC)."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            raise RequestError(400, f"'{name}' must be epoch seconds or an ISO 8601 time, got {raw!r}",
+                               param=name) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        value = parsed.timestamp()
+    if not math.isfinite(value):
+        raise RequestError(400, f"'{name}' must be a finite time, got {raw!r}", param=name)
+    return value
+
+
+def filters(request: Request) -> Filters:
+    q = request.query_params
+    out = Filters(since=_time("since", q.get("since")), until=_time("until", q.get("until")),
+                  router=q.get("router") or None, key=q.get("key") or None, model=q.get("model") or None)
+    if out.since is not None and out.until is not None and out.since >= out.until:
+        raise RequestError(400, "'since' must be before 'until'", param="since")
+    return out
+
+
+def _int(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise RequestError(400, f"'{name}' must be an integer, got {raw!r}", param=name) from None
+
+
+async def _run(fn: Callable[..., Any], *args: Any, param: str | None = None) -> Any:
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except ValueError as exc:  # the stats functions name the field at fault
+        raise RequestError(400, str(exc), param=param) from None
+
+
+async def overview(request: Request) -> JSONResponse:
+    return JSONResponse(await _run(stats.overview, guard(request), filters(request)))
+
+
+async def timeseries(request: Request) -> JSONResponse:
+    bucket = request.query_params.get("bucket", "hour")
+    return JSONResponse(await _run(stats.timeseries, guard(request), filters(request), bucket, param="bucket"))
+
+
+async def models(request: Request) -> JSONResponse:
+    return JSONResponse({"data": await _run(stats.grouped, guard(request), filters(request), "model")})
+
+
+async def keys(request: Request) -> JSONResponse:
+    return JSONResponse({"data": await _run(stats.grouped, guard(request), filters(request), "key")})
+
+
+async def calibration(request: Request) -> JSONResponse:
+    bins = _int(request, "bins", 10)
+    if not 1 <= bins <= 100:
+        raise RequestError(400, f"'bins' must be in [1, 100], got {bins}", param="bins")
+    return JSONResponse({"data": await _run(stats.calibration, guard(request), filters(request), bins)})
+
+
+async def filter_options(request: Request) -> JSONResponse:
+    return JSONResponse(await _run(stats.filter_options, guard(request), filters(request)))
+
+
+async def routers(request: Request) -> JSONResponse:
+    """Realized points per router (and knob value), with the serving artifact's offline curve if any."""
+    engine, f = guard(request), filters(request)
+    service = getattr(request.app.state, "service", None)
+    points = await _run(stats_router.router_points, engine, f)
+    curves = await asyncio.to_thread(serving_curves, service)
+    by_name = {p["router"]: p for p in points}
+    for name in curves:
+        if f.router is None or name == f.router:
+            by_name.setdefault(name, {"router": name, "all": None, "knobs": []})
+    return JSONResponse({"data": [by_name[n] | curves.get(n, {"curve": None}) for n in sorted(by_name)]})
+
+
+async def rollout(request: Request) -> JSONResponse:
+    """Serving vs candidate per router with shadow or canary rows in the range, plus the live state."""
+    engine, f = guard(request), filters(request)
+    rows = {r["router"]: r for r in await _run(stats_rollout.rollout_compare, engine, f)}
+    live = live_rollouts(getattr(request.app.state, "service", None))
+    for name in live:
+        if f.router is None or name == f.router:
+            rows.setdefault(name, {"router": name, "shadow": [], "canary": None})
+    return JSONResponse({"data": [rows[n] | {"live": live.get(n)} for n in sorted(rows)]})
+
+
+async def recent(request: Request) -> JSONResponse:
+    engine, f = guard(request), filters(request)
+    limit = _int(request, "limit", 50)
+    before = _time("before", request.query_params.get("before"))
+    return JSONResponse({"data": await _run(stats_rows.recent, engine, f, limit, before, param="limit")})
+
+
+async def one_request(request: Request) -> JSONResponse:
+    engine = guard(request)
+    request_id = request.path_params["request_id"]
+    row = await asyncio.to_thread(stats_rows.one, engine, request_id)
+    if row is None:
+        raise RequestError(404, f"unknown request id {request_id!r}", param="request_id", code="request_not_found")
+    return JSONResponse(row)
+
+
+ROUTES: dict[str, Callable[[Request], Any]] = {
+    "/api/stats/overview": overview, "/api/stats/timeseries": timeseries, "/api/stats/models": models,
+    "/api/stats/keys": keys, "/api/stats/calibration": calibration, "/api/stats/filters": filter_options,
+    "/api/stats/routers": routers, "/api/stats/rollout": rollout,
+    "/api/requests": recent, "/api/requests/{request_id}": one_request,
+}
+
+
+def install_stats(app: FastAPI) -> None:
+    for path, handler in ROUTES.items():
+        app.add_api_route(path, handler, methods=["GET"])

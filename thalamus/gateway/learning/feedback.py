@@ -1,0 +1,52 @@
+"""Feedback on a request: find its row (waiting briefly for the writer), store the score, learn from it.
+
+The client API (``POST /v1/feedback``) and the LLM judge both go through ``FeedbackDesk``, so a score is
+stored and learned the same way whoever gives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from thalamus.gateway.learning.artifacts import LoadedRouter
+from thalamus.gateway.learning.loop import LearningLoop
+from thalamus.ledger import Ledger, LedgerWriter
+
+log = logging.getLogger(__name__)
+FEEDBACK_FLUSH_WAIT_S = 2.0  # how long feedback waits for a still-queued request row
+
+
+class FeedbackDesk:
+    """Stores feedback rows and hands them to the learning loop; shared by the API and the judge."""
+
+    def __init__(self, ledger: Ledger, writer: LedgerWriter, learning: LearningLoop,
+                 routers: dict[str, LoadedRouter]) -> None:
+        self.ledger, self.writer, self.learning, self.routers = ledger, writer, learning, routers
+
+    async def request_owner(self, request_id: str, wait_s: float = FEEDBACK_FLUSH_WAIT_S) -> tuple[bool, str | None]:
+        """Whether the request has a row and the key that made it; waits up to ``wait_s`` for the writer
+        when the row may still be queued (bounded: under load the writer may never idle)."""
+        found, owner = await asyncio.to_thread(self.ledger.request_owner, request_id)
+        if not found:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.writer.flush(), wait_s)
+            found, owner = await asyncio.to_thread(self.ledger.request_owner, request_id)
+        return found, owner
+
+    async def store(self, request_id: str, score: float, label: str | None, source: str | None,
+                    comment: str | None, key_id: str | None) -> tuple[int, bool]:
+        """Store one feedback row of a request known to be in the ledger; (feedback id, learned). Whether
+        a source is learned from (``judge.learn``) is the learning loop's call (learning/loop.py)."""
+        fid = await asyncio.to_thread(self.ledger.add_feedback, request_id, score, label, source, comment, key_id)
+        return fid, await self.learn_from(request_id, score, source)
+
+    async def learn_from(self, request_id: str, score: float, source: str | None = None) -> bool:
+        """Online update of the router that served the request; a failure never fails the stored feedback."""
+        try:
+            return await asyncio.to_thread(self.learning.feedback, self.ledger, self.routers, request_id, score,
+                                           source)
+        except Exception:  # logged with its traceback: the feedback row is stored either way
+            log.exception("online update from feedback on %s failed", request_id)
+            return False
