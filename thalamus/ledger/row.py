@@ -69,6 +69,8 @@ class LedgerRow:
     # migration 9: pool-aware routing (gateway/learning/pool_aware.py): {"per_second", "penalties": {model: {"load_s",
     # "penalty"}}, "router_choice": the router's own choice when a switching cost overturned it, else None}
     switch_cost: dict[str, Any] | None = None
+    price_input_per_m: float | None = None  # the prices cost_usd was computed with (BackendConfig.cost)
+    price_output_per_m: float | None = None
 
     def storable(self) -> dict[str, Any]:
         """Column values for the ``requests`` table, each one safe to insert; never raises."""

@@ -65,6 +65,9 @@ requests = sa.Table(
     sa.Column("shadow_version", sa.String(64)),
     sa.Column("cache", sa.String(16)),  # migration 7: "hit" when the response cache answered
     sa.Column("switch_cost", sa.Text),  # migration 9: JSON, pool-aware routing's penalties (pool_aware.py)
+    # migration 10: the prices the one price rule used for cost_usd (and the baseline), USD per 1M tokens
+    sa.Column("price_input_per_m", sa.Float),
+    sa.Column("price_output_per_m", sa.Float),
 )
 
 feedback = sa.Table(
@@ -173,6 +176,8 @@ _KEYS_V7 = (_API_KEYS_V7, _KEY_USAGE_V7,
             "ALTER TABLE requests ADD COLUMN cache VARCHAR(16)")
 
 _POOL_V9 = ("ALTER TABLE requests ADD COLUMN switch_cost TEXT",)
+_PRICES_V10 = ("ALTER TABLE requests ADD COLUMN price_input_per_m FLOAT",
+               "ALTER TABLE requests ADD COLUMN price_output_per_m FLOAT")
 
 
 _JUDGE_CALLS_V8 = """CREATE TABLE judge_calls (
@@ -223,6 +228,7 @@ MIGRATIONS: list[Migration] = [
         "postgresql": (_JUDGE_CALLS_V8.format(pk="SERIAL"), _JUDGE_INDEX_V8),
     }),
     Migration(9, "pool-aware routing: switch_cost", {"sqlite": _POOL_V9, "postgresql": _POOL_V9}),
+    Migration(10, "the prices a row was costed at", {"sqlite": _PRICES_V10, "postgresql": _PRICES_V10}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

@@ -178,6 +178,7 @@ class GatewayService:
         row.completion_tokens = completion_tokens if completion_tokens is not None else (
             p.estimate_tokens(text) if text else 0)
         row.chosen_model, row.cost_usd = name, cfg.cost(row.prompt_tokens, row.completion_tokens)
+        row.price_input_per_m, row.price_output_per_m = cfg.input_per_m, cfg.output_per_m
         if judged:
             call.answer, call.messages = text, [dict(m) for m in view.messages]
 
