@@ -22,3 +22,16 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"DATA MISSING: {path} does not exist; set THALAMUS_DATA_DIR to the shared data folder")
     return path
+
+
+# The fast tier (scripts/test-fast.sh, `pytest -m "not slow"`): in-process tests only. A test that starts a
+# server (the replay upstream, a gateway on loopback, PostgreSQL, a browser) or a subprocess is marked slow
+# here by the fixtures it uses; long model work is marked slow where it is written. CI runs every tier.
+SERVER_FIXTURES = frozenset({"replay", "gateway", "make_gateway", "pg_admin_url", "pg_url", "own_pg_server",
+                             "db_url", "tiny_server", "servers", "server", "busy", "stack", "local", "trained"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -64,6 +64,28 @@ def test_writer_batches_and_drains_on_close(db_url: str) -> None:
     assert ledger.count() == 150 and writer.written == 150 and writer.failed_batches == 0
 
 
+def test_a_row_is_awaited_alone_not_behind_the_queue(tmp_path: Path) -> None:
+    """Feedback waits for its own request's row (``LedgerWriter.handled``), not for the queue to drain."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+
+    async def run() -> tuple[bool, int, bool]:
+        writer = LedgerWriter(ledger, flush_ms=1, batch_rows=8)
+        writer.start()
+        writer.submit(LedgerRow(id="mine", created_at=time.time(), status=200))
+        for i in range(400):  # queued behind it: 50 more batches
+            writer.submit(LedgerRow(id=f"later{i}", created_at=time.time(), status=200))
+        got = await writer.handled("mine", timeout=30)
+        stored_when_woken = ledger.count()
+        unknown = await writer.handled("never-submitted", timeout=0.05)
+        await writer.close()
+        return got, stored_when_woken, unknown
+
+    got, stored_when_woken, unknown = asyncio.run(run())
+    assert got and ledger.request_owner("mine") == (True, None)
+    assert stored_when_woken < 401  # woken before the rows behind it were all written
+    assert not unknown and ledger.count() == 401
+
+
 def test_200_concurrent_requests_leave_200_rows(make_gateway: GatewayFactory, dataset: RoutingDataset) -> None:
     gw = make_gateway()
 

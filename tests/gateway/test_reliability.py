@@ -127,8 +127,8 @@ def test_request_errors_are_openai_shaped_and_logged(make_gateway: GatewayFactor
 
 
 def test_fastapi_has_nothing_to_validate(replay: ThreadedServer, artifact: Path, tmp_path: Path) -> None:
-    """Handlers (and their Depends) take only the Request and parse the body themselves (parse_json_body), so FastAPI never
-    raises RequestValidationError and the gateway installs no handler for it. A route declaring a typed
+    """Handlers (and their Depends) take only the Request and parse the body themselves (parse_json_body), so
+    FastAPI never raises RequestValidationError and the gateway installs no handler for it. A route declaring a typed
     parameter would bring back FastAPI's 422, which is not OpenAI-shaped: this test guards that."""
     app = create_app(config_from_dict(base_config(replay.url, artifact, tmp_path / "ledger.sqlite")))
     routes = [r for r in app.routes if isinstance(r, APIRoute)]

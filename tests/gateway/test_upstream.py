@@ -14,8 +14,7 @@ import pytest
 from thalamus.gateway.config import BackendConfig
 from thalamus.gateway.replay.threaded import ThreadedServer
 from thalamus.gateway.upstream.backends import make_backend
-from thalamus.gateway.upstream.checks import UpstreamError
-from thalamus.gateway.upstream.checks import check_chunk, check_completion, loads, parse_retry_after
+from thalamus.gateway.upstream.checks import UpstreamError, check_chunk, check_completion, loads, parse_retry_after
 from thalamus.gateway.upstream.redact import redact
 
 PROVIDERS = ["litellm", "openai-compatible"]

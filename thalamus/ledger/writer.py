@@ -108,6 +108,7 @@ class LedgerWriter:
         self._flusher: asyncio.Task[None] | None = None
         self._spilled = False           # rows wait in the journal (or memory) for the database
         self._held: list[Stored] = []   # rows neither the database nor the journal took
+        self._waiters: dict[str, asyncio.Event] = {}  # request id -> set once its row is handled
         self._confirmed = 0             # journal sequence numbers <= this are stored
         self._replay_wait = RETRY_DELAYS_S[0]
         self._next_replay = 0.0
@@ -141,6 +142,19 @@ class LedgerWriter:
         """Wait until every submitted row has been handled (stored, or spilled to the journal)."""
         await self._drain_pending()
         await self._queue.join()
+
+    async def handled(self, request_id: str, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, until the row of ``request_id`` has been handled (stored, or
+        spilled to the journal): a caller waits for its own row, not for the whole queue behind it."""
+        event = self._waiters.setdefault(request_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if self._waiters.get(request_id) is event and not event.is_set():
+                del self._waiters[request_id]  # an id that never comes (a bad feedback id) leaves nothing
 
     async def close(self) -> None:
         """Drain the queue, try the journal once more, then stop the writer task."""
@@ -259,8 +273,17 @@ class LedgerWriter:
                 log.exception("ledger writer: unexpected error on %d rows; keeping them", len(batch))
                 self._held.extend(stored for _, stored in batch)
                 self._spilled = True
+            self._wake(batch)
             for _ in range(len(batch) + (1 if stop else 0)):
                 self._queue.task_done()
+
+    def _wake(self, batch: list[Item]) -> None:
+        if not self._waiters:
+            return
+        for _, stored in batch:
+            event = self._waiters.pop(str(stored.get("id")), None)
+            if event is not None:
+                event.set()
 
     async def _handle(self, batch: list[Item]) -> None:
         if (self._spilled or self._held) and asyncio.get_running_loop().time() >= self._next_replay:

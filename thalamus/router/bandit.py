@@ -27,11 +27,10 @@ import numpy as np
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError, DataError
-from thalamus.router.base import Features, Router
+from thalamus.router.base import Features, Feedback, Router
 from thalamus.router.policy import Decision, Knob, choose, decide
 
 # (prompt text or its feature vector, model name or index, observed quality, observed cost)
-Feedback = tuple[str | np.ndarray, str | int, float, float]
 
 
 class LinearBanditRouter(Router):

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -285,6 +285,16 @@ def _jsonable(value: Any) -> bool:
         return False
     return True
 
+
+Feedback = tuple[str | np.ndarray, str | int, float, float]  # (text or context vector, model, score, cost)
+
+
+@runtime_checkable
+class OnlineRouter(Protocol):
+    """A router that learns from bandit feedback as it serves (linucb, thompson): the gateway's learning
+    loop updates it under its lock and checkpoints it."""
+
+    def partial_fit(self, feedback: Sequence[Feedback]) -> Any: ...
 
 ROUTER_GROUP = "thalamus.routers"  # the entry-point group of router classes, built-ins included
 

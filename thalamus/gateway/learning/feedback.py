@@ -26,13 +26,20 @@ class FeedbackDesk:
         self.ledger, self.writer, self.learning, self.routers = ledger, writer, learning, routers
 
     async def request_owner(self, request_id: str, wait_s: float = FEEDBACK_FLUSH_WAIT_S) -> tuple[bool, str | None]:
-        """Whether the request has a row and the key that made it; waits up to ``wait_s`` for the writer
-        when the row may still be queued (bounded: under load the writer may never idle)."""
+        """Whether the request has a row and the key that made it; waits up to ``wait_s`` for that row
+        when it may still be queued (its own row, not the whole writer queue: under load the writer may never
+        idle)."""
         found, owner = await asyncio.to_thread(self.ledger.request_owner, request_id)
         if not found:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.writer.flush(), wait_s)
+            waiting = asyncio.create_task(self.writer.handled(request_id, wait_s))
+            await asyncio.sleep(0)  # registered before the second look: a row written in between is seen there
             found, owner = await asyncio.to_thread(self.ledger.request_owner, request_id)
+            if not found and await waiting:
+                found, owner = await asyncio.to_thread(self.ledger.request_owner, request_id)
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
         return found, owner
 
     async def store(self, request_id: str, score: float, label: str | None, source: str | None,

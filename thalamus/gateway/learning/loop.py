@@ -34,7 +34,7 @@ from thalamus.ledger import Ledger
 from thalamus.ledger.embedding import decode_embedding, encode_embedding
 from thalamus.ledger.row import LedgerRow
 from thalamus.ledger.schema import feedback, requests
-from thalamus.router.base import Router
+from thalamus.router.base import OnlineRouter, Router
 from thalamus.router.explore import Explorer, deterministic_probabilities
 from thalamus.router.policy import Decision, Knob
 
@@ -137,7 +137,7 @@ class LearningLoop:
 
     def _learns(self, name: str, router: Router) -> bool:
         rc: RouterConfig | None = self.config.routers.get(name)
-        return rc is not None and rc.learn_online and hasattr(router, "partial_fit")
+        return rc is not None and rc.learn_online and isinstance(router, OnlineRouter)
 
     # -- learning from feedback ---------------------------------------------------------
     def feedback(self, ledger: Ledger, routers: dict[str, LoadedRouter], request_id: str, score: float,
@@ -153,18 +153,18 @@ class LearningLoop:
             return False
         loaded = routers[row["router"]]
         features = kept[1] if kept is not None else self._stored_context(loaded.router, row)
-        if features is None or not self._learns(loaded.name, loaded.router):
+        router = loaded.router
+        if features is None or not self._learns(loaded.name, router) or not isinstance(router, OnlineRouter):
             return False
         if row["chosen_model"] not in loaded.router.models_ or row["status"] != 200:
             return False
         cost = float(row["cost_usd"]) if row["cost_usd"] is not None else 0.0
         with self.locks[loaded.name]:
-            loaded.router.partial_fit([(np.asarray(features, dtype=np.float64), row["chosen_model"],  # type: ignore[attr-defined]
-                                        float(score), cost)])
+            router.partial_fit([(np.asarray(features, dtype=np.float64), row["chosen_model"], float(score), cost)])
             self.updates[loaded.name] += 1
             due = self.updates[loaded.name] % loaded.config.checkpoint_every == 0
             if due:
-                checkpoint(loaded.router, loaded.config.artifact)
+                checkpoint(router, loaded.config.artifact)
         return True
 
     def _stored_context(self, router: Router, row: dict[str, Any]) -> np.ndarray | None:

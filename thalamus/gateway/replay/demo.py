@@ -63,8 +63,7 @@ class DemoResult:
 
 def train_or_load(train: RoutingDataset, cache_dir: Path, router: str, embedder: str) -> tuple[Path, str]:
     """The router artifact for the demo, trained once and cached; falls back to best-single."""
-    from thalamus.router.base import Router
-    from thalamus.router.base import get_router_class
+    from thalamus.router.base import Router, get_router_class
     from thalamus.router.registry import make_router
 
     try:
