@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from thalamus.catalog import lookup
+from thalamus.catalog import lookup, lookup_model, price_help
 from thalamus.errors import ConfigError
 from thalamus.gateway.judge_config import JudgeConfig
 from thalamus.gateway.pool_config import PoolRoutingConfig
@@ -72,7 +72,7 @@ class BackendConfig(_Strict):
 
     @model_validator(mode="after")
     def _fill_from_catalog(self) -> BackendConfig:
-        entry = lookup(self.name)
+        entry = lookup(self.name) or lookup_model(self.model)
         if entry is not None:
             self.model = self.model or entry.litellm_model
             self.api_key_env = self.api_key_env or (None if self.api_base else entry.api_key_env)
@@ -81,6 +81,8 @@ class BackendConfig(_Strict):
             self.context_window = self.context_window or entry.context_window
         if self.model is None:
             raise ValueError(f"backend {self.name!r} is not in the catalog: set its litellm 'model' id")
+        if self.input_per_m is None or self.output_per_m is None:
+            raise ValueError(price_help(self.name, self.model))
         if self.provider == "openai-compatible" and not self.api_base and not self.deployments:
             raise ValueError(f"backend {self.name!r}: provider 'openai-compatible' needs 'api_base'")
         for i, dep in enumerate(self.deployments):
