@@ -80,8 +80,7 @@ def test_long_texts_are_cut_to_max_chars() -> None:
 
 
 def _config(judge: dict[str, Any]) -> dict[str, Any]:
-    return {"backends": [{"name": "m", "model": "openai/m", "api_base": "http://127.0.0.1:9/v1", "input_per_m": 1,
-                          "output_per_m": 1}], "judge": judge}
+    return {"backends": [{"name": "m", "model": "openai/m", "api_base": "http://127.0.0.1:9/v1"}], "judge": judge}
 
 
 @pytest.mark.parametrize(("judge", "message"), [

@@ -50,20 +50,18 @@ def test_replay_faults_by_suffix_and_header(replay: ThreadedServer) -> None:
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
-    backend = "{name: a, model: m, input_per_m: 1, output_per_m: 1"  # an uncatalogued model needs prices
-    priced = f"backends: [{backend}}}]"
     cases = {
         "backends: []": "backends: List should have at least 1 item",
         "backends: [{name: a, model: openai/a, timeout: soon}]": "backends[0].timeout",
         "backends: [{name: a, model: openai/a, colour: red}]": "backends[0].colour",
         "backends: [{name: mystery}]": "backends[0]: backend 'mystery' is not in the catalog",
-        priced + "\nfallback: {models: [b]}": "fallback.models[0]: unknown backend 'b'",
-        priced + "\nrouters: {r: {artifact: x, aliases: [a]}}": "routers.r.aliases[0]",
-        priced + "\nrouters: {r: {artifact: x, strong: a}}": "routers.r: set both",
-        priced + "\nauth: {enabled: true}": "auth.keys",
-        "backends: [" + backend + ", provider: openai-compatible}]": "needs 'api_base'",
-        priced + "\nledger: {flush_ms: 0}": "ledger.flush_ms",
-        "backends: [{name: a, model: m}]": "backend 'a' (model 'm') is not in the model catalog",
+        "backends: [{name: a, model: m}]\nfallback: {models: [b]}": "fallback.models[0]: unknown backend 'b'",
+        "backends: [{name: a, model: m}]\nrouters: {r: {artifact: x, aliases: [a]}}": "routers.r.aliases[0]",
+        "backends: [{name: a, model: m}]\nrouters: {r: {artifact: x, strong: a}}": "routers.r: set both",
+        "backends: [{name: a, model: m}]\nauth: {enabled: true}": "auth.keys",
+        "backends: [{name: a, model: m, provider: openai-compatible}]": "needs 'api_base'",
+        "backends: [{name: a, model: m}]\nledger: {flush_ms: 0}": "ledger.flush_ms",
+        "backends: [{name: a, model: m}]": "backends[0]: backend 'a' (model 'm') is not in the model catalog",
     }
     for text, expected in cases.items():
         path = tmp_path / "bad.yaml"

@@ -81,8 +81,6 @@ class BackendConfig(_Strict):
             self.context_window = self.context_window or entry.context_window
         if self.model is None:
             raise ValueError(f"backend {self.name!r} is not in the catalog: set its litellm 'model' id")
-        if self.input_per_m is None or self.output_per_m is None:
-            raise ValueError(price_help(self.name, self.model))
         if self.provider == "openai-compatible" and not self.api_base and not self.deployments:
             raise ValueError(f"backend {self.name!r}: provider 'openai-compatible' needs 'api_base'")
         for i, dep in enumerate(self.deployments):
@@ -343,6 +341,9 @@ class GatewayConfig(_Strict):
         if self.auth.enabled:
             _need(bool(self.auth.keys) or self.auth.admin_key is not None or self.auth.admin_key_env is not None,
                   "auth.keys", "auth is enabled but neither keys nor an admin key are configured")
+        for i, b in enumerate(self.backends):  # a backend without a price would look free to every router
+            _need(b.input_per_m is not None and b.output_per_m is not None, f"backends[{i}]",
+                  price_help(b.name, b.model))
         return self
 
     def backend(self, name: str) -> BackendConfig:
