@@ -69,3 +69,17 @@ def test_bad_settings_are_refused() -> None:
     rows = pd.DataFrame([_row(0, "q1", "a", 1.0)])
     with pytest.raises(DataError, match="neighbours must be >= 1"):
         shrunk_training_set(rows, KNNRouter(embedder="hashing"), neighbours=0)
+
+
+def test_prompts_kept_only_as_embeddings_are_neighbours_and_features() -> None:
+    from thalamus.gateway.learning import encode_embedding
+
+    router = KNNRouter(embedder="hashing", k=1)
+    vec = np.asarray(router.features(["hidden prompt"]))[0]
+    hidden = _row(0, "", "a", 1.0) | {"prompt_text": None, "embedding": encode_embedding(vec),
+                                      "embedder_id": router._embedder().id}
+    rows = pd.DataFrame([hidden, _row(1, "visible", "b", 0.0)])
+    ts = shrunk_training_set(rows, router, None, _base(), neighbours=5, strength=1.0)
+    assert ts.features is not None and ts.features.shape == (4, len(vec))  # 2 base rows + 2 logged
+    assert np.abs(ts.features[2] - vec).max() < 2e-3
+    assert router.fit(ts.dataset, features=ts.features).models_ == ["a", "b", "c"]
