@@ -9,8 +9,12 @@ replay upstream, SQLite ledger; feedback = recorded quality of the answering mod
 - ``online linucb``: a LinUCB router warm-started on the arc rows, learning from every feedback in
   the gateway process;
 - ``retrain kNN every N``: a kNN router (arc rows) with epsilon 0.1 exploration; every ``--every``
-  requests ``thalamus.training.retrain`` fits a kNN on the arc rows plus the ledger (clipped IPS) and
-  the gateway hot-reloads it through its admin endpoint.
+  requests a kNN is fitted on the arc rows plus the ledger and the gateway hot-reloads it through its
+  admin endpoint. Two methods: ``ips`` (sparse logged rows repeated by clipped inverse propensity,
+  ``thalamus.training.retrain``) and ``shrink`` (every model of every logged prompt = the starting
+  kNN's prediction corrected by the feedback near it, ``thalamus.training.shrink``; the default of
+  ``thalamus retrain``). Each is also scored on its own picks before exploration (the artifact's
+  decision), and the frozen kNN under the same exploration is a reference (its expected reward).
 
 References on the same request sequence (offline, from the full quality matrix): the frozen starting
 kNN and a kNN trained with full information on the whole train half. Goal (issue 13): a loop
@@ -47,6 +51,7 @@ from thalamus.router.embedders import get_embedder
 from thalamus.router.knn import KNNRouter
 from thalamus.router.policy import Knob, choose
 from thalamus.training.retrain import training_set
+from thalamus.training.shrink import shrunk_training_set
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TASK = "arc-challenge"
@@ -127,24 +132,37 @@ def run_online(replay: ThreadedServer, pool: RoutingDataset, warm: RoutingDatase
 
 
 def run_retrain(replay: ThreadedServer, pool: RoutingDataset, warm: RoutingDataset, Xw: np.ndarray,
-                idx: list[int], wtp: float, every: int, work: Path) -> list[str]:
-    art = KNNRouter(k=50, embedder="minilm").fit(warm, features=Xw).save(work / "knn-0")
-    ledger = work / "retrain.sqlite"
+                idx: list[int], Xs: np.ndarray, wtp: float, every: int, method: str, work: Path
+                ) -> tuple[list[str], list[str]]:
+    """(served models, the serving artifact's own picks before exploration) over the request sequence."""
+    start_router = KNNRouter(k=50, embedder="minilm").fit(warm, features=Xw)
+    art = start_router.save(work / f"{method}-0")
+    ledger = work / f"retrain-{method}.sqlite"
     cfg = config_from_dict(gateway_config(replay.url, pool, art, ledger, wtp, explore=True))
     models: list[str] = []
+    greedy: list[str] = []
+    serving = start_router
     with ThreadedServer(create_app(cfg)) as gw:
         for start in range(0, len(idx), every):
+            greedy += offline_choice(serving, Xs[start:start + every], wtp)
             models += asyncio.run(drive(gw.url, idx[start:start + every], pool))
             db = Ledger(f"sqlite:///{ledger}")
             rows = db.rows_with_feedback()
             db.close()
-            router = KNNRouter(k=50, embedder="minilm")
-            ts = training_set(rows, router, base=warm, clip=10.0)
-            out = router.fit(ts.dataset, features=ts.features).save(work / f"knn-{start + every}")
+            serving = KNNRouter(k=50, embedder="minilm")
+            ts = (training_set(rows, serving, base=warm, clip=10.0) if method == "ips"
+                  else shrunk_training_set(rows, serving, prior=start_router, base=warm))
+            out = serving.fit(ts.dataset, features=ts.features).save(work / f"{method}-{start + every}")
             r = httpx.post(gw.url + "/admin/routers/r/reload", json={"artifact": str(out)}, headers=ADMIN, timeout=60)
             r.raise_for_status()
-            print(f"  retrained on {ts.logged_requests} logged requests at {start + every}", flush=True)
-    return models
+            print(f"  {method}: retrained on {ts.logged_requests} logged requests at {start + every}", flush=True)
+    return models, greedy
+
+
+def explored(pool: RoutingDataset, idx: list[int], picks: list[str], wtp: float, epsilon: float) -> np.ndarray:
+    """Expected reward of ``picks`` under the gateway's epsilon exploration (a uniform model otherwise)."""
+    uniform = np.nanmean(pool.quality[idx] - pool.cost[idx] / wtp, axis=1)
+    return (1 - epsilon) * reward(pool, idx, picks, wtp) + epsilon * uniform
 
 
 def plot(curves: dict[str, np.ndarray], path: Path) -> None:
@@ -189,13 +207,19 @@ def main(argv: list[str] | None = None) -> None:
     curves = {"frozen start (kNN, arc only)": reward(pool, idx, offline_choice(frozen, Xs, wtp), wtp),
               "frozen start (linucb, arc only, no updates)": reward(pool, idx, frozen_bandit, wtp),
               "full information (kNN, all tasks)": reward(pool, idx, offline_choice(full, Xs, wtp), wtp)}
+    curves["frozen start (kNN) with epsilon 0.1 (expected)"] = explored(pool, idx, offline_choice(frozen, Xs, wtp),
+                                                                          wtp, 0.1)
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp, ThreadedServer(create_replay_app(pool), log_level="error") as replay:
-        for name, fn in (("online linucb", lambda: run_online(replay, pool, warm, Xw, idx, wtp, Path(tmp))),
-                         (f"retrain kNN every {args.every}",
-                          lambda: run_retrain(replay, pool, warm, Xw, idx, wtp, args.every, Path(tmp)))):
+        t0 = time.perf_counter()
+        curves["online linucb"] = reward(pool, idx, run_online(replay, pool, warm, Xw, idx, wtp, Path(tmp)), wtp)
+        seconds["online linucb"] = time.perf_counter() - t0
+        for method in ("ips", "shrink"):
+            name = f"retrain kNN every {args.every} ({method})"
             t0 = time.perf_counter()
-            curves[name] = reward(pool, idx, fn(), wtp)
+            served, greedy = run_retrain(replay, pool, warm, Xw, idx, Xs, wtp, args.every, method, Path(tmp))
+            curves[name] = reward(pool, idx, served, wtp)
+            curves[f"{name}: its own picks, before exploration"] = reward(pool, idx, greedy, wtp)
             seconds[name] = time.perf_counter() - t0
             print(f"{name}: {seconds[name]:.0f} s", flush=True)
     last = slice(max(args.n - 1000, 0), args.n)

@@ -89,7 +89,7 @@ def test_retrain_cli_fits_a_router_on_the_logged_feedback(
     out = tmp_path / "retrained"
     result = CliRunner().invoke(build_app(), [
         "retrain", "knn", "--ledger", f"sqlite:///{gw.ledger_path}", "--out", str(out),  # type: ignore[attr-defined]
-        "--embedder", "hashing", "--param", "k=3", "--clip", "5"])
+        "--embedder", "hashing", "--param", "k=3", "--method", "ips", "--clip", "5"])
     assert result.exit_code == 0, result.output
     from thalamus.router.base import Router
 
@@ -97,3 +97,30 @@ def test_retrain_cli_fits_a_router_on_the_logged_feedback(
     assert router.models_ == sorted(rows["chosen_model"].unique())
     expected_rows = sum(int(max(round(min(1 / p, 5.0)), 1)) for p in rows["probability"])  # one model per prompt here
     assert f"{expected_rows} rows after inverse-propensity repetition" in " ".join(result.output.split())
+
+
+def test_retrain_corrects_the_serving_routers_view_and_ope_reports_on_the_new_artifact(
+        make_gateway: GatewayFactory, dataset: RoutingDataset, artifact: Path, tmp_path: Path) -> None:
+    routers = {"best": {"artifact": str(artifact), "aliases": ["auto"], "knob": {"kind": "lambda", "value": 0.0},
+                        "explore": {"kind": "epsilon", "value": 0.5, "seed": 7}}}
+    gw = make_gateway(routers=routers)
+    _drive(gw.url, dataset, 40)
+    rows = ledger_rows(gw.ledger_path, 40)  # type: ignore[attr-defined]
+    out, report = tmp_path / "retrained", tmp_path / "ope.json"
+    runner = CliRunner()
+    result = runner.invoke(build_app(), [
+        "retrain", "knn", "--ledger", f"sqlite:///{gw.ledger_path}", "--out", str(out),  # type: ignore[attr-defined]
+        "--embedder", "hashing", "--param", "k=5", "--prior", str(artifact), "--strength", "4"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert f"40 logged requests ({rows['prompt_text'].nunique()} prompts, each correcting {artifact}" in flat
+    from thalamus.router.base import Router
+
+    retrained, served = Router.load(out), Router.load(artifact)
+    assert set(retrained.models_) == set(served.models_)  # the prior's models, observed or not
+    result = runner.invoke(build_app(), ["ope", "--ledger", f"sqlite:///{gw.ledger_path}",  # type: ignore[attr-defined]
+                                         "--candidate", str(out), "--boot", "100", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    est = json.loads(report.read_text())["candidates"][str(out)]
+    assert est["supported"] and est["n"] == 40 and 0.0 <= est["estimates"]["quality"]["snips"]["value"] <= 1.0
+    assert est["ess"] > 1

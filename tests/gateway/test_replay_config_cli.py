@@ -61,6 +61,7 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         "backends: [{name: a, model: m}]\nauth: {enabled: true}": "auth.keys",
         "backends: [{name: a, model: m, provider: openai-compatible}]": "needs 'api_base'",
         "backends: [{name: a, model: m}]\nledger: {flush_ms: 0}": "ledger.flush_ms",
+        "backends: [{name: a, model: m}]": "backends[0]: backend 'a' (model 'm') is not in the model catalog",
     }
     for text, expected in cases.items():
         path = tmp_path / "bad.yaml"

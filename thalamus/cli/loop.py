@@ -3,7 +3,8 @@
 ``ope`` estimates candidate routers on logged traffic (IPS, SNIPS, doubly robust, bootstrap 95%
 intervals, effective sample size) next to the serving router's logged value, and says "no support"
 instead of a number when a candidate picks models the logs never tried. ``retrain`` fits a router on
-base data plus every logged (prompt, model, feedback) triple (``thalamus.training.retrain``).
+base data plus every logged (prompt, model, feedback) triple: by default each logged prompt's every model
+is the prior router's prediction corrected by the feedback near it (``thalamus.training.shrink``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from rich.table import Table
 from thalamus.errors import ConfigError
 
 if TYPE_CHECKING:
+    from thalamus.datasets.schema import RoutingDataset
+    from thalamus.router.base import Router
     from thalamus.router.policy import Knob
     from thalamus.training.ope import Interval, OpeResult
 
@@ -109,8 +112,16 @@ def retrain_cmd(
     data: Annotated[str | None, typer.Option("--data", help="Base dataset (name or file) to train on too.")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="Hyperparameter NAME=VALUE (repeat).")] = None,
     embedder: Annotated[str | None, typer.Option("--embedder", help="minilm, minilm-int8 or hashing.")] = None,
-    clip: Annotated[float, typer.Option("--clip", help="Largest inverse-propensity weight.")] = 10.0,
-    ips: Annotated[bool, typer.Option("--ips/--no-ips", help="Weight logged rows by 1/propensity.")] = True,
+    method: Annotated[str, typer.Option("--method", help="shrink: feedback corrects the prior router's "
+                                        "predictions (default); ips: sparse rows repeated by 1/propensity.")
+                      ] = "shrink",
+    prior: Annotated[Path | None, typer.Option("--prior", help="shrink: the artifact whose predictions feedback "
+                                               "corrects (default: ROUTER fitted on --data, else logged means).")
+                     ] = None,
+    strength: Annotated[float, typer.Option("--strength", help="shrink: pseudo-requests of the prior.")] = 10.0,
+    neighbours: Annotated[int, typer.Option("--neighbours", help="shrink: logged prompts pooled per prompt.")] = 50,
+    clip: Annotated[float, typer.Option("--clip", help="ips: largest inverse-propensity weight.")] = 10.0,
+    ips: Annotated[bool, typer.Option("--ips/--no-ips", help="ips: weight logged rows by 1/propensity.")] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (default THALAMUS_DATA_DIR).")] = None,
 ) -> None:
@@ -121,8 +132,11 @@ def retrain_cmd(
     from thalamus.router.base import artifact_version
     from thalamus.router.registry import make_router
     from thalamus.training.retrain import training_set
+    from thalamus.training.shrink import shrunk_training_set
     from thalamus.training.train import coerce_params
 
+    if method not in ("shrink", "ips"):
+        raise ConfigError(f"--method {method!r}: expected shrink or ips")
     params = coerce_params(router, parse_pairs(param or [], "--param")) | {"seed": seed}
     if embedder is not None:
         params["embedder"] = embedder
@@ -133,13 +147,29 @@ def retrain_cmd(
     finally:
         db.close()
     base = load_dataset(data, data_dir) if data else None
-    ts = training_set(rows, model, base, clip=clip, ips=ips)
+    if method == "ips":
+        ts = training_set(rows, model, base, clip=clip, ips=ips)
+        how = f"{ts.dataset.n_prompts - ts.base_prompts} rows after inverse-propensity repetition, clip {clip:g}"
+    else:
+        start = _prior(prior, router, params, base)
+        ts = shrunk_training_set(rows, model, start, base, neighbours=neighbours, strength=strength)
+        how = (f"each correcting {'the logged means' if start is None else prior or f'{router} on --data'}, "
+               f"strength {strength:g}, {neighbours} neighbours")
     model.fit(ts.dataset, features=ts.features)
     directory = model.save(out)
     Console().print(f"retrained {router} on {ts.base_prompts} base prompts + {ts.logged_requests} logged requests "
-                    f"({ts.logged_prompts} prompts, {ts.dataset.n_prompts - ts.base_prompts} rows after "
-                    f"inverse-propensity repetition, clip {clip:g}); artifact {directory} "
+                    f"({ts.logged_prompts} prompts, {how}); artifact {directory} "
                     f"(version {artifact_version(directory)})")
+
+
+def _prior(artifact: Path | None, router: str, params: dict[str, Any], base: RoutingDataset | None) -> Router | None:
+    """The router whose predictions ``--method shrink`` corrects."""
+    from thalamus.router.base import Router
+    from thalamus.router.registry import make_router
+
+    if artifact is not None:
+        return Router.load(artifact)
+    return make_router(router, **params).fit(base) if base is not None else None
 
 
 def register(app: typer.Typer) -> None:

@@ -34,7 +34,8 @@ class TrainingSet:
     base_prompts: int
 
 
-def _observations(rows: pd.DataFrame, clip: float, ips: bool) -> pd.DataFrame:
+def observations(rows: pd.DataFrame, clip: float = 10.0, ips: bool = False) -> pd.DataFrame:
+    """Answered rows with feedback, keyed by prompt (``key``), with their IPS ``weight``, oldest first."""
     df = rows[(rows["status"] == 200) & rows["chosen_model"].notna()].copy()
     if df.empty:
         raise DataError("no answered ledger rows with feedback to re-train on; POST /v1/feedback first")
@@ -71,7 +72,7 @@ def _ledger_dataset(df: pd.DataFrame) -> tuple[RoutingDataset, list[np.ndarray |
     return data, context
 
 
-def _union(base: RoutingDataset, logged: RoutingDataset) -> RoutingDataset:
+def union(base: RoutingDataset, logged: RoutingDataset) -> RoutingDataset:
     models = list(base.models) + [m for m in logged.models if m not in base.models]
 
     def widen(d: RoutingDataset, arr: np.ndarray) -> np.ndarray:
@@ -90,19 +91,20 @@ def training_set(rows: pd.DataFrame, router: Router, base: RoutingDataset | None
     """``rows``: Ledger.rows_with_feedback(). ``router`` (unfitted) decides how prompts become features."""
     if rows.empty:
         raise DataError("the ledger has no rows with feedback; POST /v1/feedback first")
-    df = _observations(rows, clip, ips)
+    df = observations(rows, clip, ips)
     logged, context = _ledger_dataset(df)
-    data = logged if base is None else _union(base, logged)
+    data = logged if base is None else union(base, logged)
     features = None
     if any(c is not None for c in context):
         padded: list[np.ndarray | None] = [None] * (data.n_prompts - logged.n_prompts)
-        features = _features(router, df, data, padded + context)
+        features = features_for(router, df, data.texts, padded + context)
     return TrainingSet(data, features, len(df), int(df["key"].nunique()), 0 if base is None else base.n_prompts)
 
 
-def _features(router: Router, df: pd.DataFrame, data: RoutingDataset, context: list[np.ndarray | None]
-              ) -> np.ndarray:
-    """Stored embeddings where a prompt has no text (they must be the router's embedder's), else embedded."""
+def features_for(router: Router, df: pd.DataFrame, texts: list[str], context: list[np.ndarray | None]
+                 ) -> np.ndarray:
+    """``router``'s features of prompts: stored embeddings where a prompt has no text (they must be the
+    router's embedder's; ``context`` holds them, None where the prompt has text), else embedded."""
     own = router._embedder().id if router.uses_embeddings else None
     stored = set(df.loc[df["embedding"].notna(), "embedder_id"]) if "embedder_id" in df else set()
     if not router.uses_embeddings or stored - {own}:
@@ -110,7 +112,7 @@ def _features(router: Router, df: pd.DataFrame, data: RoutingDataset, context: l
                         f"{type(router).name} with embedder {router.embedder!r} ({own}) cannot use them: "
                         "re-train an embedding router with that embedder, or store prompts")
     todo = [i for i, c in enumerate(context) if c is None]
-    embedded = router.features([data.texts[i] for i in todo]) if todo else np.zeros((0, 0))
+    embedded = router.features([texts[i] for i in todo]) if todo else np.zeros((0, 0))
     out = list(context)
     for i, v in zip(todo, embedded, strict=True):
         out[i] = np.asarray(v, dtype=np.float64)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from thalamus.catalog import lookup
+from thalamus.catalog import lookup, lookup_model, price_help
 from thalamus.errors import ConfigError
 from thalamus.gateway.config.judge import JudgeConfig
 from thalamus.gateway.config.pool import PoolRoutingConfig
@@ -72,7 +72,7 @@ class BackendConfig(_Strict):
 
     @model_validator(mode="after")
     def _fill_from_catalog(self) -> BackendConfig:
-        entry = lookup(self.name)
+        entry = lookup(self.name) or lookup_model(self.model)
         if entry is not None:
             self.model = self.model or entry.litellm_model
             self.api_key_env = self.api_key_env or (None if self.api_base else entry.api_key_env)
@@ -350,6 +350,9 @@ class GatewayConfig(_Strict):
         if self.auth.enabled:
             _need(bool(self.auth.keys) or self.auth.admin_key is not None or self.auth.admin_key_env is not None,
                   "auth.keys", "auth is enabled but neither keys nor an admin key are configured")
+        for i, b in enumerate(self.backends):  # a backend without a price would look free to every router
+            _need(b.input_per_m is not None and b.output_per_m is not None, f"backends[{i}]",
+                  price_help(b.name, b.model))
         return self
 
     def backend(self, name: str) -> BackendConfig:
