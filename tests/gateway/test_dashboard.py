@@ -163,7 +163,11 @@ def check_page(page: Any, ledger: Path, sent: list[Any]) -> None:
     assert float(card("spend")) == pytest.approx(spend) and float(card("savings")) == pytest.approx(cf - spend)
     assert float(card("quality")) == pytest.approx(score)
     points = page.evaluate("window.thalamusDashboard.data.series.points.length")
-    assert points in (24, 25)  # 24 hours of hour buckets, aligned down
+    # the default range fits the data (issue 22): fresh rows -> from their first minute, in minute buckets
+    first = sql(ledger, "SELECT min(created_at) FROM requests")[0][0]
+    start = page.evaluate("window.thalamusDashboard.data.series.points[0].t")
+    assert page.get_attribute("#f-range", "data-fitted") == "fit:minute" and start <= first < start + 60
+    assert 1 <= points <= 10
     traces = lambda chart: page.evaluate(  # noqa: E731
         f"document.getElementById('{chart}').data.map(t => [t.name, t.x.length])")
     assert traces("chart-spend") == [["spend", points], ["counterfactual (baseline)", points]]
