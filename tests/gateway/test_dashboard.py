@@ -292,6 +292,7 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     import json
     import re
 
+    from thalamus.gateway.learning.judge import JudgeMetrics
     from thalamus.gateway.stats.metrics import GatewayMetrics
     from thalamus.ledger.row import LedgerRow
 
@@ -299,8 +300,16 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     m.observe(LedgerRow(id="x", created_at=0, chosen_model="weak", router="r", status=200, cost_usd=0.1,
                         baseline_cost_usd=0.2, routing_ms=1, ttft_ms=2, total_ms=3, upstream_ms=1,
                         prompt_tokens=1, completion_tokens=1, fallback_chain=[{"model": "a", "error": "e"}]))
+    m.observe_feedback("weak", 0.5, "judge:strong")  # the quality panels' histogram
+    judge = JudgeMetrics(m.registry)  # the judge's families live in the same registry (app.py)
+    judge.total.labels("strong", "scored").inc()
+    judge.cost.labels("strong").inc(0.01)
+    judge.tokens.labels("strong", "prompt").inc(10)
     exported = {s.name for f in text_string_to_metric_families(m.scrape().decode()) for s in f.samples}
     path = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "thalamus-gateway.json"
-    exprs = [t["expr"] for p in json.loads(path.read_text())["panels"] for t in p["targets"]]
+    panels = json.loads(path.read_text())["panels"]
+    titles = " ".join(p["title"] for p in panels)
+    assert "feedback score" in titles and "key" in titles and "Judge" in titles  # quality, keys, the judge
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
     used = {n for e in exprs for n in re.findall(r"thalamus_[a-z_]+", e)}
     assert used and used <= exported, used - exported

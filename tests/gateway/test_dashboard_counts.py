@@ -99,7 +99,7 @@ def test_refused_requests_are_labelled(counted: tuple[ThreadedServer, Path, dict
 
 
 def test_feedback_is_counted_per_source(counted: tuple[ThreadedServer, Path, dict[str, list[str]]]) -> None:
-    server, ledger, ids = counted
+    server, ledger, _ = counted
     fb = httpx.get(server.url + "/api/stats/breakdown").json()["feedback"]
     assert fb["client"] == {"feedback_n": 6, "requests_scored": 6, "score_mean": 1.0, "score_se": 0.0}
     assert fb["judge"]["feedback_n"] == 6 and fb["judge"]["score_mean"] == pytest.approx(0.5)

@@ -42,3 +42,15 @@ def log_access(row: LedgerRow, team: str | None) -> None:
     """Write the request's access line (one JSON object) when the logger is enabled at INFO."""
     if log.isEnabledFor(logging.INFO):
         log.info(json.dumps(access_record(row, team), ensure_ascii=False, default=str))
+
+
+def stderr_access_log() -> None:
+    """``thalamus serve``: print the access lines to stderr, bare (each line is the JSON object), unless the
+    application already gave the logger a handler."""
+    if log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False

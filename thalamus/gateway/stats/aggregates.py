@@ -146,7 +146,8 @@ def grouped(engine: Engine, f: Filters, by: Literal["model", "key"], use_rollup:
     out = []
     for (name,), acc in rows.items():
         s = acc.sums
-        item = {by: name, "label": name if name is not None else NO_NAME[by]} | _shape(s) | {"share": int(s["requests"]) / n_all if n_all else 0.0,
+        label = name if name is not None else NO_NAME[by]
+        item = {by: name, "label": label} | _shape(s) | {"share": int(s["requests"]) / n_all if n_all else 0.0,
                                          "mean_total_ms": s["total_ms_sum"] / s["total_ms_n"] if s["total_ms_n"]
                                          else None,
                                          "mean_predicted_quality": s["pq_sum"] / s["pq_n"] if s["pq_n"] else None}
