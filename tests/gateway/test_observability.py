@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
-from gwhelpers import base_config, ledger_rows
+from gwhelpers import base_config, row_for
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -26,7 +26,7 @@ from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
 from thalamus.gateway.replay.threaded import ThreadedServer
 from thalamus.gateway.stats.metrics import OTHER, GatewayMetrics
-from thalamus.gateway.stats.tracing import exporter_name, provider_from_env
+from thalamus.gateway.stats.tracing import exporter_name, provider_from_env, tracer_for
 from thalamus.ledger.row import LedgerRow
 
 ADMIN = "sk-admin-obs"
@@ -120,8 +120,7 @@ def test_a_client_error_is_one_failed_attempt_and_no_fallback(
     assert [k.name for k in kids] == ["thalamus.attempt"] and attrs(kids[0])["http.response.status_code"] == 400
     assert attrs(root)["http.response.status_code"] == 400 and attrs(root)["thalamus.fallback"] is False
     assert root.status.status_code == StatusCode.UNSET  # a client's mistake is not the gateway's error
-    rows = ledger_rows(ledger, 1)
-    row = rows[rows["id"] == rid].iloc[0]
+    row = row_for(ledger, rid)  # waits for the batched writer
     assert row["fallback_chain"] == "[]" and row["status"] == 400  # no fallback happened: none is counted
 
 
@@ -218,6 +217,8 @@ def test_otel_variables_choose_the_exporter() -> None:
     assert exporter_name({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x"}) is None
     assert exporter_name({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}) is None
     assert provider_from_env({}) is None
+    assert tracer_for(None) is None  # no exporter and no global provider: requests build no spans at all
+    assert tracer_for(TracerProvider()) is not None
     with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER"):
         exporter_name({"OTEL_TRACES_EXPORTER": "zipkin"})
     with pytest.raises(ConfigError, match="4318"):

@@ -155,9 +155,10 @@ async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backend
                                        tracer=start_tracing(tracer_provider, stack))
 
 
-def start_tracing(given: TracerProvider | None, stack: AsyncExitStack) -> Tracer:
+def start_tracing(given: TracerProvider | None, stack: AsyncExitStack) -> Tracer | None:
     """The tracer of the app's spans: on ``given`` (tests: an in-memory exporter), else on a provider built
-    from the ``OTEL_*`` variables (owned by the app: flushed and shut down with it), else on the global one."""
+    from the ``OTEL_*`` variables (owned by the app: flushed and shut down with it), else on the global one
+    when one is set; None (no spans) otherwise."""
     provider = given if given is not None else provider_from_env()
     if provider is not None and given is None:
         stack.callback(provider.shutdown)

@@ -58,7 +58,7 @@ class GatewayService:
         self.cache, self.metrics, self.judge = cache, metrics, judge
         self.planner = Planner(config, routers, backends, controls, learning)
         self.attempts = Attempts(backends, config.fallback)
-        self.tracer = tracer if tracer is not None else tracer_for(None)
+        self.tracer = tracer if tracer is not None else tracer_for(None)  # None: tracing off, no spans
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
         self._ids = random.Random(uuid.uuid4().int)
 
@@ -67,7 +67,7 @@ class GatewayService:
         """A request admitted with a valid key (or auth off): from here on it gets exactly one ledger row
         (and one trace span, ended with the row at ``finish``)."""
         row = LedgerRow(id=f"thl-{self._ids.getrandbits(128):032x}", created_at=time.time(), api_key_id=api_key_id)
-        return Call(row=row, trace=RequestTrace(self.tracer, endpoint))
+        return Call(row=row, trace=RequestTrace(self.tracer, endpoint) if self.tracer is not None else None)
 
     def authorize(self, authorization: str | None) -> str | None:
         """The API key id, or None when auth is off; 401 (and no ledger row) for a missing or unknown key."""
