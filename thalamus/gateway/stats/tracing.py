@@ -81,7 +81,7 @@ def provider_from_env(env: Mapping[str, str] | None = None) -> TracerProvider | 
 def tracer_for(provider: trace.TracerProvider | None) -> Tracer | None:
     """The gateway's tracer on ``provider``, else on the global provider when one was set before the app
     started (``opentelemetry-instrument``); None when nothing would record: requests then build no spans at
-    all (a no-op span tree still cost ~65 us a request on a loaded 2-core machine)."""
+    all (a no-op span tree still costs time: benchmarks/results/tracing_overhead.md)."""
     chosen = provider or trace.get_tracer_provider()
     if isinstance(chosen, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
