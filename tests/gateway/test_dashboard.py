@@ -176,7 +176,9 @@ def check_page(page: Any, ledger: Path, sent: list[Any]) -> None:
     assert all(k == points for _, k in traces("chart-models"))
     stacked = page.evaluate("document.getElementById('chart-models').data.flatMap(t => t.y).reduce((a, b) => a + b)")
     assert stacked == n  # every request is in exactly one bar segment
-    assert sorted(name for name, _ in traces("chart-quality")) == models
+    scored = sorted(m for (m,) in sql(ledger, "SELECT DISTINCT chosen_model FROM requests r JOIN feedback f "
+                                          "ON f.request_id = r.id"))
+    assert sorted(name for name, _ in traces("chart-quality")) == [f"{m} (client)" for m in scored]
     assert [name for name, _ in traces("chart-latency")] == ["total p50", "total p90", "total p99", "ttft p50"]
     assert [name for name, _ in traces("chart-rates")] == ["error rate", "fallback rate"]
     bins = sql(ledger, "SELECT count(DISTINCT CAST(predicted_quality * 10 AS INTEGER)) FROM requests r "

@@ -104,6 +104,10 @@ def test_feedback_is_counted_per_source(counted: tuple[ThreadedServer, Path, dic
     assert fb["client"] == {"feedback_n": 6, "requests_scored": 6, "score_mean": 1.0, "score_se": 0.0}
     assert fb["judge"]["feedback_n"] == 6 and fb["judge"]["score_mean"] == pytest.approx(0.5)
     assert sql(ledger, "SELECT count(*) FROM feedback")[0][0] == 12  # summed, they would read as 12 of 6
+    series = httpx.get(server.url + "/api/stats/breakdown", params={"bucket": "hour"}).json()["feedback_series"]
+    assert {(r["model"], r["source"]): r["feedback_n"] for r in series} == {("strong", "client"): 6,
+                                                                            ("strong", "judge"): 6}
+    assert httpx.get(server.url + "/api/stats/breakdown", params={"bucket": "week"}).status_code == 400
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
     counts = {s.labels["source"]: s.value for s in families["thalamus_feedback_score"].samples
               if s.name.endswith("_count")}
@@ -151,6 +155,9 @@ def check_counts(page: Any, ledger: Path) -> None:
     strong = page.locator('#table-models tr[data-model="strong"] td')
     assert [strong.nth(i).inner_text() for i in (6, 7, 8, 9)] == ["6", "1.000", "6", "0.500"]  # not 12 of 6
     assert page.get_attribute("#card-quality", "data-value") == "1"  # the client's score, not a blend
+    quality = page.evaluate("document.getElementById('chart-quality').data"
+                            ".map(t => [t.name, t.y.filter(v => v != null)])")
+    assert quality == [["strong (client)", [1]], ["strong (judge)", [0.5]]]  # two lines, not one blend of 0.75
     sub = page.locator("#card-quality-sub")
     assert (sub.get_attribute("data-client"), sub.get_attribute("data-judge")) == ("6", "6")
     assert "client 1.000 on 6 req" in sub.inner_text() and "judge 0.500 on 6 req" in sub.inner_text()

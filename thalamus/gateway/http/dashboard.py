@@ -111,7 +111,7 @@ def snapshot_data(engine: Engine, since: float | None = None, until: float | Non
             "models": stats.grouped(engine, f, "model"), "keys": stats.grouped(engine, f, "key"),
             "recent": stats_rows.recent(engine, f, 200), "calibration": stats.calibration(engine, f),
             "options": stats.filter_options(engine, f), "routers": stats_router.router_points(engine, f),
-            "breakdown": stats_breakdown.breakdown(engine, f),
+            "breakdown": stats_breakdown.breakdown(engine, f, stats.BUCKET_SECONDS[bucket]),
             "rollout": [r | {"live": None} for r in stats_rollout.rollout_compare(engine, f)]}
 
 

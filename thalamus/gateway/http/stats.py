@@ -108,8 +108,13 @@ async def calibration(request: Request) -> JSONResponse:
 
 
 async def breakdown(request: Request) -> JSONResponse:
-    """Feedback per source (client, judge), errors per class of the status the client saw, the data's span."""
-    return JSONResponse(await _run(stats_breakdown.breakdown, guard(request), filters(request)))
+    """Feedback per source (client, judge; per ``bucket`` of time too when given), errors per class of the
+    status the client saw, the data's span."""
+    bucket = request.query_params.get("bucket")
+    if bucket is not None and bucket not in stats.BUCKET_SECONDS:
+        raise RequestError(400, f"bucket: {bucket!r} is not one of {sorted(stats.BUCKET_SECONDS)}", param="bucket")
+    width = stats.BUCKET_SECONDS[bucket] if bucket is not None else None
+    return JSONResponse(await _run(stats_breakdown.breakdown, guard(request), filters(request), width))
 
 
 async def filter_options(request: Request) -> JSONResponse:

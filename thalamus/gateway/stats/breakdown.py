@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from thalamus.gateway.stats.sql import Filters
+from thalamus.gateway.stats.sql import Filters, floor_div
 from thalamus.ledger import feedback, requests
 
 JUDGE_PREFIX = "judge:"  # the LLM judge's feedback source (learning/judge.py), matched here in SQL
@@ -78,6 +78,22 @@ def _summary(n: int, scored: int, s: float, sq: float) -> dict[str, Any]:
             "score_se": math.sqrt(var / n) if var is not None else None}
 
 
+def feedback_series(engine: Engine, f: Filters, width: int) -> list[dict[str, Any]]:
+    """Per time bucket (``width`` seconds, on the request's start), answering model and source: the feedback
+    summary; the page's quality-by-model chart draws client and judge apart from it."""
+    source = _source().label("source")
+    t = (floor_div(requests.c.created_at, width) * width).label("ts")  # not "t": Row.t is the row's tuple
+    score = feedback.c.score
+    keys: list[Any] = [t, requests.c.chosen_model.label("model"), source]
+    query = (sa.select(*keys, sa.func.count().label("n"), sa.func.count(sa.distinct(feedback.c.request_id))
+                       .label("scored"), sa.func.sum(score).label("s"), sa.func.sum(score * score).label("sq"))
+             .select_from(feedback.join(requests, requests.c.id == feedback.c.request_id))
+             .where(*f.where()).group_by(*keys).order_by(t))
+    with engine.connect() as conn:
+        return [{"t": float(r.ts), "model": r.model, "source": str(r.source)}
+                | _summary(int(r.n), int(r.scored), float(r.s or 0), float(r.sq or 0)) for r in conn.execute(query)]
+
+
 def errors_by_class(engine: Engine, f: Filters) -> list[dict[str, Any]]:
     """Requests the client saw fail, per (status, code), busiest first, with the status's class."""
     c = requests.c
@@ -98,8 +114,10 @@ def time_span(engine: Engine, f: Filters) -> dict[str, float | None]:
     return {"first": float(first) if first is not None else None, "last": float(last) if last is not None else None}
 
 
-def breakdown(engine: Engine, f: Filters) -> dict[str, Any]:
-    """The dashboard's breakdown call: feedback per source, errors per class, the data's span."""
+def breakdown(engine: Engine, f: Filters, width: int | None = None) -> dict[str, Any]:
+    """The dashboard's breakdown call: feedback per source (and per model; per time bucket when ``width``
+    is given), errors per class, the data's span."""
+    series = feedback_series(engine, f, width) if width is not None else None
     return {"feedback": feedback_by_source(engine, f), "feedback_by_model": feedback_by_model(engine, f),
-            "errors": errors_by_class(engine, f),
+            "feedback_series": series, "errors": errors_by_class(engine, f),
             "span": time_span(engine, f), "filters": f.as_dict()}

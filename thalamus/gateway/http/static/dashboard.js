@@ -74,7 +74,7 @@
       api("/api/stats/overview?" + s), api("/api/stats/timeseries?" + ts), api("/api/stats/models?" + s),
       api("/api/stats/keys?" + s), api("/api/requests?limit=50&" + s), api("/api/stats/calibration?" + s),
       api("/api/stats/filters?" + s), api("/api/stats/routers?" + s), api("/api/stats/rollout?" + s),
-      api("/api/stats/breakdown?" + s)]);
+      api("/api/stats/breakdown?" + ts)]);
     return { overview, series, models: models.data, keys: keys.data, recent: recent.data,
              calibration: calibration.data, options, routers: routers.data, rollout: rollout.data, breakdown,
              range };
@@ -132,11 +132,8 @@
     Plotly.react("chart-models", models.map((m) => ({
       name: m, x, y: d.series.models[m].map((p) => p.requests), type: "bar" })),
       LAYOUT("requests by model", { barmode: "stack" }), OPTS);
-    Plotly.react("chart-quality", models.map((m) => {
-      const s = d.series.models[m];
-      return { name: m, x, y: s.map((p) => p.score_mean), type: "scatter", mode: "lines+markers", connectgaps: false,
-               error_y: { type: "data", array: s.map((p) => (p.score_se == null ? 0 : 1.96 * p.score_se)) } };
-    }), LAYOUT("quality by model (feedback score, 95% interval)", { yaxis: { range: [0, 1.05] } }), OPTS);
+    Plotly.react("chart-quality", qualityTraces(d, x), LAYOUT("quality by model (client: solid, judge: dotted; 95% interval)",
+      { yaxis: { range: [0, 1.05] } }), OPTS);
     const lat = (key, q, dash) => ({ name: `${key} p${q}`, x, y: pts.map((p) => p[key + "_ms"]["p" + q]),
                                      type: "scatter", mode: "lines+markers", line: { dash } });
     Plotly.react("chart-latency", [lat("total", 50), lat("total", 90), lat("total", 99), lat("ttft", 50, "dot")],
@@ -153,6 +150,26 @@
       LAYOUT("router: predicted quality vs feedback score", { hovermode: "closest",
         xaxis: { range: [0, 1], title: { text: "predicted" } }, yaxis: { range: [0, 1.05], title: { text: "feedback" } } }),
       OPTS);
+  }
+
+  // client and judge scores apart, per model and bucket (summed, a judged request would count twice)
+  function qualityTraces(d, x) {
+    const fs = (d.breakdown && d.breakdown.feedback_series) || [];
+    const index = new Map(d.series.points.map((p, i) => [p.t, i]));
+    const traces = new Map();
+    for (const r of fs) {
+      const key = `${r.model} (${r.source})`;
+      if (!traces.has(key)) {
+        traces.set(key, { name: key, x, y: x.map(() => null), type: "scatter", mode: "lines+markers",
+                          connectgaps: false, line: { dash: r.source === "judge" ? "dot" : "solid" },
+                          error_y: { type: "data", array: x.map(() => 0) } });
+      }
+      const i = index.get(r.t);
+      if (i == null) continue;
+      traces.get(key).y[i] = r.score_mean;
+      traces.get(key).error_y.array[i] = r.score_se == null ? 0 : 1.96 * r.score_se;
+    }
+    return [...traces.values()].sort((a, b) => a.name.localeCompare(b.name));
   }
 
   // the router panel: each router's realized (mean cost, mean feedback) per knob value over its offline curve
