@@ -93,6 +93,21 @@ def test_routed_request_span_carries_the_decision(traced: tuple[ThreadedServer, 
     assert all(k.context is not None and k.context.trace_id == root.context.trace_id for k in kids)  # type: ignore
 
 
+def test_a_stream_span_ends_with_the_stream(traced: tuple[ThreadedServer, InMemorySpanExporter, Path]) -> None:
+    server, exporter, _ = traced
+    body = chat("auto") | {"stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30,
+                      headers={"authorization": "Bearer sk-static"}) as r:
+        assert r.status_code == 200
+        text = "".join(r.iter_text())
+    assert text.rstrip().endswith("[DONE]")
+    root, kids = tree(exporter, r.headers["x-thalamus-request-id"])
+    a = attrs(root)
+    assert a["thalamus.stream"] is True and a["http.response.status_code"] == 200 and a["thalamus.cost_usd"] > 0
+    assert [k.name for k in kids] == ["thalamus.route", "thalamus.attempt"]
+    assert root.end_time is not None and all(k.end_time is not None and k.end_time <= root.end_time for k in kids)
+
+
 def test_retries_and_fallbacks_are_child_spans(traced: tuple[ThreadedServer, InMemorySpanExporter, Path]) -> None:
     server, exporter, _ = traced
     flaky = post(server, chat("flaky"))  # one 503, then the retry answers
