@@ -90,7 +90,8 @@ def test_routed_request_span_carries_the_decision(traced: tuple[ThreadedServer, 
     assert json.loads(str(route["thalamus.knob"]))["kind"] == "lambda"
     assert attempt == {"thalamus.model": r.headers["x-thalamus-model"], "thalamus.attempt.number": 1,
                        "thalamus.fallback": False}
-    assert all(k.context is not None and k.context.trace_id == root.context.trace_id for k in kids)  # type: ignore
+    assert root.context is not None
+    assert all(k.context is not None and k.context.trace_id == root.context.trace_id for k in kids)
 
 
 def test_a_stream_span_ends_with_the_stream(traced: tuple[ThreadedServer, InMemorySpanExporter, Path]) -> None:
