@@ -163,7 +163,11 @@ def check_page(page: Any, ledger: Path, sent: list[Any]) -> None:
     assert float(card("spend")) == pytest.approx(spend) and float(card("savings")) == pytest.approx(cf - spend)
     assert float(card("quality")) == pytest.approx(score)
     points = page.evaluate("window.thalamusDashboard.data.series.points.length")
-    assert points in (24, 25)  # 24 hours of hour buckets, aligned down
+    # the default range fits the data (issue 22): fresh rows -> from their first minute, in minute buckets
+    first = sql(ledger, "SELECT min(created_at) FROM requests")[0][0]
+    start = page.evaluate("window.thalamusDashboard.data.series.points[0].t")
+    assert page.get_attribute("#f-range", "data-fitted") == "fit:minute" and start <= first < start + 60
+    assert 1 <= points <= 10
     traces = lambda chart: page.evaluate(  # noqa: E731
         f"document.getElementById('{chart}').data.map(t => [t.name, t.x.length])")
     assert traces("chart-spend") == [["spend", points], ["counterfactual (baseline)", points]]
@@ -172,7 +176,9 @@ def check_page(page: Any, ledger: Path, sent: list[Any]) -> None:
     assert all(k == points for _, k in traces("chart-models"))
     stacked = page.evaluate("document.getElementById('chart-models').data.flatMap(t => t.y).reduce((a, b) => a + b)")
     assert stacked == n  # every request is in exactly one bar segment
-    assert sorted(name for name, _ in traces("chart-quality")) == models
+    scored = sorted(m for (m,) in sql(ledger, "SELECT DISTINCT chosen_model FROM requests r JOIN feedback f "
+                                          "ON f.request_id = r.id"))
+    assert sorted(name for name, _ in traces("chart-quality")) == [f"{m} (client)" for m in scored]
     assert [name for name, _ in traces("chart-latency")] == ["total p50", "total p90", "total p99", "ttft p50"]
     assert [name for name, _ in traces("chart-rates")] == ["error rate", "fallback rate"]
     bins = sql(ledger, "SELECT count(DISTINCT CAST(predicted_quality * 10 AS INTEGER)) FROM requests r "
@@ -288,6 +294,7 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     import json
     import re
 
+    from thalamus.gateway.learning.judge import JudgeMetrics
     from thalamus.gateway.stats.metrics import GatewayMetrics
     from thalamus.ledger.row import LedgerRow
 
@@ -295,8 +302,16 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     m.observe(LedgerRow(id="x", created_at=0, chosen_model="weak", router="r", status=200, cost_usd=0.1,
                         baseline_cost_usd=0.2, routing_ms=1, ttft_ms=2, total_ms=3, upstream_ms=1,
                         prompt_tokens=1, completion_tokens=1, fallback_chain=[{"model": "a", "error": "e"}]))
+    m.observe_feedback("weak", 0.5, "judge:strong")  # the quality panels' histogram
+    judge = JudgeMetrics(m.registry)  # the judge's families live in the same registry (app.py)
+    judge.total.labels("strong", "scored").inc()
+    judge.cost.labels("strong").inc(0.01)
+    judge.tokens.labels("strong", "prompt").inc(10)
     exported = {s.name for f in text_string_to_metric_families(m.scrape().decode()) for s in f.samples}
     path = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "thalamus-gateway.json"
-    exprs = [t["expr"] for p in json.loads(path.read_text())["panels"] for t in p["targets"]]
+    panels = json.loads(path.read_text())["panels"]
+    titles = " ".join(p["title"] for p in panels)
+    assert "feedback score" in titles and "key" in titles and "Judge" in titles  # quality, keys, the judge
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
     used = {n for e in exprs for n in re.findall(r"thalamus_[a-z_]+", e)}
     assert used and used <= exported, used - exported

@@ -18,13 +18,15 @@ def serve_cmd(
     host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
 ) -> None:
-    """Start the OpenAI-compatible routing gateway."""
+    """Start the OpenAI-compatible routing gateway (one JSON access-log line per request on stderr)."""
     import uvicorn
 
     from thalamus.gateway.app import create_app
     from thalamus.gateway.config import load_config
+    from thalamus.gateway.stats.access_log import stderr_access_log
 
     cfg = load_config(config)
+    stderr_access_log()
     uvicorn.run(create_app(cfg), host=host or cfg.server.host, port=port if port is not None else cfg.server.port,
                 log_level="info", access_log=False)
 

@@ -14,6 +14,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 
 from thalamus.config import Settings
 from thalamus.errors import ConfigError
@@ -23,6 +25,7 @@ from thalamus.gateway.core.service import GatewayService
 from thalamus.gateway.http.admin import install_admin
 from thalamus.gateway.http.api import install
 from thalamus.gateway.http.dashboard import install_dashboard
+from thalamus.gateway.http.health import install_health
 from thalamus.gateway.http.learning import install_learning_api
 from thalamus.gateway.http.metrics import install_metrics
 from thalamus.gateway.http.rollout import install_rollout
@@ -34,7 +37,8 @@ from thalamus.gateway.learning.feedback import FeedbackDesk
 from thalamus.gateway.learning.judge import start_judge
 from thalamus.gateway.learning.loop import LearningLoop
 from thalamus.gateway.learning.pool_state import PoolTracker
-from thalamus.gateway.stats.metrics import GatewayMetrics, multiprocess_dir
+from thalamus.gateway.stats.metrics import GatewayMetrics, busiest_keys, multiprocess_dir
+from thalamus.gateway.stats.tracing import provider_from_env, tracer_for
 from thalamus.gateway.tenancy.auth import KeyChecker
 from thalamus.gateway.tenancy.controls import TeamControls
 from thalamus.gateway.upstream.backends import make_backends
@@ -107,7 +111,7 @@ async def start_pool(config: GatewayConfig) -> PoolTracker | None:
 
 
 async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backends: dict[str, Backend] | None,
-                stack: AsyncExitStack) -> None:
+                stack: AsyncExitStack, tracer_provider: TracerProvider | None = None) -> None:
     """The object graph, built once, in dependency order; ``stack`` closes it in the reverse order."""
     routers = load_routers(config)
     for batcher in start_batching(config, [loaded.router for loaded in routers.values()]):
@@ -136,8 +140,8 @@ async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backend
     stack.push_async_callback(controls.close)
     if pool is not None:
         stack.push_async_callback(pool.close)
-    metrics = app.state.metrics = GatewayMetrics(writer)
-    desk = app.state.feedback = FeedbackDesk(ledger, writer, learning, routers)
+    metrics = app.state.metrics = GatewayMetrics(writer, seed_keys=await asyncio.to_thread(busiest_keys, ledger))
+    desk = app.state.feedback = FeedbackDesk(ledger, writer, learning, routers, metrics)
     # in multiprocess mode metric values live in the shared files, not in the app's registry
     judge = start_judge(config.judge, owned, desk, None if multiprocess_dir() else metrics.registry,
                         store_comments=config.ledger.store_prompts)
@@ -147,17 +151,29 @@ async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backend
     app.state.ledger = ledger
     app.state.service = GatewayService(config, routers, owned, writer, hasher, controls,
                                        KeyChecker(config.auth, controls.lookup), learning,
-                                       ResponseCache(config.cache), metrics=metrics, judge=judge)
+                                       ResponseCache(config.cache), metrics=metrics, judge=judge,
+                                       tracer=start_tracing(tracer_provider, stack))
+
+
+def start_tracing(given: TracerProvider | None, stack: AsyncExitStack) -> Tracer | None:
+    """The tracer of the app's spans: on ``given`` (tests: an in-memory exporter), else on a provider built
+    from the ``OTEL_*`` variables (owned by the app: flushed and shut down with it), else on the global one
+    when one is set; None (no spans) otherwise."""
+    provider = given if given is not None else provider_from_env()
+    if provider is not None and given is None:
+        stack.callback(provider.shutdown)
+    return tracer_for(provider)
 
 
 def create_app(config: GatewayConfig, settings: Settings | None = None,
-               backends: dict[str, Backend] | None = None) -> FastAPI:
-    """The gateway app. ``backends`` is the seam for callers that bring their own Backend objects."""
+               backends: dict[str, Backend] | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    """The gateway app. ``backends`` is the seam for callers that bring their own Backend objects;
+    ``tracer_provider`` the one for traces (default: the ``OTEL_*`` variables, stats/tracing.py)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            await build(app, config, settings or Settings(), backends, stack)
+            await build(app, config, settings or Settings(), backends, stack, tracer_provider)
             yield
 
     docs = config.server.docs if config.server.docs is not None else not config.auth.enabled
@@ -168,6 +184,7 @@ def create_app(config: GatewayConfig, settings: Settings | None = None,
     install_stats(app)
     install_dashboard(app)
     install_metrics(app)
+    install_health(app)
     install_rollout(app)
     install_learning_api(app)
     install_surface(app, config.server)  # last: it copies the /v1 routes

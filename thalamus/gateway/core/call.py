@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thalamus.gateway.learning.artifacts import LoadedRouter
+from thalamus.gateway.stats.tracing import RequestTrace
 from thalamus.ledger.row import LedgerRow
 from thalamus.router.policy import Decision
 
@@ -41,6 +42,7 @@ class Call:
     decision: Decision | None = None
     answer: str | None = None  # the answer's text and the request's messages, for the LLM judge
     messages: list[dict[str, Any]] | None = None
+    trace: RequestTrace | None = None  # the request's span, ended at finish (stats/tracing.py)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000

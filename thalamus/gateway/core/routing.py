@@ -9,7 +9,9 @@ be served by is resolved here once: the router's servable models, cut to the key
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 import re
 import time
 
@@ -23,6 +25,7 @@ from thalamus.gateway.learning.loop import LearningLoop
 from thalamus.gateway.tenancy.controls import TeamControls
 from thalamus.gateway.upstream.base import Backend
 from thalamus.gateway.wire import protocol as p
+from thalamus.ledger.row import LedgerRow
 from thalamus.router.policy import Decision, Knob
 
 ROUTELLM_NAME = re.compile(r"^router-(?P<name>.+)-(?P<threshold>[0-9]*\.?[0-9]+)$")
@@ -66,19 +69,23 @@ class Planner:
     async def _routed(self, call: Call, loaded: LoadedRouter, threshold: float | None,
                       overrides: p.RoutingOverrides, text: str) -> list[str]:
         fallback = self.config.fallback
-        try:
-            knob = overrides.apply(loaded.default_knob())
-            t0 = time.perf_counter()
-            route = functools.partial(self._route, loaded, text, knob, threshold)
-            decision = route() if self.learning.inline(loaded) else await asyncio.to_thread(route)
-            call.row.routing_ms = (time.perf_counter() - t0) * 1000
-        except ConfigError as exc:
-            raise p.RequestError(400, str(exc), param="routing", code="invalid_routing") from None
-        call.decision = decision
-        row = call.row
-        row.router, row.artifact_version, row.knob = loaded.name, loaded.version, knob_dict(decision.knob)
-        row.chosen_model = decision.model
-        self.learning.record(row, loaded, decision)  # probability and candidates (quality, cost, p)
+        spans = call.trace.child("thalamus.route", {"thalamus.router": loaded.name}) if call.trace else None
+        with spans if spans is not None else contextlib.nullcontext() as span:
+            try:
+                knob = overrides.apply(loaded.default_knob())
+                t0 = time.perf_counter()
+                route = functools.partial(self._route, loaded, text, knob, threshold)
+                decision = route() if self.learning.inline(loaded) else await asyncio.to_thread(route)
+                call.row.routing_ms = (time.perf_counter() - t0) * 1000
+            except ConfigError as exc:
+                raise p.RequestError(400, str(exc), param="routing", code="invalid_routing") from None
+            call.decision = decision
+            row = call.row
+            row.router, row.artifact_version, row.knob = loaded.name, loaded.version, knob_dict(decision.knob)
+            row.chosen_model = decision.model
+            self.learning.record(row, loaded, decision)  # probability and candidates (quality, cost, p)
+            if span is not None:
+                span.set_attributes(decision_attributes(row, decision))
         if decision.model not in self.backends:
             raise p.RequestError(400, f"the router chose {decision.model!r}, which has no configured backend; "
                                  "restrict routing.allowed to backends", param="routing.allowed")
@@ -89,3 +96,19 @@ class Planner:
         if threshold is not None:  # RouteLLM form: the configured strong/weak pair of a many-model router
             knob = threshold_knob(loaded.pair(), knob, threshold)
         return self.learning.route(loaded, text, knob)
+
+
+
+def decision_attributes(row: LedgerRow, decision: Decision) -> dict[str, str | bool | int | float]:
+    """The routing decision as the attributes of the ``thalamus.route`` span (stats/tracing.py)."""
+    attrs: dict[str, str | bool | int | float] = {
+        "thalamus.artifact_version": row.artifact_version or "", "thalamus.knob": json.dumps(row.knob, sort_keys=True),
+        "thalamus.chosen_model": decision.model, "thalamus.candidates": len(decision.models),
+        "thalamus.reason": str(decision.reason)[:200]}
+    if row.probability is not None:
+        attrs["thalamus.probability"] = float(row.probability)
+    if decision.model in decision.models:
+        i = decision.models.index(decision.model)
+        attrs["thalamus.predicted_quality"] = float(decision.predicted_quality[i])
+        attrs["thalamus.expected_cost_usd"] = float(decision.expected_cost[i])
+    return attrs

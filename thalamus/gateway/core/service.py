@@ -8,8 +8,9 @@
    order (``core/attempts.py``); a stream falls back only before its first byte
 6. account with the one price rule (``BackendConfig.cost``), and the relay's end-of-request rules for
    streams (``core/relay.py``)
-7. finish: the row is annotated, observed (metrics, key usage), handed to the writer (with
-   ``ledger.durability: journal``, on disk before the response's last byte) and offered to the judge
+7. finish: the row is annotated, observed (metrics, key usage, the request's trace span and its JSON
+   access-log line), handed to the writer (with ``ledger.durability: journal``, on disk before the
+   response's last byte) and offered to the judge
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
+
+from opentelemetry.trace import Tracer
 
 from thalamus.gateway.config import BackendConfig, GatewayConfig
 from thalamus.gateway.core.attempts import Attempts
@@ -32,7 +35,9 @@ from thalamus.gateway.core.routing import Planner
 from thalamus.gateway.learning.artifacts import LoadedRouter
 from thalamus.gateway.learning.judge import Judge
 from thalamus.gateway.learning.loop import LearningLoop
+from thalamus.gateway.stats.access_log import log_access
 from thalamus.gateway.stats.metrics import GatewayMetrics
+from thalamus.gateway.stats.tracing import RequestTrace, tracer_for
 from thalamus.gateway.tenancy.auth import KeyChecker
 from thalamus.gateway.tenancy.controls import TeamControls
 from thalamus.gateway.upstream.base import Backend
@@ -47,20 +52,22 @@ class GatewayService:
     def __init__(self, config: GatewayConfig, routers: dict[str, LoadedRouter], backends: dict[str, Backend],
                  writer: LedgerWriter, hasher: PromptHasher, controls: TeamControls, keys: KeyChecker,
                  learning: LearningLoop, cache: ResponseCache, metrics: GatewayMetrics | None = None,
-                 judge: Judge | None = None) -> None:
+                 judge: Judge | None = None, tracer: Tracer | None = None) -> None:
         self.config, self.routers, self.backends, self.writer = config, routers, backends, writer
         self.hasher, self.controls, self.keys, self.learning = hasher, controls, keys, learning
         self.cache, self.metrics, self.judge = cache, metrics, judge
         self.planner = Planner(config, routers, backends, controls, learning)
         self.attempts = Attempts(backends, config.fallback)
+        self.tracer = tracer if tracer is not None else tracer_for(None)  # None: tracing off, no spans
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
         self._ids = random.Random(uuid.uuid4().int)
 
     # -- admission and the row ------------------------------------------------------------
-    def new_call(self, api_key_id: str | None) -> Call:
-        """A request admitted with a valid key (or auth off): from here on it gets exactly one ledger row."""
+    def new_call(self, api_key_id: str | None, endpoint: str = "") -> Call:
+        """A request admitted with a valid key (or auth off): from here on it gets exactly one ledger row
+        (and one trace span, ended with the row at ``finish``)."""
         row = LedgerRow(id=f"thl-{self._ids.getrandbits(128):032x}", created_at=time.time(), api_key_id=api_key_id)
-        return Call(row=row)
+        return Call(row=row, trace=RequestTrace(self.tracer, endpoint) if self.tracer is not None else None)
 
     def authorize(self, authorization: str | None) -> str | None:
         """The API key id, or None when auth is off; 401 (and no ledger row) for a missing or unknown key."""
@@ -80,12 +87,21 @@ class GatewayService:
         row.total_ms = row.total_ms if row.total_ms is not None else call.elapsed_ms()
         loaded = self.routers.get(row.router) if row.router is not None else None
         annotate(row, loaded.config.baseline_model() if loaded is not None else None, self._prices)
+        team = self.team(row.api_key_id)
         if self.metrics is not None:
-            self.metrics.observe(row)
+            self.metrics.observe(row, team)
         self.controls.observe(row)
+        log_access(row, team)
+        if call.trace is not None:
+            call.trace.end(row, team)
         await self.writer.record(row)
         if self.judge is not None and row.status == 200 and call.answer and row.cache != "hit":
             self.judge.offer(row.id, call.messages or [], call.answer)  # never waits: a full queue drops
+
+    def team(self, key_id: str | None) -> str | None:
+        """The team of a virtual key (None for static keys, no key, or a key without one)."""
+        record = self.controls.record(key_id)
+        return record.team if record is not None else None
 
     def _prices(self, model: str) -> BackendConfig | None:
         backend = self.backends.get(model)

@@ -64,7 +64,7 @@ def admitted(endpoint: Endpoint) -> Callable[..., Awaitable[Response]]:
     row), the body is capped (413 with a row), then the pipeline answers ``endpoint``'s request as JSON or SSE."""
 
     async def handle(request: Request, service: Service, key_id: Caller) -> Response:
-        call = service.new_call(key_id)
+        call = service.new_call(key_id, endpoint.path)
         limit = service.config.server.max_body_bytes
         raw = await _read_capped(request, limit)
         if raw is None:
@@ -146,7 +146,7 @@ async def readyz(request: Request) -> JSONResponse:
     service: GatewayService | None = getattr(request.app.state, "service", None)
     if service is None:
         return JSONResponse({"status": "starting"}, status_code=503)
-    status, details = await _ledger_state(request.app.state.ledger, service,
+    status, details = await ledger_state(request.app.state.ledger, service,
                                           getattr(request.app.state, "health_executor", None))
     body: dict[str, Any] = {"status": status}
     if not service.keys.enabled or service.keys.identify(request.headers.get("authorization")) is not None:
@@ -154,7 +154,7 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 
-async def _ledger_state(ledger: Ledger, service: GatewayService,
+async def ledger_state(ledger: Ledger, service: GatewayService,
                         executor: Executor | None) -> tuple[str, dict[str, Any]]:
     try:
         await asyncio.get_running_loop().run_in_executor(executor, ledger.ping)

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from thalamus.errors import ConfigError
 from thalamus.gateway.http.stats import install_stats
 from thalamus.gateway.stats import aggregates as stats
+from thalamus.gateway.stats import breakdown as stats_breakdown
 from thalamus.gateway.stats import rollout as stats_rollout
 from thalamus.gateway.stats import router as stats_router
 from thalamus.gateway.stats import rows as stats_rows
@@ -34,8 +35,8 @@ from thalamus.gateway.wire.protocol import RequestError
 from thalamus.ledger import MIGRATIONS
 
 STATIC = "/dashboard/static"
-RANGES = [("3600", "last hour"), ("86400", "last 24 h"), ("604800", "last 7 days"), ("2592000", "last 30 days"),
-          ("0", "all time")]
+RANGES = [("auto", "fit the data"), ("3600", "last hour"), ("21600", "last 6 h"), ("86400", "last 24 h"),
+          ("604800", "last 7 days"), ("2592000", "last 30 days"), ("0", "all time")]
 _HERE = Path(__file__).parent  # templates/ and static/ ship inside the package (pyproject package-data)
 _FILES = {"dashboard.js": "application/javascript", "dashboard.css": "text/css"}
 
@@ -59,7 +60,7 @@ def _env() -> Environment:
 
 
 def _page(**context: Any) -> str:
-    base = {"title": "Thalamus dashboard", "ranges": RANGES, "default_range": "86400", "static": STATIC,
+    base = {"title": "Thalamus dashboard", "ranges": RANGES, "default_range": "auto", "static": STATIC,
             "snapshot": False, "inline": False, "auth": False}
     return _env().get_template("dashboard.html").render(base | context)
 
@@ -69,10 +70,18 @@ def _script_json(data: Any) -> str:
     return json.dumps(data, allow_nan=False).replace("<", "\\u003c")
 
 
+def viewer_role(request: Request) -> str | None:
+    """The caller's role for the page's views; ``"admin"`` turns on the view across teams (``#teams``, filled
+    from ``/api/stats/teams``). Hook for roles (issue 22a): the page itself holds no data and asks for no key,
+    so until roles exist this is None and the cross-team view stays hidden."""
+    return None
+
+
 async def dashboard_page(request: Request) -> HTMLResponse:
     service = getattr(request.app.state, "service", None)
     auth = bool(service is not None and service.keys.enabled)
-    return HTMLResponse(_page(auth=auth, config_json=_script_json({"auth": auth, "refresh_s": 30})))
+    config = {"auth": auth, "refresh_s": 30, "role": viewer_role(request)}
+    return HTMLResponse(_page(auth=auth, config_json=_script_json(config)))
 
 
 async def plotly_js(request: Request) -> FileResponse:
@@ -102,6 +111,7 @@ def snapshot_data(engine: Engine, since: float | None = None, until: float | Non
             "models": stats.grouped(engine, f, "model"), "keys": stats.grouped(engine, f, "key"),
             "recent": stats_rows.recent(engine, f, 200), "calibration": stats.calibration(engine, f),
             "options": stats.filter_options(engine, f), "routers": stats_router.router_points(engine, f),
+            "breakdown": stats_breakdown.breakdown(engine, f, stats.BUCKET_SECONDS[bucket]),
             "rollout": [r | {"live": None} for r in stats_rollout.rollout_compare(engine, f)]}
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
 from thalamus.gateway.stats import aggregates as stats
+from thalamus.gateway.stats import breakdown as stats_breakdown
 from thalamus.gateway.stats import rollout as stats_rollout
 from thalamus.gateway.stats import router as stats_router
 from thalamus.gateway.stats import rows as stats_rows
@@ -106,6 +107,16 @@ async def calibration(request: Request) -> JSONResponse:
     return JSONResponse({"data": await _run(stats.calibration, guard(request), filters(request), bins)})
 
 
+async def breakdown(request: Request) -> JSONResponse:
+    """Feedback per source (client, judge; per ``bucket`` of time too when given), errors per class of the
+    status the client saw, the data's span."""
+    bucket = request.query_params.get("bucket")
+    if bucket is not None and bucket not in stats.BUCKET_SECONDS:
+        raise RequestError(400, f"bucket: {bucket!r} is not one of {sorted(stats.BUCKET_SECONDS)}", param="bucket")
+    width = stats.BUCKET_SECONDS[bucket] if bucket is not None else None
+    return JSONResponse(await _run(stats_breakdown.breakdown, guard(request), filters(request), width))
+
+
 async def filter_options(request: Request) -> JSONResponse:
     return JSONResponse(await _run(stats.filter_options, guard(request), filters(request)))
 
@@ -153,7 +164,7 @@ async def one_request(request: Request) -> JSONResponse:
 ROUTES: dict[str, Callable[[Request], Any]] = {
     "/api/stats/overview": overview, "/api/stats/timeseries": timeseries, "/api/stats/models": models,
     "/api/stats/keys": keys, "/api/stats/calibration": calibration, "/api/stats/filters": filter_options,
-    "/api/stats/routers": routers, "/api/stats/rollout": rollout,
+    "/api/stats/routers": routers, "/api/stats/rollout": rollout, "/api/stats/breakdown": breakdown,
     "/api/requests": recent, "/api/requests/{request_id}": one_request,
 }
 

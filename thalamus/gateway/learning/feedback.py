@@ -10,9 +10,12 @@ import asyncio
 import contextlib
 import logging
 
+import sqlalchemy as sa
+
 from thalamus.gateway.learning.artifacts import LoadedRouter
 from thalamus.gateway.learning.loop import LearningLoop
-from thalamus.ledger import Ledger, LedgerWriter
+from thalamus.gateway.stats.metrics import GatewayMetrics
+from thalamus.ledger import Ledger, LedgerWriter, requests
 
 log = logging.getLogger(__name__)
 FEEDBACK_FLUSH_WAIT_S = 2.0  # how long feedback waits for a still-queued request row
@@ -22,8 +25,9 @@ class FeedbackDesk:
     """Stores feedback rows and hands them to the learning loop; shared by the API and the judge."""
 
     def __init__(self, ledger: Ledger, writer: LedgerWriter, learning: LearningLoop,
-                 routers: dict[str, LoadedRouter]) -> None:
+                 routers: dict[str, LoadedRouter], metrics: GatewayMetrics | None = None) -> None:
         self.ledger, self.writer, self.learning, self.routers = ledger, writer, learning, routers
+        self.metrics = metrics  # the feedback-score histogram of /metrics
 
     async def request_owner(self, request_id: str, wait_s: float = FEEDBACK_FLUSH_WAIT_S) -> tuple[bool, str | None]:
         """Whether the request has a row and the key that made it; waits up to ``wait_s`` for that row
@@ -47,7 +51,14 @@ class FeedbackDesk:
         """Store one feedback row of a request known to be in the ledger; (feedback id, learned). Whether
         a source is learned from (``judge.learn``) is the learning loop's call (learning/loop.py)."""
         fid = await asyncio.to_thread(self.ledger.add_feedback, request_id, score, label, source, comment, key_id)
+        if self.metrics is not None:
+            model = await asyncio.to_thread(self._answered_by, request_id)
+            self.metrics.observe_feedback(model, score, source)
         return fid, await self.learn_from(request_id, score, source)
+
+    def _answered_by(self, request_id: str) -> str | None:
+        with self.ledger.engine.connect() as conn:
+            return conn.execute(sa.select(requests.c.chosen_model).where(requests.c.id == request_id)).scalar()
 
     async def learn_from(self, request_id: str, score: float, source: str | None = None) -> bool:
         """Online update of the router that served the request; a failure never fails the stored feedback."""

@@ -132,6 +132,10 @@ def _model_series(starts: list[float], per_model: Groups) -> dict[str, Any]:
     return out
 
 
+# a group without a name: requests refused before a model was chosen (400, 404, 413, 429...); no key (auth off)
+NO_NAME = {"model": "(refused: no model chosen)", "key": "(no key)"}
+
+
 def grouped(engine: Engine, f: Filters, by: Literal["model", "key"], use_rollup: bool = True
             ) -> list[dict[str, Any]]:
     """Per model (the one that answered) or per API key: sums, latency mean, feedback; by spend."""
@@ -142,7 +146,8 @@ def grouped(engine: Engine, f: Filters, by: Literal["model", "key"], use_rollup:
     out = []
     for (name,), acc in rows.items():
         s = acc.sums
-        item = {by: name} | _shape(s) | {"share": int(s["requests"]) / n_all if n_all else 0.0,
+        label = name if name is not None else NO_NAME[by]
+        item = {by: name, "label": label} | _shape(s) | {"share": int(s["requests"]) / n_all if n_all else 0.0,
                                          "mean_total_ms": s["total_ms_sum"] / s["total_ms_n"] if s["total_ms_n"]
                                          else None,
                                          "mean_predicted_quality": s["pq_sum"] / s["pq_n"] if s["pq_n"] else None}

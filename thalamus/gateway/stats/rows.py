@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from thalamus.gateway.stats.breakdown import status_class
 from thalamus.gateway.stats.sql import Filters
 from thalamus.ledger import feedback, requests
 
@@ -30,6 +31,9 @@ def _decode(rec: dict[str, Any]) -> dict[str, Any]:
                 out[key] = json.loads(raw)
             except ValueError:
                 out[key] = None  # a damaged cell should not hide the row
+    for attempt in out.get("fallback_chain") or []:
+        if isinstance(attempt, dict):  # the class comes from the status, not from an exception's name
+            attempt["class"] = status_class(attempt.get("status") if isinstance(attempt.get("status"), int) else None)
     return out
 
 

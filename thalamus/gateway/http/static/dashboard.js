@@ -4,7 +4,10 @@
   "use strict";
   const SNAP = window.THALAMUS_SNAPSHOT || null;
   const CONFIG = window.THALAMUS_CONFIG || {};
-  const BUCKET = { 3600: "minute", 86400: "hour", 604800: "hour", 2592000: "day", 0: "day" };
+  const BUCKET = { 3600: "minute", 21600: "minute", 86400: "hour", 604800: "hour", 2592000: "day", 0: "day" };
+  // "fit the data": from the oldest request matching the filters, in buckets that give the span a few points
+  // or more (minutes up to 6 h, hours up to 30 days, then days), so fresh data is not one spike at the edge
+  const FIT = [[6 * 3600, "minute", 60], [30 * 86400, "hour", 3600], [Infinity, "day", 86400]];
   const state = { timer: null, data: null, ready: false, loads: 0 };
   window.thalamusDashboard = state;
 
@@ -15,15 +18,24 @@
   const iso = (t) => new Date(t * 1000).toISOString();
   const esc = (s) => String(s == null ? "" : s).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
 
-  function params() {
-    const range = Number($("f-range").value);
+  function fitRange(span) {
+    const now = Date.now() / 1000;
+    const first = span && span.first != null ? span.first : now - 3600;
+    const [, bucket, width] = FIT.find(([upto]) => now - first <= upto);
+    return { since: Math.floor(first / width) * width, bucket };
+  }
+
+  function params(fit) {
+    const chosen = $("f-range").value;
+    const range = chosen === "auto" ? null : Number(chosen);
     const q = new URLSearchParams();
-    if (range > 0) q.set("since", String(Date.now() / 1000 - range));
+    if (fit) q.set("since", String(fit.since));
+    else if (range > 0) q.set("since", String(Date.now() / 1000 - range));
     for (const name of ["router", "key", "model"]) {
       const v = $("f-" + name).value;
       if (v) q.set(name, v);
     }
-    return { q, bucket: BUCKET[range] || "hour" };
+    return { q, bucket: fit ? fit.bucket : BUCKET[range] || "hour", range: fit ? "fit:" + fit.bucket : range };
   }
 
   async function api(path) {
@@ -41,17 +53,31 @@
     return res.json();
   }
 
+  function filterQuery() {
+    const q = new URLSearchParams();
+    for (const name of ["router", "key", "model"]) {
+      const v = $("f-" + name).value;
+      if (v) q.set(name, v);
+    }
+    return q.toString();
+  }
+
   async function fetchAll() {
-    const { q, bucket } = params();
+    let fit = null;
+    if ($("f-range").value === "auto") fit = fitRange((await api("/api/stats/breakdown?" + filterQuery())).span);
+    const { q, bucket, range } = params(fit);
     const s = q.toString();
+    state.query = s;
     const ts = new URLSearchParams(q);
     ts.set("bucket", bucket);
-    const [overview, series, models, keys, recent, calibration, options, routers, rollout] = await Promise.all([
+    const [overview, series, models, keys, recent, calibration, options, routers, rollout, breakdown] = await Promise.all([
       api("/api/stats/overview?" + s), api("/api/stats/timeseries?" + ts), api("/api/stats/models?" + s),
       api("/api/stats/keys?" + s), api("/api/requests?limit=50&" + s), api("/api/stats/calibration?" + s),
-      api("/api/stats/filters?" + s), api("/api/stats/routers?" + s), api("/api/stats/rollout?" + s)]);
+      api("/api/stats/filters?" + s), api("/api/stats/routers?" + s), api("/api/stats/rollout?" + s),
+      api("/api/stats/breakdown?" + ts)]);
     return { overview, series, models: models.data, keys: keys.data, recent: recent.data,
-             calibration: calibration.data, options, routers: routers.data, rollout: rollout.data };
+             calibration: calibration.data, options, routers: routers.data, rollout: rollout.data, breakdown,
+             range };
   }
 
   function fillOptions(options) {
@@ -64,7 +90,7 @@
     }
   }
 
-  function cards(o) {
+  function cards(o, b) {
     const set = (id, text, value, sub) => {
       $(id).textContent = text;
       $(id).dataset.value = value == null ? "" : String(value);
@@ -76,8 +102,18 @@
         `${pct(share)} of ${usd(o.counterfactual_spend_usd)} on the baseline`);
     set("card-requests", num(o.requests), o.requests,
         `errors ${pct(o.error_rate)}, fallbacks ${pct(o.fallback_rate)}, p50 ${num(o.latency_ms.total.p50, 1)} ms`);
-    set("card-quality", num(o.score_mean, 3), o.score_mean,
-        o.feedback_n ? `${o.feedback_n} feedback, ± ${num(1.96 * (o.score_se || 0), 3)}` : "no feedback yet");
+    // client and judge feedback apart: a request scored by both is one request, not two
+    const fb = (b && b.feedback) || null;
+    const part = (name, f) => `${name} ${num(f.score_mean, 3)} on ${num(f.requests_scored)} req`;
+    const sub = fb ? [["client", fb.client], ["judge", fb.judge]].filter(([, f]) => f.feedback_n)
+      .map(([n, f]) => part(n, f)).join("; ") : (o.feedback_n ? `${o.feedback_n} feedback` : "");
+    // the headline is the client's score when clients gave any, else the judge's: never a blend of the two
+    const main = fb ? (fb.client.feedback_n ? fb.client : fb.judge) : o;
+    set("card-quality", num(main.score_mean, 3), main.score_mean, sub || "no feedback yet");
+    if (fb) {
+      $("card-quality-sub").dataset.client = String(fb.client.feedback_n);
+      $("card-quality-sub").dataset.judge = String(fb.judge.feedback_n);
+    }
   }
 
   const LAYOUT = (title, extra) => Object.assign({
@@ -96,11 +132,8 @@
     Plotly.react("chart-models", models.map((m) => ({
       name: m, x, y: d.series.models[m].map((p) => p.requests), type: "bar" })),
       LAYOUT("requests by model", { barmode: "stack" }), OPTS);
-    Plotly.react("chart-quality", models.map((m) => {
-      const s = d.series.models[m];
-      return { name: m, x, y: s.map((p) => p.score_mean), type: "scatter", mode: "lines+markers", connectgaps: false,
-               error_y: { type: "data", array: s.map((p) => (p.score_se == null ? 0 : 1.96 * p.score_se)) } };
-    }), LAYOUT("quality by model (feedback score, 95% interval)", { yaxis: { range: [0, 1.05] } }), OPTS);
+    Plotly.react("chart-quality", qualityTraces(d, x), LAYOUT("quality by model (client: solid, judge: dotted; 95% interval)",
+      { yaxis: { range: [0, 1.05] } }), OPTS);
     const lat = (key, q, dash) => ({ name: `${key} p${q}`, x, y: pts.map((p) => p[key + "_ms"]["p" + q]),
                                      type: "scatter", mode: "lines+markers", line: { dash } });
     Plotly.react("chart-latency", [lat("total", 50), lat("total", 90), lat("total", 99), lat("ttft", 50, "dot")],
@@ -117,6 +150,26 @@
       LAYOUT("router: predicted quality vs feedback score", { hovermode: "closest",
         xaxis: { range: [0, 1], title: { text: "predicted" } }, yaxis: { range: [0, 1.05], title: { text: "feedback" } } }),
       OPTS);
+  }
+
+  // client and judge scores apart, per model and bucket (summed, a judged request would count twice)
+  function qualityTraces(d, x) {
+    const fs = (d.breakdown && d.breakdown.feedback_series) || [];
+    const index = new Map(d.series.points.map((p, i) => [p.t, i]));
+    const traces = new Map();
+    for (const r of fs) {
+      const key = `${r.model} (${r.source})`;
+      if (!traces.has(key)) {
+        traces.set(key, { name: key, x, y: x.map(() => null), type: "scatter", mode: "lines+markers",
+                          connectgaps: false, line: { dash: r.source === "judge" ? "dot" : "solid" },
+                          error_y: { type: "data", array: x.map(() => 0) } });
+      }
+      const i = index.get(r.t);
+      if (i == null) continue;
+      traces.get(key).y[i] = r.score_mean;
+      traces.get(key).error_y.array[i] = r.score_se == null ? 0 : 1.96 * r.score_se;
+    }
+    return [...traces.values()].sort((a, b) => a.name.localeCompare(b.name));
   }
 
   // the router panel: each router's realized (mean cost, mean feedback) per knob value over its offline curve
@@ -183,9 +236,14 @@
       ["spend", (r) => usd(r.spend_usd)], ["counterfactual", (r) => usd(r.counterfactual_spend_usd)],
       ["errors", (r) => pct(r.error_rate)], ["feedback", (r) => num(r.feedback_n)],
       ["score", (r) => num(r.score_mean, 3)]];
-    table("table-models", [["model", (r) => esc(r.model)], ...common,
-      ["predicted q", (r) => num(r.mean_predicted_quality, 3)], ["mean ms", (r) => num(r.mean_total_ms, 1)]], d.models);
-    table("table-keys", [["key", (r) => esc(r.key == null ? "(none)" : r.key)], ...common.slice(0, 4),
+    const perModel = (d.breakdown && d.breakdown.feedback_by_model) || {};
+    const fbOf = (r, src) => (perModel[r.model] || {})[src] || {};
+    table("table-models", [["model", (r) => esc(r.label || r.model)], ...common.slice(0, 5),
+      ["client fb", (r) => num(fbOf(r, "client").feedback_n || 0)], ["client score", (r) => num(fbOf(r, "client").score_mean, 3)],
+      ["judge fb", (r) => num(fbOf(r, "judge").feedback_n || 0)], ["judge score", (r) => num(fbOf(r, "judge").score_mean, 3)],
+      ["predicted q", (r) => num(r.mean_predicted_quality, 3)], ["mean ms", (r) => num(r.mean_total_ms, 1)]], d.models,
+      (r) => `data-model="${esc(r.model == null ? "" : r.model)}" data-requests="${r.requests}"`);
+    table("table-keys", [["key", (r) => esc(r.label || r.key)], ...common.slice(0, 4),
       ["savings", (r) => usd(r.savings_usd)]], d.keys);
     table("table-requests", [["time", (r) => esc(iso(r.created_at).replace("T", " ").slice(0, 19))],
       ["status", (r) => `<span class="${r.status >= 400 ? "bad" : ""}">${r.status}</span>`],
@@ -194,12 +252,34 @@
       ["ms", (r) => num(r.total_ms, 1)], ["cost", (r) => usd(r.cost_usd)],
       ["score", (r) => (r.feedback.length ? num(r.feedback[r.feedback.length - 1].score, 2) : "")]],
       d.recent, (r) => `data-id="${esc(r.id)}"`);
+    const errors = (d.breakdown && d.breakdown.errors) || [];
+    table("table-errors", [["status", (r) => num(r.status)], ["class", (r) => esc(r["class"])],
+      ["code", (r) => esc(r.code || "")], ["requests", (r) => num(r.requests)], ["refused", (r) => num(r.refused)]],
+      errors, (r) => `data-status="${r.status}" data-class="${esc(r["class"])}" data-n="${r.requests}"`);
+    const fb = (d.breakdown && d.breakdown.feedback) || {};
+    table("table-feedback", [["source", (r) => esc(r[0])], ["feedback", (r) => num(r[1].feedback_n)],
+      ["requests scored", (r) => num(r[1].requests_scored)], ["mean score", (r) => num(r[1].score_mean, 3)],
+      ["± 95%", (r) => num(r[1].score_se == null ? null : 1.96 * r[1].score_se, 3)]],
+      Object.entries(fb), (r) => `data-source="${esc(r[0])}" data-n="${r[1].feedback_n}"`);
+  }
+
+  // the admin's view across teams (roles: issue 22a). The page asks for it only when the server says the
+  // caller is an admin (CONFIG.role === "admin"); /api/stats/teams answers [{team, requests, spend_usd, ...}].
+  async function teams() {
+    const box = $("teams");
+    if (!box || CONFIG.role !== "admin" || SNAP) return;
+    const rows = (await api("/api/stats/teams?" + (state.query || ""))).data || [];
+    table("table-teams", [["team", (r) => esc(r.team == null ? "(no team)" : r.team)],
+      ["requests", (r) => num(r.requests)], ["spend", (r) => usd(r.spend_usd)], ["errors", (r) => pct(r.error_rate)]],
+      rows);
+    box.hidden = false;
   }
 
   function drilldown(row) {
     const box = $("drilldown");
     const cands = Object.entries(row.candidates || {}).sort((a, b) => b[1].quality - a[1].quality);
-    const chain = (row.fallback_chain || []).map((c) => `${esc(c.model)} #${c.attempt}: ${c.status} ${esc(c.error)}`);
+    const chain = (row.fallback_chain || []).map((c) =>
+      `${esc(c.model)} #${c.attempt}: ${c.status} ${esc(c["class"] || "")} (${esc(c.error)})`);
     box.innerHTML = `<h3>request ${esc(row.id)}</h3><p>router <b>${esc(row.router || "none (passthrough)")}</b>,
       chose <b>${esc(row.chosen_model)}</b> with probability ${num(row.probability, 3)}; baseline
       ${esc(row.baseline_model || "")} would have cost ${usd(row.baseline_cost_usd)} (actual ${usd(row.cost_usd)}).
@@ -209,6 +289,7 @@
       <tbody>${cands.map(([m, c]) => `<tr data-model="${esc(m)}"><td class="${m === row.chosen_model ? "chosen" : ""}">${esc(m)}</td>
       <td>${num(c.quality, 4)}</td><td>${usd(c.cost)}</td></tr>`).join("")}</tbody></table>`;
     box.hidden = false;
+    box.scrollIntoView({ block: "nearest" });  // sticky above the table: in view whichever row was clicked
   }
 
   async function onRowClick(ev) {
@@ -227,11 +308,12 @@
   function render(d) {
     state.data = d;
     fillOptions(d.options);
-    cards(d.overview);
+    cards(d.overview, d.breakdown);
     charts(d);
     routerChart(d.routers);
     rolloutTable(d.rollout);
     tables(d);
+    if (d.range != null && $("f-range").value === "auto") $("f-range").dataset.fitted = String(d.range);
     state.loads += 1;
     state.ready = true;
   }
@@ -240,6 +322,7 @@
     try {
       render(await fetchAll());
       $("status").textContent = "";
+      await teams();
     } catch (err) {
       $("status").textContent = String(err.message || err);
     }
