@@ -225,11 +225,15 @@ class ApiKeyConfig(_Strict):
     id: str = Field(min_length=1)
     key: str | None = None
     key_env: str | None = None
+    team: str | None = None
+    role: Literal["key", "team_admin"] = "key"  # team_admin: reads its team's rows and spend (docs/gateway.md)
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKeyConfig:
         if (self.key is None) == (self.key_env is None):
             raise ValueError("give exactly one of 'key' or 'key_env'")
+        if self.role == "team_admin" and self.team is None:
+            raise ValueError(f"key {self.id!r}: role team_admin needs a 'team'")
         return self
 
     def secret(self) -> str | None:

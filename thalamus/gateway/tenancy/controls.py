@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 
 from thalamus.gateway.config import AuthConfig, BackendConfig
 from thalamus.gateway.tenancy.keys import KeyRecord, KeyStore, hash_secret
+from thalamus.gateway.tenancy.roles import ADMIN, Principal, principal_of
 from thalamus.gateway.tenancy.usage import Periods, UsageCounters
 from thalamus.gateway.wire import protocol as p
 from thalamus.ledger.row import LedgerRow
@@ -47,6 +48,7 @@ class TeamControls:
         admin = auth.admin_secret() if auth.enabled else None
         self._admin = admin.encode() if admin else None
         self.static_ids = frozenset(k.id for k in auth.keys)
+        self._static = {k.id: (k.role, k.team) for k in auth.keys}
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, KeyRecord] = {}
         self._reserved: dict[str, tuple[str, float]] = {}  # request id -> (key id, reserved USD)
@@ -100,12 +102,26 @@ class TeamControls:
         if not self.enabled:
             return None
         record = self._by_hash.get(hash_secret(token))
-        return record.id if record is not None else None
+        if record is None or record.expired(time.time()):  # expiry holds between two syncs too
+            return None
+        return record.id
 
     def is_admin(self, token: str | None) -> bool:
         if self._admin is None or token is None:
             return False
         return hmac.compare_digest(self._admin, token.encode("utf-8", "surrogateescape"))
+
+    async def principal(self, token: str | None, key_id: str | None) -> Principal:
+        """The reader behind a request: the admin key, or the key ``key_id`` (None: auth off, all rows)."""
+        if self.is_admin(token) or key_id is None:
+            return ADMIN
+        record = self.record(key_id)
+        role, team = (record.role, record.team) if record is not None else self._static.get(key_id, ("key", None))
+        if role != "team_admin" or team is None:
+            return principal_of(key_id, role, team, frozenset())
+        static = frozenset(k for k, (_, t) in self._static.items() if t == team)
+        stored = await asyncio.to_thread(self.store.team_ids, team) if self.enabled else frozenset()
+        return principal_of(key_id, role, team, static | stored)
 
     def record(self, key_id: str | None) -> KeyRecord | None:
         return self._by_id.get(key_id) if key_id is not None else None
@@ -133,15 +149,16 @@ class TeamControls:
         self.usage.add(record.id, periods.names(), requests=1)
 
     def scope(self, key_id: str | None, backend: str | None, router: str | None,
-              overrides: p.RoutingOverrides) -> p.RoutingOverrides:
-        """403 outside the key's models / routers; a routed request is limited to the key's models."""
+              overrides: p.RoutingOverrides, aliases: tuple[str, ...] = ()) -> p.RoutingOverrides:
+        """403 outside the key's models / routers (a router is named by its name, ``router:NAME`` or any of
+        its ``aliases``); a routed request is limited to the key's models."""
         record = self.record(key_id)
         if record is None:
             return overrides
         if backend is not None and record.models is not None and backend not in record.models:
             raise _forbidden(record.id, f"model {backend!r}", record.models, "models")
-        if router is not None and record.routers is not None and router not in record.routers:
-            raise _forbidden(record.id, f"router {router!r}", record.routers, "routers")
+        if router is not None and not router_allowed(record, router, aliases):
+            raise _forbidden(record.id, f"router {router!r}", record.routers or (), "routers")
         if router is not None and record.models is not None:
             asked = overrides.allowed if overrides.allowed is not None else record.models
             return replace(overrides, allowed=tuple(m for m in asked if m in record.models))
@@ -174,6 +191,13 @@ class TeamControls:
         tokens = (row.prompt_tokens or 0) + (row.completion_tokens or 0)
         cost = row.cost_usd if row.cost_usd is not None and math.isfinite(row.cost_usd) else 0.0
         self.usage.add(record.id, Periods.at(row.created_at).names(), tokens=tokens, spend_usd=cost - reserved)
+
+
+def router_allowed(record: KeyRecord, router: str, aliases: tuple[str, ...]) -> bool:
+    """Whether a key's ``routers`` name this router (by name, ``router:NAME`` or an alias)."""
+    if record.routers is None:
+        return True
+    return bool({router, f"router:{router}", *aliases} & set(record.routers))
 
 
 def _rate_limited(key_id: str, kind: str, limit: int, used: int, left_s: float) -> p.RequestError:
