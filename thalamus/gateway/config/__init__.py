@@ -251,6 +251,8 @@ class AuthConfig(_Strict):
     admin_key_env: str | None = None
     virtual_keys: bool = True  # accept keys created with ``thalamus keys create`` / POST /admin/keys
     sync_ms: int = Field(default=100, ge=1, le=60_000)  # counters and key list: database round trip period
+    # completion tokens a request without max_tokens reserves until its key has answers to size it by
+    reserve_completion_tokens: int = Field(default=256, ge=0)
 
     def admin_secret(self) -> str | None:
         if self.admin_key is not None:

@@ -82,7 +82,7 @@ def _names(value: Any, name: str) -> tuple[str, ...] | None:
     return tuple(value)
 
 
-def _limit(value: Any, name: str, kind: type) -> Any:
+def parse_limit(value: Any, name: str, kind: type) -> Any:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e15:
@@ -122,12 +122,12 @@ def record_from(fields: dict[str, Any]) -> KeyRecord:
             raise ConfigError(f"'{name}' must be a string of at most 128 characters")
     return KeyRecord(id=validate_id(key_id), models=_names(fields.get("models"), "models"),
                      routers=_names(fields.get("routers"), "routers"),
-                     budget_day_usd=_limit(fields.get("budget_day_usd"), "budget_day_usd", float),
-                     budget_month_usd=_limit(fields.get("budget_month_usd"), "budget_month_usd", float),
-                     rpm=_limit(fields.get("rpm"), "rpm", int), tpm=_limit(fields.get("tpm"), "tpm", int),
+                     budget_day_usd=parse_limit(fields.get("budget_day_usd"), "budget_day_usd", float),
+                     budget_month_usd=parse_limit(fields.get("budget_month_usd"), "budget_month_usd", float),
+                     rpm=parse_limit(fields.get("rpm"), "rpm", int), tpm=parse_limit(fields.get("tpm"), "tpm", int),
                      team=fields.get("team"), owner=fields.get("owner"), metadata=meta,
                      role=_role(fields.get("role"), fields.get("team")),
-                     expires_at=_limit(fields.get("expires_at"), "expires_at", float))
+                     expires_at=parse_limit(fields.get("expires_at"), "expires_at", float))
 
 
 def _columns(record: KeyRecord) -> dict[str, Any]:
