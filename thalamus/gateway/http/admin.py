@@ -24,6 +24,7 @@ from thalamus.gateway.http.deps import Reader
 from thalamus.gateway.http.stats import _time as parse_time
 from thalamus.gateway.tenancy.auth import bearer_token
 from thalamus.gateway.tenancy.keys import KeyRecord, record_from
+from thalamus.gateway.tenancy.teams import team_from
 from thalamus.gateway.tenancy.usage import Periods
 from thalamus.gateway.wire.protocol import RequestError, parse_json_body
 from thalamus.ledger.schema import requests
@@ -161,7 +162,27 @@ async def rotate_key(request: Request) -> JSONResponse:
     return JSONResponse({"object": "api_key", **record.public(), "key": secret, "grace_s": grace})
 
 
+async def put_team(request: Request) -> JSONResponse:
+    """``POST /admin/teams`` ``{"id", "budget_day_usd", "budget_month_usd", "rpm", "tpm", "metadata"}``: create
+    a team or replace its limits (over all its keys; tenancy/teams.py)."""
+    service = _require_admin(request)
+    try:
+        team = await asyncio.to_thread(service.controls.teams.put, team_from(await _fields(request)))
+    except ConfigError as exc:
+        raise RequestError(400, str(exc), code="invalid_team") from None
+    await service.controls.sync()
+    return JSONResponse({"object": "team", **team.public()})
+
+
+async def list_teams(request: Request) -> JSONResponse:
+    service = _require_admin(request)
+    teams = await asyncio.to_thread(service.controls.teams.load)
+    return JSONResponse({"object": "list", "data": [{"object": "team", **t.public()} for t in teams.values()]})
+
+
 def install_admin(app: FastAPI) -> None:
+    app.add_api_route("/admin/teams", put_team, methods=["POST"])
+    app.add_api_route("/admin/teams", list_teams, methods=["GET"])
     app.add_api_route("/admin/keys", create_key, methods=["POST"])
     app.add_api_route("/admin/keys", list_keys, methods=["GET"])
     app.add_api_route("/admin/keys/{key_id}/rotate", rotate_key, methods=["POST"])
