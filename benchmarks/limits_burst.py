@@ -5,8 +5,9 @@ flight together, the case where counting tokens only once a row is recorded let 
 scenario makes a fresh virtual key with one limit, fires its bursts and reads the ledger: requests answered
 (rpm), tokens of the answered requests (tpm), spend (budgets). Overshoot = used / limit - 1 (0 or below:
 the limit held). Two set-ups: one gateway on SQLite, and two gateways on one PostgreSQL database with each
-burst spread over both (the counters meet in the database every ``auth.sync_ms``: the documented bound is
-replicas x limit for a burst that lands on all replicas within one sync). Repeated ``--runs`` times.
+burst spread over both, once with the counters meeting in the database every ``auth.sync_ms`` (the default:
+a burst landing on all replicas within one sync can pass the limit once per replica) and once with
+``auth.strict_limits`` (each limited request claims its counts in the database). Repeated ``--runs`` times.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/limits_burst.py [--runs 3]
 """
@@ -35,12 +36,12 @@ PROMPT = [{"role": "user", "content": "How far is the moon from the earth, in ki
 SYNC_MS = 100  # the default auth.sync_ms
 
 
-def _config(replay_url: str, ledger_url: str, journal: Path) -> dict[str, Any]:
+def _config(replay_url: str, ledger_url: str, journal: Path, strict: bool) -> dict[str, Any]:
     return {"backends": [{"name": MODEL, "provider": "openai-compatible", "model": f"openai/{MODEL}",
                           "api_base": replay_url + "/v1", "input_per_m": 10.0, "output_per_m": 30.0,
                           "timeout": 60.0}],
             "ledger": {"url": ledger_url, "flush_ms": 20, "journal_path": str(journal)},
-            "auth": {"enabled": True, "admin_key": ADMIN, "sync_ms": SYNC_MS}}
+            "auth": {"enabled": True, "admin_key": ADMIN, "sync_ms": SYNC_MS, "strict_limits": strict}}
 
 
 def _fire(urls: list[str], secret: str, n: int, body: dict[str, Any]) -> int:
@@ -85,9 +86,9 @@ SCENARIOS: list[Scenario] = [  # name, key limits, bursts (size, body), measured
 ]
 
 
-def _scenario(urls: list[str], ledger_url: str, run: int, sc: Scenario) -> dict[str, Any]:
+def _scenario(urls: list[str], ledger_url: str, run: int, sc: Scenario, setup: str) -> dict[str, Any]:
     name, limits, bursts, measure, limit = sc
-    key_id = f"k{run}-{SCENARIOS.index(sc)}-{len(urls)}"
+    key_id = f"k{run}-{SCENARIOS.index(sc)}-{len(urls)}-{setup.split()[-1]}"
     made = httpx.post(urls[0] + "/admin/keys", headers={"authorization": f"Bearer {ADMIN}"},
                       json={"id": key_id, **limits}, timeout=10)
     made.raise_for_status()
@@ -97,7 +98,7 @@ def _scenario(urls: list[str], ledger_url: str, run: int, sc: Scenario) -> dict[
         admitted += _fire(urls, made.json()["key"], size, body)
     ok, tokens, spend = _ledger(ledger_url, key_id, sum(size for size, _ in bursts))
     used = {"requests": ok, "tokens": tokens, "spend_usd": spend}[measure]
-    return {"scenario": name, "replicas": len(urls), "run": run, "sent": sum(s for s, _ in bursts),
+    return {"scenario": name, "setup": setup, "replicas": len(urls), "run": run, "sent": sum(s for s, _ in bursts),
             "admitted": admitted, "measure": measure, "limit": limit, "used": used,
             "overshoot": used / limit - 1}
 
@@ -109,13 +110,13 @@ def _wait_minute(margin_s: float = 25) -> None:
         time.sleep(left + 0.1)
 
 
-def _setup(n: int, replay_url: str, ledger_url: str, tmp: Path) -> Callable[[], list[Any]]:
+def _setup(n: int, replay_url: str, ledger_url: str, tmp: Path, strict: bool) -> Callable[[], list[Any]]:
     from thalamus.gateway.app import create_app
     from thalamus.gateway.config import config_from_dict
     from thalamus.gateway.replay.threaded import ThreadedServer
 
-    servers = [ThreadedServer(create_app(config_from_dict(_config(replay_url, ledger_url, tmp / f"j{i}.jsonl"))))
-               .start() for i in range(n)]
+    servers = [ThreadedServer(create_app(config_from_dict(_config(replay_url, ledger_url, tmp / f"j{i}.jsonl",
+                                                                  strict)))).start() for i in range(n)]
     return lambda: servers
 
 
@@ -136,13 +137,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dataset = load_dataset("routerbench_subset")
     try:
         with ThreadedServer(create_replay_app(dataset, delay_ms=1000), log_level="critical") as replay:
-            for replicas, ledger_url in ((1, f"sqlite:///{tmp / 'one.sqlite'}"), (2, new_database(pg.url))):
-                servers = _setup(replicas, replay.url, ledger_url, tmp)()
+            setups = [("1 gateway, SQLite", 1, f"sqlite:///{tmp / 'one.sqlite'}", False),
+                      ("2 gateways, one PostgreSQL, sync", 2, new_database(pg.url), False),
+                      ("2 gateways, one PostgreSQL, strict", 2, new_database(pg.url), True)]
+            for setup, replicas, ledger_url, strict in setups:
+                servers = _setup(replicas, replay.url, ledger_url, tmp, strict)()
                 try:
                     for r in range(args.runs):
                         for sc in SCENARIOS:
                             _wait_minute()
-                            results.append(_scenario([s.url for s in servers], ledger_url, r, sc))
+                            results.append(_scenario([s.url for s in servers], ledger_url, r, sc, setup))
                             print(results[-1], flush=True)
                 finally:
                     for s in servers:
@@ -165,11 +169,10 @@ def report(r: dict[str, Any]) -> str:
              f"{meta['load_average']}).", "",
              "| set-up | scenario | sent | admitted (min-max) | used / limit (max) | worst overshoot |",
              "|---|---|---|---|---|---|"]
-    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in r["results"]:
-        groups.setdefault((row["replicas"], row["scenario"]), []).append(row)
-    for (replicas, name), rows in groups.items():
-        setup = "1 gateway, SQLite" if replicas == 1 else f"{replicas} gateways, one PostgreSQL"
+        groups.setdefault((row["setup"], row["scenario"]), []).append(row)
+    for (setup, name), rows in groups.items():
         worst = max(rows, key=lambda x: x["overshoot"])
         used = f"{worst['used']:.5f} / {worst['limit']}" if worst["measure"] == "spend_usd" else \
             f"{worst['used']} / {worst['limit']:g}"

@@ -30,9 +30,9 @@ def slow(dataset: RoutingDataset) -> Iterator[ThreadedServer]:
         yield server
 
 
-def gateways(make_gateway: GatewayFactory, slow: ThreadedServer, n: int, ledger: dict[str, Any] | None = None
-             ) -> list[ThreadedServer]:
-    auth = {"enabled": True, "admin_key": ADMIN, "sync_ms": 50}
+def gateways(make_gateway: GatewayFactory, slow: ThreadedServer, n: int, ledger: dict[str, Any] | None = None,
+             strict: bool = False) -> list[ThreadedServer]:
+    auth = {"enabled": True, "admin_key": ADMIN, "sync_ms": 50, "strict_limits": strict}
     extra = {"ledger": ledger} if ledger is not None else {}
     return [make_gateway(auth=auth, backends=[backend(m, m, slow.url + "/v1") for m in MODELS], **extra)
             for _ in range(n)]
@@ -124,3 +124,26 @@ def test_limits_across_two_gateways_on_one_postgres(make_gateway: GatewayFactory
     fire(urls, tpm, 60, max_tokens=40)
     ok, tokens, _ = answered(pg_url, "tpm2", 60)
     assert ok >= 1 and tokens <= 2 * 300, (ok, tokens)
+
+
+@pytest.mark.slow
+def test_strict_limits_are_exact_across_two_gateways(make_gateway: GatewayFactory, slow: ThreadedServer,
+                                                     pg_url: str, tmp_path: Any) -> None:
+    """``auth.strict_limits``: each limited request claims its counts in the database (conditional
+    increments in one transaction), so a burst over both gateways admits exactly the limit."""
+    pair = gateways(make_gateway, slow, 2, {"url": pg_url, "flush_ms": 20,
+                                            "journal_path": str(tmp_path / "j.jsonl")}, strict=True)
+    urls = [g.url for g in pair]
+    fresh_minute()
+    rpm = make_key(pair[0], id="rpm-s", rpm=10)
+    tpm = make_key(pair[0], id="tpm-s", tpm=300)
+    budget = make_key(pair[0], id="budget-s", budget_day_usd=0.001)
+    time.sleep(0.3)
+    assert fire(urls, rpm, 40).count(200) == 10
+    fire(urls, tpm, 60, max_tokens=40)
+    ok, tokens, _ = answered(pg_url, "tpm-s", 60)
+    assert ok >= 1 and tokens <= 300, (ok, tokens)
+    first = fire(urls, budget, 30).count(200)
+    second = fire(urls, budget, 30).count(200)
+    ok, _, spend = answered(pg_url, "budget-s", 60)
+    assert first >= 1 and second >= 1 and ok == first + second and spend <= 0.001, (first, second, spend)

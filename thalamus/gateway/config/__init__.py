@@ -253,6 +253,8 @@ class AuthConfig(_Strict):
     sync_ms: int = Field(default=100, ge=1, le=60_000)  # counters and key list: database round trip period
     # completion tokens a request without max_tokens reserves until its key has answers to size it by
     reserve_completion_tokens: int = Field(default=256, ge=0)
+    # limited requests claim their counts in the database at admission: exact across replicas, a round trip each
+    strict_limits: bool = False
 
     def admin_secret(self) -> str | None:
         if self.admin_key is not None:

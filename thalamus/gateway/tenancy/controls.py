@@ -15,7 +15,9 @@ team (tenancy/teams.py). The order of checks, each answered with a ledger row (t
    with ``x-should-retry: false``: the SDKs would otherwise retry). Reserved at once, so concurrent
    requests see each other, and settled to the actual tokens and cost when the row is recorded
    (``observe``). Within one process these check-and-add steps run without an ``await`` between them:
-   atomic. Across replicas the counters meet in the database every ``sync_ms`` (usage.py).
+   atomic. Across replicas the counters meet in the database every ``sync_ms`` (usage.py); with
+   ``auth.strict_limits`` a limited request claims its counts in the database itself (one conditional
+   transaction at admission and one at reservation), exact across replicas.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from thalamus.gateway.config import AuthConfig, BackendConfig
 from thalamus.gateway.tenancy.keys import KeyRecord, KeyStore, hash_secret
 from thalamus.gateway.tenancy.roles import ADMIN, Principal, principal_of
 from thalamus.gateway.tenancy.teams import TeamRecord, TeamStore, team_slot
-from thalamus.gateway.tenancy.usage import Periods, UsageCounters
+from thalamus.gateway.tenancy.usage import Claim, Periods, UsageCounters
 from thalamus.gateway.wire import protocol as p
 from thalamus.ledger.row import LedgerRow
 
@@ -60,6 +62,7 @@ class TeamControls:
         self.teams = TeamStore(engine)
         self._teams: dict[str, TeamRecord] = {}
         self.default_completion = auth.reserve_completion_tokens
+        self.strict = auth.strict_limits
         self._recent: defaultdict[str, deque[int]] = defaultdict(lambda: deque(maxlen=RECENT_ROWS))
         self._reserved: dict[str, Reservation] = {}  # request id -> what admission reserved
         self._task: asyncio.Task[None] | None = None
@@ -160,7 +163,7 @@ class TeamControls:
                                team.budget_month_usd))
         return out
 
-    def admit(self, key_id: str | None) -> None:
+    async def admit(self, key_id: str | None) -> None:
         """Requests per minute of the key and its team; counts the request at once when admitted."""
         subjects = self._subjects(key_id)
         periods = Periods.at(time.time())
@@ -168,8 +171,32 @@ class TeamControls:
             used = self.usage.total(s.slot, periods.minute).requests
             if s.rpm is not None and used >= s.rpm:
                 raise _rate_limited(s.label, "requests", s.rpm, used, periods.minute_left_s)
+        if self.strict and any(s.rpm is not None for s in subjects):
+            claims = [Claim(s.slot, p, requests=1, measure="requests" if p == periods.minute and s.rpm is not None
+                            else None, limit=float(s.rpm or 0)) for s in subjects for p in periods.names()]
+            if await self._claim(claims, subjects, periods):
+                return
         for s in subjects:
             self.usage.add(s.slot, periods.names(), requests=1)
+
+    async def _claim(self, claims: list[Claim], subjects: list[Subject], periods: Periods) -> bool:
+        """``auth.strict_limits``: the claims made in the database (True), or refused there (429); False
+        when the database is away (the caller then counts in memory, as without strict limits)."""
+        try:
+            failed = await asyncio.to_thread(self.usage.claim, claims, time.time())
+        except Exception as exc:  # enforce on what this replica knows until the database is back
+            log.warning("strict limit claim failed (limits hold per replica meanwhile): %s", type(exc).__name__)
+            return False
+        if failed is None:
+            return True
+        c, current = failed
+        label = next(s.label for s in subjects if s.slot == c.slot)
+        if c.measure == "spend_usd":
+            raise _over_budget(label, "daily" if c.period == periods.day else "monthly", c.limit, current,
+                               c.spend_usd)
+        kind = str(c.measure)
+        raise _rate_limited(label, kind, int(c.limit), int(current), periods.minute_left_s,
+                            c.tokens if kind == "tokens" else None)
 
     def scope(self, key_id: str | None, backend: str | None, router: str | None,
               overrides: p.RoutingOverrides, aliases: tuple[str, ...] = ()) -> p.RoutingOverrides:
@@ -196,7 +223,7 @@ class TeamControls:
             guess = min(guess, max(config.context_window - prompt_tokens, 0))
         return guess
 
-    def reserve(self, row: LedgerRow, prompt_tokens: int, max_tokens: int | None, config: BackendConfig) -> None:
+    async def reserve(self, row: LedgerRow, prompt_tokens: int, max_tokens: int | None, config: BackendConfig) -> None:
         """Reserve this request's estimate (tokens: the prompt plus ``max_tokens`` or ``completion_estimate``;
         cost: the same at the first choice's prices) against the key's and the team's tpm and budgets: 429
         when it does not fit (tpm: unless nothing is used yet this minute), else counted at once, so that
@@ -210,9 +237,19 @@ class TeamControls:
         periods = Periods.at(time.time())
         for s in subjects:
             self._fits(s, periods, tokens, cost)
+        held = Reservation(tuple(s.slot for s in subjects), periods.names(), tokens, cost)
+        if self.strict and any(s.tpm is not None or s.budget_day_usd is not None or s.budget_month_usd is not None
+                               for s in subjects):
+            claims = [_reservation_claim(s, p, measure, limit, tokens, cost) for s in subjects
+                      for p, measure, limit in ((periods.minute, "tokens", s.tpm),
+                                                (periods.day, "spend_usd", s.budget_day_usd),
+                                                (periods.month, "spend_usd", s.budget_month_usd))]
+            if await self._claim(claims, subjects, periods):
+                self._reserved[row.id] = held
+                return
         for s in subjects:
             self.usage.add(s.slot, periods.names(), tokens=tokens, spend_usd=cost)
-        self._reserved[row.id] = Reservation(tuple(s.slot for s in subjects), periods.names(), tokens, cost)
+        self._reserved[row.id] = held
 
     def _fits(self, s: Subject, periods: Periods, tokens: int, cost: float) -> None:
         if s.tpm is not None:
@@ -238,6 +275,12 @@ class TeamControls:
             self.usage.add(slot, held.periods, tokens=tokens - held.tokens, spend_usd=cost - held.cost_usd)
         if held.slots and row.api_key_id is not None and row.completion_tokens is not None and row.status == 200:
             self._recent[row.api_key_id].append(int(row.completion_tokens))
+
+
+def _reservation_claim(s: Subject, period: str, measure: str, limit: float | None, tokens: int, cost: float
+                       ) -> Claim:
+    return Claim(s.slot, period, tokens=tokens, spend_usd=cost, measure=measure if limit is not None else None,
+                 limit=float(limit or 0))
 
 
 @dataclass(frozen=True)
