@@ -109,3 +109,25 @@ def test_a_virtual_team_admin_reads_its_teams_spend(make_gateway: GatewayFactory
         seen = {d["key"] for d in data}
         time.sleep(0.05)
     assert seen == {"lead", "mate"}
+
+
+def test_cli_updates_and_rotates_keys(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    gw = make_gateway(auth=AUTH)
+    url = f"sqlite:///{gw.ledger_path}"  # type: ignore[attr-defined]
+    runner, none = CliRunner(), ["--ledger", url, "--config", str(tmp_path / "none.yaml")]
+    old = make_key(gw, id="c", rpm=5, models=["mid"])
+    updated = runner.invoke(build_app(), ["keys", "update", "c", "--rpm", "-1", "--models", "*", "--role",
+                                          "team_admin", "--team", "ops", "--expires-at", "2099-01-01", *none])
+    assert updated.exit_code == 0, updated.output
+    record = json.loads(updated.output)
+    assert record["rpm"] is None and record["models"] is None and record["role"] == "team_admin"
+    assert record["expires_at"] == 4070908800.0
+    rotated = runner.invoke(build_app(), ["keys", "rotate", "c", "--grace", "0", *none])
+    assert rotated.exit_code == 0, rotated.output
+    new = json.loads(rotated.output)["key"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and call(gw, old).status_code != 401:  # the gateway syncs every 50 ms
+        time.sleep(0.05)
+    assert call(gw, old).status_code == 401 and call(gw, new, "strong").status_code == 200
+    missing = runner.invoke(build_app(), ["keys", "update", "nope", "--rpm", "1", *none])
+    assert missing.exit_code != 0 and "no active virtual key 'nope'" in str(missing.output) + str(missing.exception)
