@@ -143,7 +143,7 @@ async def update_key(request: Request) -> JSONResponse:
         record = await asyncio.to_thread(service.controls.store.update, request.path_params["key_id"], fields)
     except ConfigError as exc:
         raise RequestError(400 if "no active" not in str(exc) else 404, str(exc), code="invalid_key") from None
-    await service.controls.sync()  # this replica enforces the new limits at once
+    await service.controls.reload()  # this replica enforces the new limits at once
     return JSONResponse({"object": "api_key", **record.public()})
 
 
@@ -158,7 +158,7 @@ async def rotate_key(request: Request) -> JSONResponse:
                                                  float(grace))
     except ConfigError as exc:
         raise RequestError(404, str(exc), param="key_id", code="key_not_found") from None
-    await service.controls.sync()
+    await service.controls.reload()
     return JSONResponse({"object": "api_key", **record.public(), "key": secret, "grace_s": grace})
 
 
@@ -170,7 +170,7 @@ async def put_team(request: Request) -> JSONResponse:
         team = await asyncio.to_thread(service.controls.teams.put, team_from(await _fields(request)))
     except ConfigError as exc:
         raise RequestError(400, str(exc), code="invalid_team") from None
-    await service.controls.sync()
+    await service.controls.reload()
     return JSONResponse({"object": "team", **team.public()})
 
 

@@ -106,6 +106,13 @@ class TeamControls:
         self.usage.apply(totals, now)
         self.install(keys)
 
+    async def reload(self) -> None:
+        """Re-read the key and team tables (after an admin change on this replica), counters untouched: a
+        second ``sync`` racing the background one would hide its batch in flight from the limits."""
+        keys = await asyncio.to_thread(self.store.load_active)
+        self._teams = await asyncio.to_thread(self.teams.load)
+        self.install(keys)
+
     def install(self, by_hash: dict[str, KeyRecord]) -> None:
         self._by_hash = by_hash
         self._by_id = {r.id: r for r in by_hash.values()}
