@@ -116,11 +116,13 @@ def test_metrics_count_the_requests_sent(filled_gateway: tuple[ThreadedServer, P
 
 
 def test_stats_and_metrics_need_a_key_when_auth_is_on(make_gateway: GatewayFactory) -> None:
-    gw = make_gateway(auth={"enabled": True, "keys": [{"id": "team-a", "key": "sk-a"}]})
+    gw = make_gateway(auth={"enabled": True, "keys": [{"id": "team-a", "key": "sk-a"}], "admin_key": "sk-adm"})
     for path in ("/api/stats/overview", "/api/stats/timeseries", "/api/requests", "/metrics"):
         assert httpx.get(gw.url + path).status_code == 401, path
-        ok = httpx.get(gw.url + path, headers={"authorization": "Bearer sk-a"})
+        ok = httpx.get(gw.url + path, headers={"authorization": "Bearer sk-adm"})
         assert ok.status_code == 200, path
+        own = httpx.get(gw.url + path, headers={"authorization": "Bearer sk-a"})  # its own rows; /metrics: 403
+        assert own.status_code == (403 if path == "/metrics" else 200), path
     page = httpx.get(gw.url + "/dashboard")  # the page holds no data; its script asks for a key
     assert page.status_code == 200 and 'id="f-apikey"' in page.text
 

@@ -131,12 +131,14 @@ def test_rpm_and_tpm_refuse_the_request_that_crosses(make_gateway: GatewayFactor
     assert row_for(gw.ledger_path, headers["x-thalamus-request-id"])["status"] == 429
     tokens = ask(gw, "sk-static").parse().usage.total_tokens  # the same prompt, the same count
     fresh_minute()
-    tpm = make_key(gw, id="tpm", tpm=tokens + 1)
-    assert ask(gw, tpm).http_response.status_code == 200  # 0 used
-    assert ask(gw, tpm).http_response.status_code == 200  # `tokens` used, under the limit
+    tpm = make_key(gw, id="tpm", tpm=2 * tokens)
+    # 0 used: admitted whatever its estimate (prompt + auth.reserve_completion_tokens: no answers yet)
+    assert ask(gw, tpm).http_response.status_code == 200
+    # `tokens` used; this one reserves its prompt + the key's last completion = `tokens`: it fits exactly
+    assert ask(gw, tpm).http_response.status_code == 200
     with pytest.raises(openai.RateLimitError) as over:
         ask(gw, tpm)
-    assert f"limit {tokens + 1}, used {2 * tokens}" in str(over.value)
+    assert f"limit {2 * tokens}, used {2 * tokens}, this request ~{tokens}" in str(over.value)
 
 
 def _cost(usage: Any) -> float:
@@ -144,12 +146,15 @@ def _cost(usage: Any) -> float:
 
 
 def test_budgets_refuse_the_request_that_would_exceed(make_gateway: GatewayFactory) -> None:
-    gw = make_gateway(auth=AUTH)
-    usage = ask(gw, "sk-static").parse().usage
-    cost, estimate = _cost(usage), usage.prompt_tokens * 1.0 / 1e6  # estimate: the prompt at the input price
+    probe = make_gateway(auth=AUTH)
+    usage = ask(probe, "sk-static").parse().usage
+    # without max_tokens a request reserves its prompt + reserve_completion_tokens (no answers yet), then the
+    # key's largest recent completion: here both are this prompt's answer, so the estimate is one request's cost
+    gw = make_gateway(auth={**AUTH, "reserve_completion_tokens": usage.completion_tokens})
+    cost = _cost(usage)
     for field, label in (("budget_day_usd", "daily"), ("budget_month_usd", "monthly")):
-        secret = make_key(gw, id=f"b-{label}", **{field: 2 * cost + estimate + 1e-12})
-        for _ in range(3):  # spent 0, 1 and 2 requests' cost: each still fits with its estimate
+        secret = make_key(gw, id=f"b-{label}", **{field: 2.5 * cost})
+        for _ in range(2):  # spent 0 and 1 request's cost: each still fits with its estimate (one more)
             assert ask(gw, secret).http_response.status_code == 200
         with pytest.raises(openai.RateLimitError) as refused:
             ask(gw, secret)
@@ -183,7 +188,8 @@ def test_spend_api_shows_own_spend_and_admins_all(make_gateway: GatewayFactory) 
 
 def test_limits_hold_across_two_replicas_on_postgres(make_gateway: GatewayFactory, pg_url: str,
                                                      tmp_path: Path) -> None:
-    replicas = [make_gateway(auth=AUTH, ledger={"url": pg_url, "flush_ms": 20,
+    auth = {**AUTH, "reserve_completion_tokens": 0}  # estimates without max_tokens: the prompt alone, as below
+    replicas = [make_gateway(auth=auth, ledger={"url": pg_url, "flush_ms": 20,
                                                 "journal_path": str(tmp_path / f"j{i}.jsonl")}) for i in range(2)]
     fresh_minute()
     rpm = make_key(replicas[0], id="shared-rpm", rpm=4)

@@ -137,6 +137,7 @@ def test_fastapi_has_nothing_to_validate(replay: ThreadedServer, artifact: Path,
     assert {r.path for r in routes} == {"/v1" + p for p in openai_paths} | openai_paths | {
         "/healthz", "/readyz", "/health", "/health/readiness", "/health/liveness", "/health/liveliness",
         "/metrics", "/admin/keys", "/admin/keys/{key_id:path}", "/api/spend",
+        "/admin/keys/{key_id}/rotate", "/admin/teams",
         "/api/requests", "/api/requests/{request_id}", "/api/stats/calibration", "/api/stats/filters",
         "/api/stats/keys", "/api/stats/models", "/api/stats/overview", "/api/stats/timeseries", "/dashboard",
         "/api/stats/routers", "/api/stats/rollout", "/api/stats/breakdown", "/api/judge",

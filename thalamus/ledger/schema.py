@@ -100,6 +100,24 @@ api_keys = sa.Table(
     sa.Column("team", sa.String(128)),
     sa.Column("owner", sa.String(128)),
     sa.Column("metadata", sa.Text),  # JSON object
+    # migration 11: roles, expiry and rotation (docs/gateway.md, "Roles", "Key rotation")
+    sa.Column("role", sa.String(16)),  # key | team_admin; NULL: key
+    sa.Column("expires_at", sa.Float),  # epoch seconds; NULL: never
+    sa.Column("prev_key_hash", sa.String(64)),  # the secret before the last rotation, valid until prev_expires_at
+    sa.Column("prev_expires_at", sa.Float),
+)
+
+# migration 11: teams as records, with budgets and rate limits over all their keys (counted in key_usage
+# under the id "@team:<name>", which no key id can take)
+teams = sa.Table(
+    "teams", metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("budget_day_usd", sa.Float),
+    sa.Column("budget_month_usd", sa.Float),
+    sa.Column("rpm", sa.Integer),
+    sa.Column("tpm", sa.BigInteger),
+    sa.Column("metadata", sa.Text),  # JSON object
 )
 
 key_usage = sa.Table(
@@ -176,6 +194,13 @@ _KEYS_V7 = (_API_KEYS_V7, _KEY_USAGE_V7,
             "ALTER TABLE requests ADD COLUMN cache VARCHAR(16)")
 
 _POOL_V9 = ("ALTER TABLE requests ADD COLUMN switch_cost TEXT",)
+_TEAMS_V11 = ("ALTER TABLE api_keys ADD COLUMN role VARCHAR(16)",
+              "ALTER TABLE api_keys ADD COLUMN expires_at FLOAT",
+              "ALTER TABLE api_keys ADD COLUMN prev_key_hash VARCHAR(64)",
+              "ALTER TABLE api_keys ADD COLUMN prev_expires_at FLOAT",
+              "CREATE INDEX ix_api_keys_team ON api_keys (team)",
+              "CREATE TABLE teams (id VARCHAR(128) NOT NULL, created_at FLOAT NOT NULL, budget_day_usd FLOAT, "
+              "budget_month_usd FLOAT, rpm INTEGER, tpm BIGINT, metadata TEXT, PRIMARY KEY (id))")
 _PRICES_V10 = ("ALTER TABLE requests ADD COLUMN price_input_per_m FLOAT",
                "ALTER TABLE requests ADD COLUMN price_output_per_m FLOAT")
 
@@ -229,6 +254,7 @@ MIGRATIONS: list[Migration] = [
     }),
     Migration(9, "pool-aware routing: switch_cost", {"sqlite": _POOL_V9, "postgresql": _POOL_V9}),
     Migration(10, "the prices a row was costed at", {"sqlite": _PRICES_V10, "postgresql": _PRICES_V10}),
+    Migration(11, "key roles, expiry, rotation; teams", {"sqlite": _TEAMS_V11, "postgresql": _TEAMS_V11}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

@@ -225,11 +225,15 @@ class ApiKeyConfig(_Strict):
     id: str = Field(min_length=1)
     key: str | None = None
     key_env: str | None = None
+    team: str | None = None
+    role: Literal["key", "team_admin"] = "key"  # team_admin: reads its team's rows and spend (docs/gateway.md)
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKeyConfig:
         if (self.key is None) == (self.key_env is None):
             raise ValueError("give exactly one of 'key' or 'key_env'")
+        if self.role == "team_admin" and self.team is None:
+            raise ValueError(f"key {self.id!r}: role team_admin needs a 'team'")
         return self
 
     def secret(self) -> str | None:
@@ -247,6 +251,10 @@ class AuthConfig(_Strict):
     admin_key_env: str | None = None
     virtual_keys: bool = True  # accept keys created with ``thalamus keys create`` / POST /admin/keys
     sync_ms: int = Field(default=100, ge=1, le=60_000)  # counters and key list: database round trip period
+    # completion tokens a request without max_tokens reserves until its key has answers to size it by
+    reserve_completion_tokens: int = Field(default=256, ge=0)
+    # limited requests claim their counts in the database at admission: exact across replicas, a round trip each
+    strict_limits: bool = False
 
     def admin_secret(self) -> str | None:
         if self.admin_key is not None:

@@ -58,8 +58,9 @@ class Planner:
     async def plan(self, call: Call, view: RequestView, routed: bool) -> list[str]:
         """The backends to try, in order (routing decided, the key's scope checked)."""
         target = self.resolve(view.model, routed)
+        aliases = tuple(target.router.config.aliases) if target.router else ()
         overrides = self.controls.scope(call.row.api_key_id, target.backend,
-                                        target.router.name if target.router else None, view.overrides)
+                                        target.router.name if target.router else None, view.overrides, aliases)
         if target.router is None:
             assert target.backend is not None
             call.row.chosen_model = target.backend

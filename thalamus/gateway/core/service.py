@@ -130,7 +130,7 @@ class GatewayService:
         return await self.guarded(call, self._flow(endpoint, call, raw))
 
     async def _flow(self, endpoint: Endpoint, call: Call, raw: bytes) -> Result:
-        self.controls.admit(call.row.api_key_id)
+        await self.controls.admit(call.row.api_key_id)
         view = endpoint.parse(raw)
         row = call.row
         row.requested_model, row.stream = view.model, view.stream
@@ -138,7 +138,7 @@ class GatewayService:
         if self.config.ledger.store_prompts:
             row.prompt_text = view.routing_text
         candidates = await self.planner.plan(call, view, endpoint.routed)
-        self.controls.reserve(row, view.prompt_tokens, view.max_tokens, self.backends[candidates[0]].config)
+        await self.controls.reserve(row, view.prompt_tokens, view.max_tokens, self.backends[candidates[0]].config)
         if view.stream:
             return await self._stream(endpoint, call, view, candidates)
         if endpoint.cacheable and self.cache.enabled:

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from thalamus.gateway.core.endpoints import CHAT, Endpoint
 from thalamus.gateway.core.service import GatewayService
 from thalamus.gateway.http.deps import Caller, Feedback, Service
+from thalamus.gateway.tenancy.controls import router_allowed
 from thalamus.gateway.wire.protocol import RequestError, parse_json_body
 from thalamus.ledger import Ledger
 from thalamus.openai_wire import error_body
@@ -82,12 +83,19 @@ chat_completions = admitted(CHAT)
 
 
 async def list_models(service: Service, key_id: Caller) -> dict[str, Any]:
+    """The backends, routers and aliases this key may call (a key scoped to some models or routers lists
+    only those; a router's ``models`` are cut to the key's)."""
     now = int(time.time())
+    record = service.controls.record(key_id)
+    allowed = record.models if record is not None else None
     data: list[dict[str, Any]] = [{"id": name, "object": "model", "created": now, "owned_by": "thalamus:backend"}
-                                  for name in service.backends]
+                                  for name in service.backends if allowed is None or name in allowed]
     for name, loaded in service.routers.items():
+        if record is not None and not router_allowed(record, name, tuple(loaded.config.aliases)):
+            continue
         data.append({"id": f"router:{name}", "object": "model", "created": now, "owned_by": "thalamus:router",
-                     "aliases": loaded.config.aliases, "models": list(loaded.servable),
+                     "aliases": loaded.config.aliases,
+                     "models": [m for m in loaded.servable if allowed is None or m in allowed],
                      "routellm": f"router-{name}-THRESHOLD" if loaded.config.strong else None})
         data.extend({"id": alias, "object": "model", "created": now, "owned_by": "thalamus:router",
                      "alias_of": f"router:{name}"} for alias in loaded.config.aliases)

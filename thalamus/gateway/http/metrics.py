@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from thalamus.gateway.http.deps import Reader
 from thalamus.gateway.stats.metrics import CONTENT_TYPE, GatewayMetrics
 
 
-async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus text; behind the API-key check when auth is on (scrape with a bearer token)."""
-    service = getattr(request.app.state, "service", None)
-    if service is not None:
-        service.authorize(request.headers.get("authorization"))
+async def metrics_endpoint(request: Request, who: Reader) -> Response:
+    """Prometheus text of every tenant: the admin key's (scrape with it as bearer token) when auth is on;
+    a model key gets 403 (its own numbers: /api/stats/*, /api/spend)."""
+    who.require_admin("/metrics")
     metrics: GatewayMetrics = request.app.state.metrics
     return Response(metrics.scrape(), media_type=CONTENT_TYPE)
 

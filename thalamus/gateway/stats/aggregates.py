@@ -99,7 +99,7 @@ def timeseries(engine: Engine, f: Filters, bucket: str = "hour", now: float | No
     """Per bucket: the overview's sums, latency percentiles, feedback; per bucket and model: requests,
     their share, spend and feedback score. Dense: empty buckets are zeros. Minute buckets read raw rows."""
     first, end, width = series_range(f, bucket, now)
-    fr = Filters(first if f.since is None else f.since, end, f.router, f.key, f.model)
+    fr = f.keep(first if f.since is None else f.since, end)
     starts = [first + i * width for i in range(math.ceil((end - first) / width) or 1)]
     with engine.connect() as conn:
         per_model, per_ts = collect(conn, fr, SERIES_LEVELS, width, use_rollup and width % HOUR_S == 0)
@@ -190,15 +190,17 @@ def filter_options(engine: Engine, f: Filters, use_rollup: bool = True) -> dict[
     with engine.connect() as conn:
         for name, column, raw_col in _MENUS:
             if parts.hours is not None:
-                table = rollup_hourly if column == "api_key_id" else rollup_hourly_router
+                table = rollup_hourly if column == "api_key_id" or f.scope is not None else rollup_hourly_router
                 t = table.c
                 lo, hi = parts.hours
-                where = [t[column] != key_value(None)] + ([t.hour >= lo] if lo is not None else []) + (
-                    [t.hour < hi] if hi is not None else [])
+                where = [t[column] != key_value(None), *f.scoped(t.api_key_id, key_value)] if (
+                    table is rollup_hourly) else [t[column] != key_value(None)]
+                where += ([t.hour >= lo] if lo is not None else []) + ([t.hour < hi] if hi is not None else [])
                 query = sa.select(t[column]).where(*where).distinct().limit(MENU_LIMIT)
                 found[name] |= {str(key_decode(v)) for v in conn.execute(query).scalars()}
             if parts.raw:
-                query = (sa.select(raw_col).where(raw_ranges(parts.raw), raw_col.is_not(None)).distinct()
+                query = (sa.select(raw_col).where(raw_ranges(parts.raw), raw_col.is_not(None),
+                                                  *f.scoped(c.api_key_id)).distinct()
                          .limit(MENU_LIMIT))
                 found[name] |= {str(v) for v in conn.execute(query).scalars()}
     return {name: sorted(values)[:MENU_LIMIT] for name, values in found.items()}

@@ -129,14 +129,15 @@ def split(since: float | None, until: float | None, use_rollup: bool = True) -> 
 
 def _rollup_level(conn: Connection, f: Filters, hours: tuple[int | None, int | None], level: Level,
                   width: int) -> Groups:
-    table = rollup_hourly if f.key is not None or "key" in level.by else rollup_hourly_router
+    table = rollup_hourly if f.key is not None or f.scope is not None or "key" in level.by else rollup_hourly_router
     t = table.c
     groups: list[ColumnElement[Any]] = []
     for name in level.by:
         groups.append((floor_div(t.hour, width) * width).label("ts") if name == "ts"
                       else t[ROLLUP_COLUMNS[name]].label(name))
     lat = [lat_column(m, b) for m in level.metrics for b in range(N_BUCKETS)]
-    where = [t.hour >= hours[0]] if hours[0] is not None else []
+    where = f.scoped(t.api_key_id, key_value) if table is rollup_hourly else []
+    where += [t.hour >= hours[0]] if hours[0] is not None else []
     where += [t.hour < hours[1]] if hours[1] is not None else []
     for column, value in (("router", f.router), ("api_key_id", f.key), ("chosen_model", f.model)):
         if value is not None:
@@ -201,7 +202,7 @@ def _raw(conn: Connection, f: Filters, ranges: Sequence[tuple[float | None, floa
     sums, latency buckets, and feedback."""
     groups = [_raw_group(n, width) for n in by]
     buckets = [_bucket(m) for m in metrics]
-    where = [*Filters(None, None, f.router, f.key, f.model).where(), raw_ranges(ranges)]
+    where = [*f.keep(None, None).where(), raw_ranges(ranges)]
     query = sa.select(*groups, *buckets, *_raw_sums()).where(*where).group_by(*groups, *buckets)
     out: Groups = {}
     for rec in conn.execute(query).mappings():
@@ -211,7 +212,7 @@ def _raw(conn: Connection, f: Filters, ranges: Sequence[tuple[float | None, floa
         for m in metrics:
             if int(rec[f"b_{m}"]) >= 0:
                 acc.count(m, int(rec[f"b_{m}"]), int(rec["requests"]))
-    base = [*Filters(None, None, f.router, f.key, f.model).where()]
+    base = [*f.keep(None, None).where()]
     # the feedback join one range at a time: with an OR of ranges SQLite's planner scans all of feedback
     # and looks each request up (1.2 s at 200,000 feedback rows) instead of starting from the time index
     for one in ranges:

@@ -63,10 +63,12 @@ def recent(engine: Engine, f: Filters, limit: int = 50, before: float | None = N
     return rows
 
 
-def one(engine: Engine, request_id: str) -> dict[str, Any] | None:
-    """One request with its decision and feedback, or None when the ledger has no such row."""
+def one(engine: Engine, request_id: str, f: Filters | None = None) -> dict[str, Any] | None:
+    """One request with its decision and feedback, or None when the ledger has no such row (or ``f``'s
+    scope does not reach it: another tenant's row reads as missing)."""
+    scope = f.scoped(requests.c.api_key_id) if f is not None else []
     with engine.connect() as conn:
-        hit = conn.execute(sa.select(*_COLUMNS).where(requests.c.id == request_id)).mappings().first()
+        hit = conn.execute(sa.select(*_COLUMNS).where(requests.c.id == request_id, *scope)).mappings().first()
         if hit is None:
             return None
         row = _decode(dict(hit))

@@ -10,8 +10,8 @@ Prometheus' ``histogram_quantile`` does; the bounds are the ones ``/metrics`` us
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -111,17 +111,19 @@ def bucket_edges(value: float, bounds: Sequence[float] = LATENCY_BOUNDS_MS) -> t
 @dataclass(frozen=True)
 class Filters:
     """The filters every stats endpoint takes: a time range [since, until) in epoch seconds, one router,
-    one API key id and one model (the model that answered)."""
+    one API key id and one model (the model that answered); ``scope``: the key ids the reader may see
+    (None: all; tenancy/roles.py), the one filter that keeps tenants apart in every stats query."""
 
     since: float | None = None
     until: float | None = None
     router: str | None = None
     key: str | None = None
     model: str | None = None
+    scope: frozenset[str] | None = None
 
     def where(self) -> list[ColumnElement[bool]]:
         c = requests.c
-        out: list[ColumnElement[bool]] = []
+        out: list[ColumnElement[bool]] = self.scoped(c.api_key_id)
         if self.since is not None:
             out.append(c.created_at >= self.since)
         if self.until is not None:
@@ -130,6 +132,14 @@ class Filters:
             if value is not None:
                 out.append(column == value)
         return out
+
+    def scoped(self, column: ColumnElement[Any], encode: Callable[[str], str] = str) -> list[ColumnElement[bool]]:
+        """``column IN scope`` (``encode``: how a key id is stored in that column), or nothing."""
+        return [] if self.scope is None else [column.in_(sorted(encode(k) for k in self.scope))]
+
+    def keep(self, since: float | None, until: float | None) -> Filters:
+        """The same filters (scope included) over another time range."""
+        return replace(self, since=since, until=until)
 
     def as_dict(self) -> dict[str, Any]:
         return {"since": self.since, "until": self.until, "router": self.router, "key": self.key,

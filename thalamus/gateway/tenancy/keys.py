@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from thalamus.errors import ConfigError
+from thalamus.gateway.tenancy.roles import KEY_ROLES
 from thalamus.ledger.schema import api_keys
 
 SECRET_PREFIX = "sk-thl-"
@@ -48,6 +49,11 @@ class KeyRecord:
     metadata: dict[str, Any] | None = None
     revoked_at: float | None = None
     key_prefix: str | None = None
+    role: str = "key"  # key | team_admin (tenancy/roles.py)
+    expires_at: float | None = None  # epoch seconds; the key stops working then
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
     @property
     def limited(self) -> bool:
@@ -76,7 +82,7 @@ def _names(value: Any, name: str) -> tuple[str, ...] | None:
     return tuple(value)
 
 
-def _limit(value: Any, name: str, kind: type) -> Any:
+def parse_limit(value: Any, name: str, kind: type) -> Any:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e15:
@@ -86,10 +92,22 @@ def _limit(value: Any, name: str, kind: type) -> Any:
     return kind(value)
 
 
+UPDATABLE = ("models", "routers", "budget_day_usd", "budget_month_usd", "rpm", "tpm", "team", "owner", "metadata",
+             "role", "expires_at")
+
+
+def _role(value: Any, team: Any) -> str:
+    role = "key" if value is None else value
+    if role not in KEY_ROLES:
+        raise ConfigError(f"'role' must be one of {list(KEY_ROLES)} (the admin role is the admin key), got {role!r}")
+    if role == "team_admin" and team is None:
+        raise ConfigError("'role': team_admin needs a 'team'")
+    return str(role)
+
+
 def record_from(fields: dict[str, Any]) -> KeyRecord:
     """A KeyRecord from the admin API's or the CLI's fields; errors name the field."""
-    known = {"id", "models", "routers", "budget_day_usd", "budget_month_usd", "rpm", "tpm", "team", "owner",
-             "metadata"}
+    known = {"id", *UPDATABLE}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ConfigError(f"unknown key field(s) {unknown}; known: {sorted(known)}")
@@ -104,10 +122,22 @@ def record_from(fields: dict[str, Any]) -> KeyRecord:
             raise ConfigError(f"'{name}' must be a string of at most 128 characters")
     return KeyRecord(id=validate_id(key_id), models=_names(fields.get("models"), "models"),
                      routers=_names(fields.get("routers"), "routers"),
-                     budget_day_usd=_limit(fields.get("budget_day_usd"), "budget_day_usd", float),
-                     budget_month_usd=_limit(fields.get("budget_month_usd"), "budget_month_usd", float),
-                     rpm=_limit(fields.get("rpm"), "rpm", int), tpm=_limit(fields.get("tpm"), "tpm", int),
-                     team=fields.get("team"), owner=fields.get("owner"), metadata=meta)
+                     budget_day_usd=parse_limit(fields.get("budget_day_usd"), "budget_day_usd", float),
+                     budget_month_usd=parse_limit(fields.get("budget_month_usd"), "budget_month_usd", float),
+                     rpm=parse_limit(fields.get("rpm"), "rpm", int), tpm=parse_limit(fields.get("tpm"), "tpm", int),
+                     team=fields.get("team"), owner=fields.get("owner"), metadata=meta,
+                     role=_role(fields.get("role"), fields.get("team")),
+                     expires_at=parse_limit(fields.get("expires_at"), "expires_at", float))
+
+
+def _columns(record: KeyRecord) -> dict[str, Any]:
+    """The stored columns of a record's scope and limits."""
+    return {"models": json.dumps(list(record.models)) if record.models is not None else None,
+            "routers": json.dumps(list(record.routers)) if record.routers is not None else None,
+            "budget_day_usd": record.budget_day_usd, "budget_month_usd": record.budget_month_usd,
+            "rpm": record.rpm, "tpm": record.tpm, "team": record.team, "owner": record.owner,
+            "metadata": json.dumps(record.metadata) if record.metadata is not None else None,
+            "role": record.role, "expires_at": record.expires_at}
 
 
 def _from_row(row: Any) -> KeyRecord:
@@ -118,7 +148,8 @@ def _from_row(row: Any) -> KeyRecord:
                      budget_day_usd=row.budget_day_usd, budget_month_usd=row.budget_month_usd, rpm=row.rpm,
                      tpm=row.tpm, team=row.team, owner=row.owner,
                      metadata=json.loads(row.metadata) if row.metadata is not None else None,
-                     revoked_at=row.revoked_at, key_prefix=row.key_prefix)
+                     revoked_at=row.revoked_at, key_prefix=row.key_prefix, role=row.role or "key",
+                     expires_at=row.expires_at)
 
 
 class KeyStore:
@@ -134,12 +165,7 @@ class KeyStore:
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         prefix = secret[:11]
         values = {"id": record.id, "key_hash": hash_secret(secret), "key_prefix": prefix,
-                  "created_at": record.created_at,
-                  "models": json.dumps(list(record.models)) if record.models is not None else None,
-                  "routers": json.dumps(list(record.routers)) if record.routers is not None else None,
-                  "budget_day_usd": record.budget_day_usd, "budget_month_usd": record.budget_month_usd,
-                  "rpm": record.rpm, "tpm": record.tpm, "team": record.team, "owner": record.owner,
-                  "metadata": json.dumps(record.metadata) if record.metadata is not None else None}
+                  "created_at": record.created_at, **_columns(record)}
         try:
             with self.engine.begin() as conn:
                 conn.execute(api_keys.insert().values(**values))
@@ -161,8 +187,58 @@ class KeyStore:
         with self.engine.begin() as conn:
             return bool(conn.execute(query).rowcount)
 
-    def load_active(self) -> dict[str, KeyRecord]:
-        """Every unrevoked key by the hash of its secret."""
-        query = sa.select(api_keys).where(api_keys.c.revoked_at.is_(None))
+    def update(self, key_id: str, fields: dict[str, Any]) -> KeyRecord:
+        """Change an active key's scope, limits, team, role or expiry (the secret stays); ConfigError names
+        the field or the key at fault."""
+        unknown = sorted(set(fields) - set(UPDATABLE))
+        if unknown:
+            raise ConfigError(f"key fields {unknown} cannot be updated; updatable: {list(UPDATABLE)}")
+        current = self.get(key_id)
+        merged = {name: getattr(current, name) for name in UPDATABLE} | fields
+        merged = {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
+        record = replace(record_from({"id": key_id, **merged}), created_at=current.created_at,
+                         key_prefix=current.key_prefix)
+        with self.engine.begin() as conn:
+            conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**_columns(record)))
+        return record
+
+    def rotate(self, key_id: str, grace_s: float) -> tuple[KeyRecord, str]:
+        """A new secret for an active key; the old one keeps working for ``grace_s`` seconds."""
+        current = self.get(key_id)
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        now = time.time()
+        with self.engine.begin() as conn:
+            old = conn.execute(sa.select(api_keys.c.key_hash).where(api_keys.c.id == key_id)).scalar_one()
+            conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(
+                key_hash=hash_secret(secret), key_prefix=secret[:11], prev_key_hash=old if grace_s > 0 else None,
+                prev_expires_at=now + grace_s if grace_s > 0 else None))
+        return replace(current, key_prefix=secret[:11]), secret
+
+    def get(self, key_id: str) -> KeyRecord:
         with self.engine.connect() as conn:
-            return {r.key_hash: _from_row(r) for r in conn.execute(query)}
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id,
+                                                         api_keys.c.revoked_at.is_(None))).first()
+        if row is None:
+            raise ConfigError(f"no active virtual key {key_id!r} (thalamus keys list shows them)")
+        return _from_row(row)
+
+    def team_ids(self, team: str) -> frozenset[str]:
+        """Every key id of a team, revoked ones included (their rows are still the team's)."""
+        with self.engine.connect() as conn:
+            return frozenset(conn.execute(sa.select(api_keys.c.id).where(api_keys.c.team == team)).scalars())
+
+    def load_active(self, now: float | None = None) -> dict[str, KeyRecord]:
+        """Every unrevoked, unexpired key by the hash of its secret (and of its previous secret while a
+        rotation's grace period lasts)."""
+        now = time.time() if now is None else now
+        query = sa.select(api_keys).where(api_keys.c.revoked_at.is_(None))
+        out: dict[str, KeyRecord] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(query):
+                record = _from_row(r)
+                if record.expired(now):
+                    continue
+                out[r.key_hash] = record
+                if r.prev_key_hash is not None and r.prev_expires_at is not None and now < r.prev_expires_at:
+                    out[r.prev_key_hash] = record
+        return out

@@ -6,6 +6,9 @@ replica added since, and ``add`` adds to the latter. Every ``auth.sync_ms`` the 
 of the current periods are read back in the same transaction. So a limit is exact for one replica, and with
 several replicas a key can overshoot by what the *other* replicas admitted within the last sync period.
 A failed sync keeps the additions for the next one (limits then hold per replica until the database is back).
+With ``auth.strict_limits`` a limited request claims its counts in the database at admission instead
+(``claim``: conditional increments, ``... DO UPDATE ... WHERE n + excluded.n <= limit``, all of a request's
+claims in one transaction), so a limit holds exactly across replicas at the cost of a round trip.
 Periods are UTC: ``min:<epoch minute>``, ``day:YYYY-MM-DD``, ``month:YYYY-MM``.
 """
 
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from thalamus.ledger.schema import key_usage
 
@@ -28,6 +31,37 @@ _UPSERT = sa.text(
     "ON CONFLICT (key_id, period) DO UPDATE SET requests = key_usage.requests + excluded.requests, "
     "tokens = key_usage.tokens + excluded.tokens, spend_usd = key_usage.spend_usd + excluded.spend_usd, "
     "updated_at = excluded.updated_at")
+
+
+_CONDITIONS = {"requests": "key_usage.requests + excluded.requests <= :limit",
+               "tokens": "(key_usage.tokens = 0 OR key_usage.tokens + excluded.tokens <= :limit)",
+               "spend_usd": "key_usage.spend_usd + excluded.spend_usd <= :limit"}
+_CLAIMS = {measure: sa.text(str(_UPSERT.text) + f" WHERE {cond} RETURNING requests")
+           for measure, cond in _CONDITIONS.items()}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Counts added to one (key, period) row; with a ``measure``, only while it stays within ``limit``
+    (a first ``tokens`` claim of a period always fits: one request may be larger than tpm)."""
+
+    slot: str
+    period: str
+    requests: int = 0
+    tokens: int = 0
+    spend_usd: float = 0.0
+    measure: str | None = None
+    limit: float = 0.0
+
+    def params(self, now: float) -> dict[str, object]:
+        return {"key_id": self.slot, "period": self.period, "requests": self.requests, "tokens": self.tokens,
+                "spend_usd": self.spend_usd, "updated_at": now, "limit": self.limit}
+
+    def alone_over(self) -> bool:
+        """Over its limit even on an empty row (an insert is not checked by the WHERE)."""
+        if self.measure == "requests":
+            return self.requests > self.limit
+        return self.measure == "spend_usd" and self.spend_usd > self.limit
 
 
 @dataclass
@@ -104,6 +138,30 @@ class UsageCounters:
                 conn.execute(_UPSERT, rows)
             totals = conn.execute(sa.select(key_usage).where(key_usage.c.period.in_(names))).all()
         return {(r.key_id, r.period): Count(int(r.requests), int(r.tokens), float(r.spend_usd)) for r in totals}
+
+    def claim(self, claims: list[Claim], now: float) -> tuple[Claim, float] | None:
+        """Add every claim in one transaction (a worker thread), or none: returns the first claim that does
+        not fit, with its row's current value of the measure."""
+        with self.engine.connect() as conn:
+            failed = self._claim_all(conn, claims, now)
+            if failed is None:
+                return None
+            current = conn.execute(sa.select(key_usage.c[str(failed.measure)]).where(
+                key_usage.c.key_id == failed.slot, key_usage.c.period == failed.period)).scalar()
+            conn.rollback()
+        return failed, float(current or 0)
+
+    @staticmethod
+    def _claim_all(conn: Connection, claims: list[Claim], now: float) -> Claim | None:
+        tx = conn.begin()
+        for c in claims:
+            if c.measure is None:
+                conn.execute(_UPSERT, c.params(now))
+            elif c.alone_over() or conn.execute(_CLAIMS[c.measure], c.params(now)).first() is None:
+                tx.rollback()
+                return c
+        tx.commit()
+        return None
 
     def apply(self, totals: dict[Slot, Count], when: float) -> None:
         """The database's totals, which now hold what the sync took."""
