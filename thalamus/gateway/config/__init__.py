@@ -20,6 +20,7 @@ from thalamus.catalog import lookup
 from thalamus.errors import ConfigError
 from thalamus.gateway.config.judge import JudgeConfig
 from thalamus.gateway.config.pool import PoolRoutingConfig
+from thalamus.gateway.config.strict_yaml import DuplicateKeyError, load_yaml
 from thalamus.router.policy import Knob
 
 
@@ -389,7 +390,9 @@ def load_config(path: str | Path) -> GatewayConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     config = config_from_dict(data, str(path))
