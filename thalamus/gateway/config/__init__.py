@@ -207,8 +207,8 @@ class FallbackConfig(_Strict):
 
 class LedgerConfig(_Strict):
     """Where rows go and what a crash may cost (docs/gateway.md, "Durability contract").
-    ``durability: batched`` may lose the last ``flush_ms`` + one batch on kill -9; ``journal`` fsyncs
-    each row to ``journal_path`` before the response ends. The journal also holds rows while the
+    ``durability: journal`` (default) fsyncs each row to ``journal_path`` before the response ends: no
+    answered request without a row after kill -9; ``batched`` may lose the last ``flush_ms`` + one batch. The journal also holds rows while the
     database is unreachable (both modes); default path: beside a SQLite file, else under the cache dir."""
 
     url: str | None = None  # None: sqlite file ledger.sqlite under Settings().cache_dir
@@ -217,7 +217,7 @@ class LedgerConfig(_Strict):
     flush_ms: int = Field(default=50, gt=0)
     batch_rows: int = Field(default=500, gt=0)
     hash_key_env: str = "THALAMUS_PROMPT_HASH_KEY"  # secret of the keyed prompt hash (ledger/prompt_hash.py)
-    durability: Literal["batched", "journal"] = "batched"
+    durability: Literal["batched", "journal"] = "journal"
     journal_path: Path | None = None
     busy_timeout_ms: int = Field(default=5000, ge=0)  # SQLite: how long a write waits for a lock
 

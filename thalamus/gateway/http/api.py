@@ -104,6 +104,8 @@ async def _unless_gone(request: Request, service: GatewayService, call: Call,
         raise
     finally:
         gone.cancel()
+    if gone.done() and not gone.cancelled() and gone.exception() is not None:
+        log.debug("disconnect watcher of %s failed: %r", call.row.id, gone.exception())  # counts as gone
     if work.done() or call.row.status:
         return await work
     work.cancel()
