@@ -208,8 +208,9 @@ class FallbackConfig(_Strict):
 class LedgerConfig(_Strict):
     """Where rows go and what a crash may cost (docs/gateway.md, "Durability contract").
     ``durability: journal`` (default) fsyncs each row to ``journal_path`` before the response ends:
-    no answered request without a row after kill -9; ``batched`` may lose the last ``flush_ms`` + a batch. The journal also holds rows while the
-    database is unreachable (both modes); default path: beside a SQLite file, else under the cache dir."""
+    no answered request without a row after kill -9; ``batched`` may lose the last ``flush_ms`` + a batch.
+    The journal also holds rows while the database is unreachable (both modes); default path: beside a
+    SQLite file, else under the cache dir."""
 
     url: str | None = None  # None: sqlite file ledger.sqlite under Settings().cache_dir
     store_prompts: bool = False
