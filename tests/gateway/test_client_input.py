@@ -78,6 +78,79 @@ def test_bad_chat_bodies_are_400_with_one_row(make_gateway: GatewayFactory, repl
         error["code"]}
 
 
+# bodies of a valid shape that litellm failed on and reported as a connection error: a 502 after a retry on
+# every candidate; OpenAI answers each with a 400 naming the field
+LITELLM_MISHANDLED = {
+    "developer content null": ("/v1/chat/completions", {"model": "auto", "messages": [
+        {"role": "developer", "content": None}, {"role": "user", "content": "Hello."}]}, "messages[0].content"),
+    "user content a number": ("/v1/chat/completions", {"model": "auto", "messages": [{"role": "user", "content": 5}]},
+                              "messages[0].content"),
+    "encoding_format 5": ("/v1/embeddings", {"model": "weak", "input": "x", "encoding_format": 5}, "encoding_format"),
+    "dimensions abc": ("/v1/embeddings", {"model": "weak", "input": "x", "dimensions": "abc"}, "dimensions"),
+    "input of objects": ("/v1/embeddings", {"model": "weak", "input": [{"a": 1}]}, "input"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LITELLM_MISHANDLED))
+@pytest.mark.parametrize("provider", ["litellm", "openai-compatible"])
+def test_mistakes_litellm_mishandles_are_400_on_both_providers(make_gateway: GatewayFactory, replay: ThreadedServer,
+                                                               case: str, provider: str) -> None:
+    gw = make_gateway(provider=provider)
+    path, body, param = LITELLM_MISHANDLED[case]
+    upstream_calls = len(replay.server.config.app.state.replay.requests)
+    r = httpx.post(gw.url + path, json=body, timeout=20)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert len(replay.server.config.app.state.replay.requests) == upstream_calls  # answered before forwarding
+    row = row_for(gw.ledger_path, r.headers["x-thalamus-request-id"])  # type: ignore[attr-defined]
+    assert row["status"] == 400 and row["fallback_chain"] in (None, "[]")
+
+
+def test_a_part_litellm_refuses_is_400_naming_the_message(make_gateway: GatewayFactory) -> None:
+    """litellm's own check of user content parts raises before sending; it was reported as a connection error."""
+    gw = make_gateway(provider="litellm")
+    r = httpx.post(gw.url + "/v1/chat/completions", timeout=20, content=chat_bytes([{"type": "other"}]),
+                   headers=HEADERS)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "messages[0]" and error["code"] == "invalid_message"
+    row = row_for(gw.ledger_path, r.headers["x-thalamus-request-id"])  # type: ignore[attr-defined]
+    assert [c["status"] for c in json.loads(row["fallback_chain"])] == [400]  # one try: no retry, no fallback
+
+
+@pytest.mark.parametrize("provider", ["litellm", "openai-compatible"])
+def test_non_ascii_forwarded_header_is_400(make_gateway: GatewayFactory, provider: str) -> None:
+    """httpx (under litellm) cannot send a non-ASCII header value: it was a 502 after retries."""
+    gw = make_gateway(provider=provider, server={"max_body_bytes": 200_000, "forward_headers": ["x-trace"]})
+    r = httpx.post(gw.url + "/v1/chat/completions", content=chat_bytes(), timeout=20,
+                   headers=[(b"content-type", b"application/json"), (b"x-trace", "café".encode())])
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "x-trace" and r.json()["error"]["code"] == "invalid_header_value"
+    ok = httpx.post(gw.url + "/v1/chat/completions", content=chat_bytes(), timeout=20,
+                    headers=HEADERS | {"x-trace": "00-abc-01"})
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("provider", ["litellm", "openai-compatible"])
+def test_upstream_400_passes_its_param_and_code(make_gateway: GatewayFactory, provider: str) -> None:
+    """litellm's class name (BadRequestError) was the code and param was null."""
+    gw = make_gateway(provider=provider)
+    r = httpx.post(gw.url + "/v1/chat/completions", content=chat_bytes(model="rejecting"), headers=HEADERS,
+                   timeout=20)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == ("temperature", "replay_400")  # the replay's 400 fault names both
+
+
+def test_replay_answers_a_bad_dimensions_with_400(replay: ThreadedServer) -> None:
+    for dims in ("abc", 0, -1, 10**6, True, 1.5):
+        r = httpx.post(replay.url + "/v1/embeddings", json={"model": "weak", "input": "x", "dimensions": dims},
+                       timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions", (dims, r.text)
+    ok = httpx.post(replay.url + "/v1/embeddings", json={"model": "weak", "input": "x", "dimensions": 16}, timeout=10)
+    assert len(ok.json()["data"][0]["embedding"]) == 16
+
+
 def test_routing_knobs_must_be_finite(gateway: ThreadedServer) -> None:
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         for field in ("willingness_to_pay", "max_cost", "lambda"):
@@ -146,7 +219,8 @@ _scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), _tex
                     st.floats(allow_nan=True, allow_infinity=True))
 _json = st.recursive(_scalar, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                       st.dictionaries(_text, inner, max_size=3)), max_leaves=8)
-_message = st.one_of(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool"]),
+_message = st.one_of(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "developer", "assistant",
+                                                                      "tool"]),
                                             "content": st.one_of(_text, st.lists(st.fixed_dictionaries(
                                                 {"type": st.sampled_from(["text", "image_url"]),
                                                  "text": _json}), max_size=2), _json)}), _json)
@@ -167,7 +241,7 @@ def _encode(body: Any, deep_nest: int) -> bytes:
 
 @dataclass
 class PropertyRun:
-    """One gateway shared by every generated example of this module, and what was sent to it."""
+    """One gateway per provider shared by every generated example of this module, and what was sent to it."""
 
     server: ThreadedServer
     client: httpx.Client
@@ -176,10 +250,14 @@ class PropertyRun:
     sent: int = 1
 
 
-@pytest.fixture(scope="module")
-def prop(replay: ThreadedServer, artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PropertyRun]:
+@pytest.fixture(scope="module", params=["litellm", "openai-compatible"])
+def prop(replay: ThreadedServer, artifact: Path, tmp_path_factory: pytest.TempPathFactory,
+         request: pytest.FixtureRequest) -> Iterator[PropertyRun]:
+    """Both providers get the same generated bodies: litellm translates a body itself and fails on shapes
+    the relay forwards as they are, so a client mistake must be caught before either."""
     ledger = tmp_path_factory.mktemp("prop") / "ledger.sqlite"
-    with ThreadedServer(create_app(config_from_dict(base_config(replay.url, artifact, ledger)))) as server, \
+    config = base_config(replay.url, artifact, ledger, provider=request.param)
+    with ThreadedServer(create_app(config_from_dict(config))) as server, \
             httpx.Client(base_url=server.url, timeout=30) as client:
         first = post(client, "/v1/chat/completions", chat_bytes())
         yield PropertyRun(server, client, ledger, first.headers["x-thalamus-request-id"])
@@ -192,6 +270,32 @@ _PROPERTY = {"deadline": None, "derandomize": True, "database": None, "suppress_
 @given(body=_chat, deep_nest=st.sampled_from([0, 0, 0, 0, 70, 5000]))
 def test_generated_chat_bodies_never_5xx(prop: PropertyRun, body: dict[str, Any], deep_nest: int) -> None:
     r = post(prop.client, "/v1/chat/completions", _encode(body, deep_nest))
+    prop.sent += 1
+    assert r.status_code < 500, (body, r.text)
+    assert "x-thalamus-request-id" in r.headers
+
+
+# valid-shape bodies: they pass the gateway's own checks often, so they reach the backend (and litellm's
+# translation): the shapes litellm mishandled (a developer message with content null: 62 of 700) live here
+_part = st.one_of(st.fixed_dictionaries({"type": st.just("text"), "text": _text}),
+                  st.fixed_dictionaries({"type": st.just("image_url"),
+                                         "image_url": st.fixed_dictionaries({"url": st.just("data:,x")})}),
+                  st.fixed_dictionaries({"type": st.sampled_from(["other", "refusal", "input_text"])}))
+_valid_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "developer", "assistant", "tool", "function"]),
+     "content": st.one_of(_text, st.none(), st.lists(_part, max_size=2), st.integers(), st.booleans())},
+    optional={"name": st.text(max_size=8), "tool_call_id": st.text(max_size=8)})
+_valid_chat = st.fixed_dictionaries(
+    {"model": st.sampled_from(["auto", "weak", "router:best", "strong"]),
+     "messages": st.lists(_valid_message, min_size=1, max_size=3)},
+    optional={"temperature": st.floats(0, 2), "max_tokens": st.integers(1, 50), "stream": st.booleans(),
+              "user": st.text(max_size=8), "seed": st.integers(0, 100)})
+
+
+@settings(max_examples=300, **_PROPERTY)  # type: ignore[arg-type]
+@given(body=_valid_chat)
+def test_generated_valid_shape_chat_bodies_never_5xx(prop: PropertyRun, body: dict[str, Any]) -> None:
+    r = post(prop.client, "/v1/chat/completions", _encode(body, 0))
     prop.sent += 1
     assert r.status_code < 500, (body, r.text)
     assert "x-thalamus-request-id" in r.headers
@@ -210,9 +314,45 @@ def test_generated_feedback_bodies_never_5xx(prop: PropertyRun, body: dict[str, 
     assert r.status_code < 500, (body, r.text)
 
 
+_tokens = st.lists(st.integers(-3, 200_000), max_size=4)
+_embedding = st.fixed_dictionaries(
+    {"model": st.one_of(st.sampled_from(["weak", "strong", "auto", "nope"]), _scalar),
+     "input": st.one_of(_text, st.lists(_text, max_size=3), _tokens, st.lists(_tokens, max_size=3), _json)},
+    optional={"encoding_format": st.one_of(st.sampled_from(["float", "base64"]), _scalar),
+              "dimensions": st.one_of(st.integers(-2, 10_000), _scalar), "user": _json, "stream": _scalar})
+
+
+@settings(max_examples=250, **_PROPERTY)  # type: ignore[arg-type]
+@given(body=_embedding)
+def test_generated_embedding_bodies_never_5xx(prop: PropertyRun, body: dict[str, Any]) -> None:
+    """encoding_format: 5 was a 502 on litellm (it fails on it and reports a connection error)."""
+    r = post(prop.client, "/v1/embeddings", _encode(body, 0))
+    prop.sent += 1
+    assert r.status_code < 500, (body, r.text)
+    assert "x-thalamus-request-id" in r.headers
+
+
+_completion = st.fixed_dictionaries(
+    {"model": st.one_of(st.sampled_from(["weak", "strong", "auto"]), _scalar),
+     "prompt": st.one_of(_text, st.lists(_text, max_size=3), _tokens, st.lists(_tokens, max_size=3), _json)},
+    optional={"max_tokens": st.one_of(st.integers(1, 50), _scalar), "stream": st.one_of(st.booleans(), _scalar),
+              "temperature": st.one_of(st.floats(0, 2), _scalar), "echo": _scalar, "suffix": _scalar,
+              "logprobs": _scalar, "stop": st.one_of(_text, st.lists(_text, max_size=2), _scalar)})
+
+
+@settings(max_examples=150, **_PROPERTY)  # type: ignore[arg-type]
+@given(body=_completion)
+def test_generated_completion_bodies_never_5xx(prop: PropertyRun, body: dict[str, Any]) -> None:
+    r = post(prop.client, "/v1/completions", _encode(body, 0))
+    prop.sent += 1
+    assert r.status_code < 500, (body, r.text)
+    assert "x-thalamus-request-id" in r.headers
+
+
 def test_generated_bodies_left_one_row_per_chat_request(prop: PropertyRun) -> None:
-    """After the property tests above (file order): every chat request that reached the gateway has a row."""
-    assert prop.sent >= 600, "run with the property tests above"
+    """After the property tests above (file order): every chat, embeddings and completions request that
+    reached the gateway has a row."""
+    assert prop.sent >= 1000, "run with the property tests above"
     rows = ledger_rows(prop.ledger_path, prop.sent, timeout=20)
     assert len(rows) == prop.sent
     assert rows["status"].lt(500).all()

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from thalamus.errors import ConfigError
+
+if TYPE_CHECKING:
+    from thalamus.gateway.app import Startup
+    from thalamus.gateway.config import GatewayConfig
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Gateway YAML config.")]
 
@@ -26,21 +32,33 @@ def serve_cmd(
     from thalamus.gateway.stats.access_log import stderr_access_log
 
     cfg = load_config(config)
+    startup = _checked(config, cfg)  # the checks config check runs, before uvicorn: errors are one line
     stderr_access_log()
-    uvicorn.run(create_app(cfg), host=host or cfg.server.host, port=port if port is not None else cfg.server.port,
-                log_level="info", access_log=False)
+    uvicorn.run(create_app(cfg, startup=startup), host=host or cfg.server.host,
+                port=port if port is not None else cfg.server.port, log_level="info", access_log=False)
+
+
+def _checked(file: Path, cfg: GatewayConfig) -> Startup:
+    """``check_startup`` (shared with ``serve``'s lifespan), its errors and warnings naming the file."""
+    from thalamus.gateway.app import check_startup
+
+    try:
+        startup = check_startup(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    for warning in startup.warnings:
+        Console(stderr=True).print(f"[yellow]warning[/] {file}: {warning}")
+    return startup
 
 
 def config_check_cmd(file: Annotated[Path, typer.Argument(help="YAML config to validate.")]) -> None:
-    """Validate a gateway config; errors name the key. Also checks that router artifacts exist."""
-    from thalamus.errors import ConfigError
+    """Run the checks ``thalamus serve`` runs at start-up: the YAML (duplicate keys refused), the schema, the
+    ledger URL's database driver, each router artifact loads and its models match backends. Errors name
+    the key and the fix."""
     from thalamus.gateway.config import load_config
 
     cfg = load_config(file)
-    missing = [f"routers.{n}.artifact: {r.artifact} does not exist" for n, r in cfg.routers.items()
-               if not (Path(r.artifact) / "router.json").exists()]
-    if missing:
-        raise ConfigError(f"{file}: " + f"\n{file}: ".join(missing))
+    _checked(file, cfg)
     Console().print(f"[green]ok[/] {file}: {len(cfg.backends)} backends, routers: "
                     f"{', '.join(cfg.routers) or 'none'}")
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -45,6 +46,7 @@ from thalamus.gateway.upstream.backends import make_backends
 from thalamus.gateway.upstream.base import Backend
 from thalamus.ledger import Ledger, LedgerWriter
 from thalamus.ledger.prompt_hash import PromptHasher, load_key
+from thalamus.ledger.url import check_ledger_url
 from thalamus.ledger.writer import default_journal_path
 from thalamus.router.base import Router, artifact_version
 from thalamus.router.batching import BatchingEmbedder, attach_batching
@@ -68,24 +70,58 @@ def open_ledger(config: GatewayConfig, settings: Settings | None = None) -> tupl
     return ledger, LedgerWriter(ledger, lc.flush_ms, lc.batch_rows, journal_path=journal, durability=lc.durability)
 
 
-def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
+@dataclass
+class Startup:
+    """What the start-up checks found: the loaded routers, and warnings that do not stop the gateway."""
+
+    routers: dict[str, LoadedRouter]
+    warnings: list[str]
+
+
+def check_startup(config: GatewayConfig, settings: Settings | None = None) -> Startup:
+    """Every check ``thalamus serve`` makes before it opens the ledger and takes traffic, and all that
+    ``thalamus config check`` runs: one function, so the two cannot drift. The ledger URL's database and
+    driver, each router artifact loads, and its models against the backends (ConfigError naming the key)."""
+    check_ledger_url(ledger_url(config, settings))
+    warnings: list[str] = []
+    return Startup(load_routers(config, warnings), warnings)
+
+
+def _load_router(name: str, artifact: Path) -> Router:
+    if not Path(artifact).is_dir():
+        raise ConfigError(f"routers.{name}.artifact: {artifact} is not a directory; train a router "
+                          "(thalamus train) and save it there")
+    try:
+        return load_artifact(artifact)  # its online checkpoint when the gateway has written one
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"routers.{name}.artifact: {artifact} does not load ({type(exc).__name__}: "
+                          f"{str(exc)[:300]}); train the router again or point to a saved one") from None
+
+
+def load_routers(config: GatewayConfig, warnings: list[str] | None = None) -> dict[str, LoadedRouter]:
+    """The configured routers, loaded; models without a backend go to ``warnings`` (and the log)."""
     loaded: dict[str, LoadedRouter] = {}
-    backends = {b.name for b in config.backends}
+    backends = [b.name for b in config.backends]
     for name, rc in config.routers.items():
-        if not Path(rc.artifact).is_dir():
-            raise ConfigError(f"routers.{name}.artifact: {rc.artifact} is not a directory; train a router "
-                              "and save it there")
-        router = load_artifact(rc.artifact)  # its online checkpoint when the gateway has written one
-        servable = tuple(m for m in router.models_ if m in backends)
+        router = _load_router(name, rc.artifact)
+        models = list(router.models_)
+        servable = tuple(m for m in models if m in backends)
         if not servable:
-            raise ConfigError(f"routers.{name}: none of the router's models {router.models_} is a backend")
+            raise ConfigError(f"routers.{name}: none of the router's models ({', '.join(models)}) is a backend "
+                              f"(backends: {', '.join(backends)}); name a backend after one of the router's "
+                              "models, or train the router on your backends' names")
         for key in ("strong", "weak", "baseline"):
             pair_model = getattr(rc, key)
-            if pair_model is not None and pair_model not in router.models_:
-                raise ConfigError(f"routers.{name}.{key}: {pair_model!r} is not one of the router's models")
-        missing = sorted(set(router.models_) - backends)
+            if pair_model is not None and pair_model not in models:
+                raise ConfigError(f"routers.{name}.{key}: {pair_model!r} is not one of the router's models; "
+                                  f"use one of: {', '.join(models)}")
+        missing = [m for m in models if m not in backends]
         if missing:
-            log.warning("router %s: models without a backend are never chosen: %s", name, missing)
+            message = (f"routers.{name}: the router's models {', '.join(missing)} have no backend and are never "
+                       "chosen; add backends with these names to route to them")
+            log.warning("%s", message)
+            if warnings is not None:
+                warnings.append(message)
         loaded[name] = LoadedRouter(name, router, artifact_version(rc.artifact), rc, servable)
     return loaded
 
@@ -111,9 +147,10 @@ async def start_pool(config: GatewayConfig) -> PoolTracker | None:
 
 
 async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backends: dict[str, Backend] | None,
-                stack: AsyncExitStack, tracer_provider: TracerProvider | None = None) -> None:
+                stack: AsyncExitStack, tracer_provider: TracerProvider | None = None,
+                startup: Startup | None = None) -> None:
     """The object graph, built once, in dependency order; ``stack`` closes it in the reverse order."""
-    routers = load_routers(config)
+    routers = (startup or check_startup(config, settings)).routers
     for batcher in start_batching(config, [loaded.router for loaded in routers.values()]):
         stack.callback(batcher.close)
     for loaded in routers.values():  # load embedders now, once, not under the first requests' race
@@ -166,14 +203,19 @@ def start_tracing(given: TracerProvider | None, stack: AsyncExitStack) -> Tracer
 
 
 def create_app(config: GatewayConfig, settings: Settings | None = None,
-               backends: dict[str, Backend] | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
+               backends: dict[str, Backend] | None = None, tracer_provider: TracerProvider | None = None,
+               startup: Startup | None = None) -> FastAPI:
     """The gateway app. ``backends`` is the seam for callers that bring their own Backend objects;
-    ``tracer_provider`` the one for traces (default: the ``OTEL_*`` variables, stats/tracing.py)."""
+    ``tracer_provider`` the one for traces (default: the ``OTEL_*`` variables, stats/tracing.py);
+    ``startup`` is ``check_startup``'s result when the caller ran it already (``thalamus serve`` does, so a
+    bad config is one line, not a lifespan traceback); the first start uses it, a restart checks again."""
+    checked = [startup] if startup is not None else []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            await build(app, config, settings or Settings(), backends, stack, tracer_provider)
+            await build(app, config, settings or Settings(), backends, stack, tracer_provider,
+                        checked.pop() if checked else None)
             yield
 
     docs = config.server.docs if config.server.docs is not None else not config.auth.enabled

@@ -20,6 +20,7 @@ from thalamus.catalog import lookup, lookup_model, price_help
 from thalamus.errors import ConfigError
 from thalamus.gateway.config.judge import JudgeConfig
 from thalamus.gateway.config.pool import PoolRoutingConfig
+from thalamus.gateway.config.strict_yaml import DuplicateKeyError, load_yaml
 from thalamus.router.policy import Knob
 
 
@@ -206,9 +207,10 @@ class FallbackConfig(_Strict):
 
 class LedgerConfig(_Strict):
     """Where rows go and what a crash may cost (docs/gateway.md, "Durability contract").
-    ``durability: batched`` may lose the last ``flush_ms`` + one batch on kill -9; ``journal`` fsyncs
-    each row to ``journal_path`` before the response ends. The journal also holds rows while the
-    database is unreachable (both modes); default path: beside a SQLite file, else under the cache dir."""
+    ``durability: journal`` (default) fsyncs each row to ``journal_path`` before the response ends:
+    no answered request without a row after kill -9; ``batched`` may lose the last ``flush_ms`` + a batch.
+    The journal also holds rows while the database is unreachable (both modes); default path: beside a
+    SQLite file, else under the cache dir."""
 
     url: str | None = None  # None: sqlite file ledger.sqlite under Settings().cache_dir
     store_prompts: bool = False
@@ -216,7 +218,7 @@ class LedgerConfig(_Strict):
     flush_ms: int = Field(default=50, gt=0)
     batch_rows: int = Field(default=500, gt=0)
     hash_key_env: str = "THALAMUS_PROMPT_HASH_KEY"  # secret of the keyed prompt hash (ledger/prompt_hash.py)
-    durability: Literal["batched", "journal"] = "batched"
+    durability: Literal["batched", "journal"] = "journal"
     journal_path: Path | None = None
     busy_timeout_ms: int = Field(default=5000, ge=0)  # SQLite: how long a write waits for a lock
 
@@ -400,7 +402,9 @@ def load_config(path: str | Path) -> GatewayConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     config = config_from_dict(data, str(path))

@@ -45,7 +45,8 @@ class Attempts:
                         chain.append({"model": name, "attempt": attempt + 1, "status": exc.status,
                                       "error": exc.code})
                     if exc.kind == "client":
-                        raise p.RequestError(exc.status, f"upstream {name}: {exc.message}", code=exc.code) from None
+                        raise p.RequestError(exc.status, f"upstream {name}: {exc.message}", param=exc.param,
+                                         code=exc.code) from None
                     if exc.kind == "context":
                         queue, used_context = self._context_fallback(name, exc, used_context), True
                         break

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from thalamus.gateway.core.request import RequestView, chat_view, text_view
 from thalamus.gateway.upstream.base import Backend
 from thalamus.gateway.upstream.checks import UpstreamError, check_finite
+from thalamus.gateway.upstream.headers import non_ascii_header
 from thalamus.gateway.wire import protocol as p
 from thalamus.gateway.wire import responses as rs
 
@@ -54,6 +55,16 @@ def _sse_failed(name: str, exc: UpstreamError) -> bytes:
     return p.sse(p.error_body(f"upstream {name} failed mid-stream: {exc.message}", "upstream_error"))
 
 
+def _body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, once the request's forwarded headers are known to be sendable."""
+    name = non_ascii_header()
+    if name is not None:
+        raise p.RequestError(400, f"header {name!r} holds non-ASCII text; the gateway forwards it upstream "
+                             "(server.forward_headers), where header values must be ASCII: percent-encode it",
+                             param=name, code="invalid_header_value")
+    return p.parse_json_body(raw)
+
+
 def _choice_text(choices: Any, part: str, key: str) -> str:
     return "".join(str((c.get(part) or {}).get(key) or "") if part else str(c.get(key) or "")
                    for c in choices or [] if isinstance(c, dict))
@@ -63,7 +74,7 @@ class ChatEndpoint:
     path, routed, judged, cacheable, needs_last = "/chat/completions", True, True, True, False
 
     def parse(self, raw: bytes) -> RequestView:
-        body = p.parse_json_body(raw)
+        body = _body(raw)
         p.validate_chat(body)
         return chat_view(body, body)
 
@@ -104,7 +115,7 @@ class ResponsesEndpoint:
     _CLOSING = ("response.completed", "response.incomplete", "response.failed")
 
     def parse(self, raw: bytes) -> RequestView:
-        body = p.parse_json_body(raw)
+        body = _body(raw)
         return chat_view(body, rs.to_chat(body), native=body)
 
     @staticmethod
@@ -193,9 +204,12 @@ class PassthroughEndpoint:
             raise p.RequestError(400, "'stream' must be a boolean", param="stream")
         if self.path == "/embeddings" and body.get("stream"):
             raise p.RequestError(400, "embeddings do not stream", param="stream")
+        _check_input(value, self.field)
+        if self.path == "/embeddings":
+            _check_embedding_options(body)
 
     def parse(self, raw: bytes) -> RequestView:
-        body = p.parse_json_body(raw)
+        body = _body(raw)
         self._validate(body)
         return text_view(body, _input_text(body[self.field]))
 
@@ -225,6 +239,34 @@ class PassthroughEndpoint:
 
     def failed(self, name: str, exc: UpstreamError, seq: int) -> bytes:
         return _sse_failed(name, exc)
+
+
+def _is_tokens(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                            and t >= 0 for t in value)
+
+
+def _check_input(value: Any, field: str) -> None:
+    """OpenAI's forms: a string, an array of strings, an array of token ids, or an array of token arrays
+    (litellm fails on other shapes with a connection error)."""
+    if isinstance(value, str) or _is_tokens(value):
+        return
+    if all(isinstance(v, str) for v in value) or all(_is_tokens(v) for v in value):
+        return
+    raise p.RequestError(400, f"'{field}' must be a string, an array of strings, an array of token ids or an "
+                         "array of token arrays", param=field)
+
+
+def _check_embedding_options(body: dict[str, Any]) -> None:
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise p.RequestError(400, f"'encoding_format' must be 'float' or 'base64', not {fmt!r}"[:300],
+                             param="encoding_format")
+    dims = body.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
+        raise p.RequestError(400, f"'dimensions' must be a positive integer, not {dims!r}"[:300], param="dimensions")
+    if "user" in body and not isinstance(body["user"], str):
+        raise p.RequestError(400, "'user' must be a string", param="user")
 
 
 CHAT = ChatEndpoint()

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from thalamus.gateway.core.call import Call, Result
 from thalamus.gateway.core.endpoints import CHAT, Endpoint
 from thalamus.gateway.core.service import GatewayService
 from thalamus.gateway.http.deps import Caller, Feedback, Service
@@ -70,7 +71,9 @@ def admitted(endpoint: Endpoint) -> Callable[..., Awaitable[Response]]:
         raw = await _read_capped(request, limit)
         if raw is None:
             return error_response(await service.reject(call, service.too_large(_declared_size(request, limit))))
-        result = await service.handle(endpoint, call, raw)
+        result = await _unless_gone(request, service, call, service.handle(endpoint, call, raw))
+        if result is None:  # nobody is listening; the row says 499
+            return Response(status_code=499)
         if result.stream is not None:
             return StreamingResponse(result.stream, media_type="text/event-stream", headers=result.headers)
         return Response(result.body, status_code=result.status, headers=result.headers,
@@ -80,6 +83,42 @@ def admitted(endpoint: Endpoint) -> Callable[..., Awaitable[Response]]:
 
 
 chat_completions = admitted(CHAT)
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has closed its connection: the body has been read, so the next ASGI message
+    is ``http.disconnect``."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(request: Request, service: GatewayService, call: Call,
+                       flow: Awaitable[Result]) -> Result | None:
+    """The pipeline's answer; or, when the client closes its connection before the answer is decided, None:
+    the pipeline (and its upstream call) is cancelled and the row says 499 ``client_disconnected``, as a
+    stream's row does. An answer already decided (its row set and being recorded) is left to finish."""
+    work, gone = asyncio.ensure_future(flow), asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if gone.done() and not gone.cancelled() and gone.exception() is not None:
+        log.debug("disconnect watcher of %s failed: %r", call.row.id, gone.exception())  # counts as gone
+    if work.done() or call.row.status:
+        return await work
+    work.cancel()
+    try:
+        return await work  # it finished before the cancellation reached it
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # this handler is cancelled too (shutdown)
+            raise
+    await service.reject(call, RequestError(499, "the client closed its connection before the answer",
+                                            code="client_disconnected"))
+    return None
 
 
 async def list_models(service: Service, key_id: Caller) -> dict[str, Any]:

@@ -79,8 +79,10 @@ def status_response(fault: str, model: str) -> Response:
         msg = f"Incorrect API key provided: {LEAKED_SECRET} (sent as '{LEAKED_BEARER}') for model {model}"
         return JSONResponse(error_body(msg, "invalid_request_error", None, "invalid_api_key"), status_code=400)
     status = FAULT_STATUS.get(fault, 503)
+    # a 400 names a field, as OpenAI's do, so tests see the upstream's param reach the client
     return JSONResponse(error_body(f"replay fault {fault} for model {model}", "server_error" if status >= 500
-                                   else "invalid_request_error", None, f"replay_{fault}"), status_code=status)
+                                   else "invalid_request_error", "temperature" if status == 400 else None,
+                                   f"replay_{fault}"), status_code=status)
 
 
 async def hang(request: Request, limit_s: float = HANG_LIMIT_S) -> None:

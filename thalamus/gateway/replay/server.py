@@ -45,6 +45,8 @@ from thalamus.gateway.wire.protocol import (
 )
 from thalamus.gateway.wire.responses import encode, events, from_chat, to_chat
 
+MAX_DIMENSIONS = 8192  # OpenAI's largest embedding has 3,072; a larger request is a client mistake
+
 
 @dataclass
 class ReplayAnswer:
@@ -247,7 +249,10 @@ def create_replay_app(dataset: RoutingDataset | None = None, delay_ms: float = 0
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not texts:
             return JSONResponse(error_body("'input' is required", "invalid_request_error", "input"), 400)
-        dims = int(body.get("dimensions") or 8)
+        dims = 8 if body.get("dimensions") is None else body["dimensions"]
+        if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= MAX_DIMENSIONS:
+            return JSONResponse(error_body(f"'dimensions' must be an integer in [1, {MAX_DIMENSIONS}]",
+                                           "invalid_request_error", "dimensions", "invalid_value"), 400)
         data = [{"object": "embedding", "index": i, "embedding": _vector(str(t), dims)} for i, t in enumerate(texts)]
         tokens = sum(estimate_tokens(str(t)) for t in texts)
         return JSONResponse({"object": "list", "data": data, "model": body.get("model"),

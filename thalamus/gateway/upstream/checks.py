@@ -25,11 +25,12 @@ _USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 class UpstreamError(BackendError):
     """An upstream call failed; ``status`` is the HTTP status to report, ``kind`` what to do next and
-    ``retry_after`` the delay in seconds the upstream asked for (429/503 ``Retry-After``), if any.
+    ``retry_after`` the delay in seconds the upstream asked for (429/503 ``Retry-After``), if any, and
+    ``param`` the request field an upstream's 4xx named (passed on to the client with ``code``).
     The message and code are redacted: upstreams echo keys in their errors."""
 
     def __init__(self, backend: str, kind: ErrorKind, status: int, message: str, code: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, param: str | None = None) -> None:
         message = redact(message)
         super().__init__(f"{backend}: {message}")
         self.backend = backend
@@ -38,6 +39,7 @@ class UpstreamError(BackendError):
         self.message = message
         self.code = redact(code) if code else code
         self.retry_after = retry_after
+        self.param = redact(param) if param else None
 
 
 def bad_answer(backend: str, what: str, code: str = "invalid_upstream_response") -> UpstreamError:

@@ -18,6 +18,15 @@ NEVER = frozenset({"authorization", "cookie", "host", "content-length", "content
                    "connection", "accept-encoding", "api-key", "x-api-key"})
 
 
+def non_ascii_header() -> str | None:
+    """The name of a forwarded header of this request whose value is not ASCII, if any: HTTP clients (httpx,
+    under litellm) refuse to send one, so the gateway refuses the request instead (a 400, not a 502)."""
+    for name, value in (_FORWARDED.get() or {}).items():
+        if not value.isascii():
+            return name
+    return None
+
+
 def upstream_headers() -> dict[str, str]:
     """The current request's forwarded headers (empty outside a request)."""
     return dict(_FORWARDED.get() or {})

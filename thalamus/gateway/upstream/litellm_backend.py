@@ -79,10 +79,41 @@ def _status(exc: Exception) -> int:
     return status if 100 <= status <= 599 else 0
 
 
+# litellm's own check of user messages raises a bare Exception with this text (before any request is sent),
+# which it then reports as a connection error
+_INVALID_MESSAGE = re.compile(r"Invalid (?:user )?message at index (\d+)")
+
+
+def _refused_message(exc: Exception) -> int | None:
+    """The index of the message litellm refused to send, when its own validation refused one."""
+    cause = exc.__cause__ or exc.__context__
+    match = _INVALID_MESSAGE.search(str(cause)) if type(cause) is Exception else None
+    return int(match.group(1)) if match else None
+
+
+def _detail(exc: Exception) -> tuple[str | None, str | None]:
+    """The upstream's own error ``code`` and ``param``, which litellm keeps in the exception's ``body``."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    if not isinstance(body, dict):
+        return None, None
+    code, param = body.get("code"), body.get("param")
+    return (str(code)[:100] if code not in (None, "") else None,
+            str(param)[:200] if isinstance(param, str) and param else None)
+
+
+def _snake(name: str) -> str:
+    """``UnsupportedParamsError`` -> ``unsupported_params``: a code in OpenAI's style, not a class name."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Error")).lower() or "invalid_request"
+
+
 def _classify(exc: Exception) -> tuple[ErrorKind, int]:
     import litellm
 
     status = _status(exc)
+    if _refused_message(exc) is not None:
+        return "client", 400
     if isinstance(exc, litellm.ContextWindowExceededError):
         return "context", 400
     if isinstance(exc, litellm.Timeout):
@@ -169,7 +200,20 @@ class LiteLLMBackend:
             return timed_out(self.name, "idle", cfg.idle_s) if started else \
                 timed_out(self.name, "first_byte", cfg.first_byte_s)
         kind, status = _classify(exc)
-        return UpstreamError(self.name, kind, status, _message(exc), type(exc).__name__, _retry_after(exc))
+        if kind == "retry":  # the class name says which failure it was, on the row's fallback chain
+            return UpstreamError(self.name, kind, status, _message(exc), type(exc).__name__, _retry_after(exc))
+        return self._client_error(exc, kind, status)
+
+    def _client_error(self, exc: Exception, kind: ErrorKind, status: int) -> UpstreamError:
+        """A 4xx for the client: the upstream's own code and param when it sent them (litellm keeps its
+        error body), else litellm's refusal in OpenAI's style (``unsupported_params``, ``messages[2]``)."""
+        code, param = _detail(exc)
+        index = _refused_message(exc)
+        if index is not None:
+            message = f"messages[{index}] is not a valid OpenAI chat message (litellm refused to send it)"
+            return UpstreamError(self.name, kind, status, message, "invalid_message", param=f"messages[{index}]")
+        return UpstreamError(self.name, kind, status, _message(exc), code or _snake(type(exc).__name__),
+                             _retry_after(exc), param)
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -58,18 +58,22 @@ class _Reader:
         self.buf += data
         return bool(data)
 
+    def _check(self, name: str, size: int) -> None:
+        if size > self.max_bytes:
+            raise bad_answer(name, f"an SSE line is over max_message_bytes ({self.max_bytes} bytes)",
+                             "upstream_line_too_long")
+
     async def line(self, name: str) -> bytes | None:
         """The next line without its end, or None at the end of the body."""
         scan = self.pos
         while (end := self.buf.find(b"\n", scan)) < 0:
-            if len(self.buf) - self.pos > self.max_bytes:
-                raise bad_answer(name, f"an SSE line is over max_message_bytes ({self.max_bytes} bytes)",
-                                 "upstream_line_too_long")
+            self._check(name, len(self.buf) - self.pos)
             scan = len(self.buf) - self.pos
             if not await self._fill():
                 rest = bytes(self.buf[self.pos:])
                 self.pos = len(self.buf)
                 return rest or None
+        self._check(name, end - self.pos)  # a whole long line can arrive in one read, too
         line = bytes(self.buf[self.pos:end])
         self.pos = end + 1
         return line.removesuffix(b"\r")
@@ -158,8 +162,10 @@ class OpenAICompatBackend:
             kind = "retry"
         elif resp.status == 400 and any(m in (code + " " + message).lower() for m in _CONTEXT_MARKERS):
             kind = "context"
+        param = error.get("param")
         return UpstreamError(self.name, kind, resp.status, message, code,
-                             parse_retry_after(resp.headers.get("retry-after")))
+                             parse_retry_after(resp.headers.get("retry-after")),
+                             str(param)[:200] if isinstance(param, str) and param else None)
 
     def _transport_error(self, exc: Exception, first: bool) -> UpstreamError:
         cfg = self.config

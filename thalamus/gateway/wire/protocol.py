@@ -121,8 +121,7 @@ def validate_chat(body: dict[str, Any]) -> None:
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
             raise RequestError(400, f"messages[{i}] must be an object with a string 'role'",
                                param=f"messages[{i}].role")
-        if isinstance(msg.get("content"), list):
-            _check_parts(msg["content"], f"messages[{i}].content")
+        _check_content(msg, f"messages[{i}]")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise RequestError(400, "'stream' must be a boolean", param="stream")
 
@@ -131,6 +130,31 @@ def validate_chat(body: dict[str, Any]) -> None:
 # error it reports as a connection failure), and OpenAI answers 400: the gateway answers that 400 itself
 _PART_FIELDS = {"text": "text", "image_url": "image_url", "input_audio": "input_audio", "file": "file",
                 "refusal": "refusal"}
+
+
+# roles whose content may be null or absent (an assistant turn that only calls tools); OpenAI answers 400 for a
+# null content elsewhere, and litellm fails on a null developer message (reported as a connection error)
+_NULLABLE_CONTENT = frozenset({"assistant"})
+_KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _check_content(msg: dict[str, Any], path: str) -> None:
+    """A message's content is a string or an array of parts (or null for an assistant turn); a number, a
+    boolean or an object is refused as OpenAI refuses it (litellm fails on them with a connection error)."""
+    content, role = msg.get("content"), msg["role"]
+    if isinstance(content, list):
+        _check_parts(content, f"{path}.content")
+    elif content is None:
+        if role in _KNOWN_ROLES and role not in _NULLABLE_CONTENT:
+            raise RequestError(400, f"{path}.content is required for a '{role}' message: a string or an array "
+                               "of content parts", param=f"{path}.content")
+    elif not isinstance(content, str):
+        raise RequestError(400, f"{path}.content must be a string or an array of content parts, not a JSON "
+                           f"{_json_type(content)}", param=f"{path}.content")
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "boolean", int: "number", float: "number", dict: "object"}.get(type(value), type(value).__name__)
 
 
 def _check_parts(parts: list[Any], path: str) -> None:
