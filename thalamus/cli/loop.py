@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from thalamus.errors import ConfigError
+from thalamus.router.embedder_registry import embedder_help
 
 if TYPE_CHECKING:
     from thalamus.router.policy import Knob
@@ -108,7 +109,7 @@ def retrain_cmd(
     out: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")],
     data: Annotated[str | None, typer.Option("--data", help="Base dataset (name or file) to train on too.")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="Hyperparameter NAME=VALUE (repeat).")] = None,
-    embedder: Annotated[str | None, typer.Option("--embedder", help="minilm, minilm-int8 or hashing.")] = None,
+    embedder: Annotated[str | None, typer.Option("--embedder", help=embedder_help())] = None,
     clip: Annotated[float, typer.Option("--clip", help="Largest inverse-propensity weight.")] = 10.0,
     ips: Annotated[bool, typer.Option("--ips/--no-ips", help="Weight logged rows by 1/propensity.")] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
