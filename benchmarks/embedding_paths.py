@@ -9,6 +9,10 @@ three ways, and the out-of-fold predictions are scored with ``thalamus.eval.harn
   fold's prompts (static -> MiniLM embedding, alpha ``--alpha``): one extra matrix product per query;
   kNN only (the cluster router's classifier is linear in its input, so a linear map ahead of it adds
   nothing but a change of regularisation: on llmrouter_dcrouter it moved gap closed by +0.09 points);
+- ``tokfit``: the static table's token vectors re-fitted on the training fold's prompts so that their
+  pooled vectors reproduce MiniLM's (ridge toward the distilled table, strength ``--tokfit-lambda``
+  times the mean pooled-vector Gram diagonal; solved in its dual form, one n_train x n_train system);
+  still one lookup per token at query time; kNN only, like ``ridge``;
 - ``cascade@S``: the static router's predictions where its decision is clear, MiniLM's on the share S
   of prompts with the smallest decision margin (best minus second-best utility, the smallest margin
   over a grid of lambdas). S is set by quantile on the scored prompts, i.e. an upper bound on what a
@@ -41,6 +45,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np
+import scipy.sparse as sp
 from bench_report import command, load_average, percentiles, utc_now, write
 
 from thalamus.datasets.registry import load_dataset
@@ -51,6 +56,7 @@ from thalamus.router.embedder_registry import make_embedder
 from thalamus.router.embedders import get_embedder
 from thalamus.router.policy import Knob
 from thalamus.router.registry import make_router
+from thalamus.router.static import StaticEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC, MINILM = "static:dims=384", "minilm"
@@ -75,6 +81,30 @@ def ridge_map(source: np.ndarray, target: np.ndarray, alpha: float) -> tuple[np.
     return w, mu_s, mu_t
 
 
+def pooling_matrix(emb: StaticEmbedder, texts: list[str]) -> sp.csr_matrix:
+    """(n, table rows) weights such that ``pooling_matrix @ table`` is the static embedder's pre-norm vectors."""
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    for r, ids in enumerate(emb.token_ids(texts)):
+        if ids:
+            t = np.asarray(ids)
+            w = emb._weights[t] if emb._weights is not None else np.ones(len(t))
+            rows += [r] * len(t)
+            cols += list(emb._mapping[t] if emb._mapping is not None else t)
+            vals += list(w / len(t))
+    return sp.csr_matrix((vals, (rows, cols)), shape=(len(texts), emb._table.shape[0]))
+
+
+def tokfit(pool: sp.csr_matrix, table: np.ndarray, xm: np.ndarray, tr: np.ndarray, lam: float) -> np.ndarray:
+    """Every prompt's vector after re-fitting the token table on the ``tr`` prompts (dual ridge)."""
+    base = pool @ table
+    scale = float(np.median(np.linalg.norm(base, axis=1)))  # MiniLM vectors are unit length; pooled ones not
+    gram = (pool[tr] @ pool[tr].T).toarray()
+    dual = np.linalg.solve(gram + lam * float(np.mean(np.diag(gram))) * np.eye(len(tr)), scale * xm[tr] - base[tr])
+    return np.asarray(base + (pool @ pool[tr].T).toarray() @ dual, dtype=np.float32)
+
+
 def margin(p: Predictions) -> np.ndarray:
     out = np.full(len(p.quality), np.inf)
     for lam in LAMBDAS:
@@ -83,10 +113,13 @@ def margin(p: Predictions) -> np.ndarray:
     return out
 
 
-def fold_predictions(ds: RoutingDataset, xs: np.ndarray, xm: np.ndarray, router: str, alpha: float
-                     ) -> tuple[EvalSet, dict[str, Predictions]]:
+def fold_predictions(ds: RoutingDataset, xs: np.ndarray, xm: np.ndarray, router: str, alpha: float,
+                     tokfit_lambda: float) -> tuple[EvalSet, dict[str, Predictions]]:
     fold = ds.fold_ids(5, 0)
-    paths = ("static", "minilm", "ridge") if router == "knn" else ("static", "minilm")
+    paths = ("static", "minilm", "ridge", "tokfit") if router == "knn" else ("static", "minilm")
+    emb = get_embedder(STATIC)
+    assert isinstance(emb, StaticEmbedder)
+    pool = pooling_matrix(emb, list(ds.texts)) if "tokfit" in paths else None
     tests: list[RoutingDataset] = []
     preds: dict[str, list[Predictions]] = {p: [] for p in paths}
     for i in range(5):
@@ -97,6 +130,8 @@ def fold_predictions(ds: RoutingDataset, xs: np.ndarray, xm: np.ndarray, router:
         if "ridge" in paths:
             w, mu_s, mu_t = ridge_map(xs[tr].astype(np.float64), xm[tr].astype(np.float64), alpha)
             features["ridge"] = ((xs - mu_s) @ w + mu_t).astype(np.float32)
+        if pool is not None:
+            features["tokfit"] = tokfit(pool, emb._table.astype(np.float64), xm.astype(np.float64), tr, tokfit_lambda)
         for path, x in features.items():
             fitted = make_router(router, embedder="hashing").fit(ds.subset(tr), features=x[tr])
             preds[path].append(predict(fitted, x[te][keep]))
@@ -110,11 +145,12 @@ def cascade(s: Predictions, m: Predictions, share: float) -> Predictions:
     return Predictions(np.where(use[:, None], m.quality, s.quality), np.where(use[:, None], m.cost, s.cost))
 
 
-def measure(name: str, fraction: float | None, router: str, alpha: float) -> list[dict[str, Any]]:
+def measure(name: str, fraction: float | None, router: str, alpha: float, tokfit_lambda: float
+            ) -> list[dict[str, Any]]:
     ds = subsample(load_dataset(name), fraction)
     xs = get_embedder(STATIC).embed(list(ds.texts))
     xm = get_embedder(MINILM).embed(list(ds.texts))
-    ev, preds = fold_predictions(ds, xs, xm, router, alpha)
+    ev, preds = fold_predictions(ds, xs, xm, router, alpha, tokfit_lambda)
     paths = {**preds, **{f"cascade@{s:g}": cascade(preds["static"], preds["minilm"], s) for s in SHARES}}
     rows = []
     for path, p in paths.items():
@@ -200,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="NAME=FRACTION,... prompts kept by hash")
     ap.add_argument("--routers", default="cluster,knn")
     ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--tokfit-lambda", type=float, default=0.1)
     ap.add_argument("--speed-dataset", default="llmrouter_dcrouter")
     ap.add_argument("--n", type=int, default=300, help="timed queries per embedder")
     ap.add_argument("--out", default="embedding_paths")
@@ -209,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                               "load_start": load_average(), "subsample": fractions}
     t0 = time.perf_counter()
     report["quality"] = [row for d in filter(None, args.datasets.split(",")) for r in args.routers.split(",")
-                         for row in measure(d, fractions.get(d), r, args.alpha)]
+                         for row in measure(d, fractions.get(d), r, args.alpha, args.tokfit_lambda)]
     report["verdicts"] = verdicts(report["quality"])
     report["speed"] = [speed(args.speed_dataset, e, args.n) for e in SPEED_EMBEDDERS] if args.n else []
     report["seconds"] = round(time.perf_counter() - t0, 1)
