@@ -17,6 +17,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from thalamus.errors import ConfigError
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER, embedder_help
 
 
 def parse_params(items: list[str], routers: list[str]) -> dict[str, dict[str, Any]]:
@@ -122,7 +123,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="split and router seed")] = 0,
         test_size: Annotated[float, typer.Option(help="test share when the dataset has no split")] = 0.3,
         folds: Annotated[int | None, typer.Option(help="k-fold cross-evaluation instead of one split")] = None,
-        embedder: Annotated[str, typer.Option(help="prompt embedder: minilm | minilm-int8 | hashing")] = "minilm",
+        embedder: Annotated[str, typer.Option(help=embedder_help())] = DEFAULT_EMBEDDER,
         budget: Annotated[list[float] | None, typer.Option(help="report quality at this USD budget")] = None,
         json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
         plot: Annotated[Path | None, typer.Option(help="Pareto plot PNG (one per dataset)")] = None,

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from thalamus.errors import ConfigError
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER, embedder_help
 
 if TYPE_CHECKING:
     from thalamus.gateway.app import Startup
@@ -151,7 +152,7 @@ def replay_cmd(
 def demo_cmd(
     limit: Annotated[int, typer.Option(help="Held-out prompts to send.")] = 200,
     router: Annotated[str, typer.Option(help="Router to train (best-single if unavailable).")] = "cluster",
-    embedder: Annotated[str, typer.Option(help="Embedder spec of the router (e.g. minilm).")] = "static:dims=384",
+    embedder: Annotated[str, typer.Option(help=embedder_help())] = DEFAULT_EMBEDDER,
     lambda_: Annotated[float, typer.Option("--lambda", help="Cost weight of the knob in [0, 1].")] = 0.05,
     concurrency: int = 8,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report here.")] = None,

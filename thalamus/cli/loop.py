@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from thalamus.errors import ConfigError
+from thalamus.router.embedder_registry import embedder_help
 
 if TYPE_CHECKING:
     from thalamus.datasets.schema import RoutingDataset
@@ -111,7 +112,7 @@ def retrain_cmd(
     out: Annotated[Path, typer.Option("--out", help="Artifact directory to write.")],
     data: Annotated[str | None, typer.Option("--data", help="Base dataset (name or file) to train on too.")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", help="Hyperparameter NAME=VALUE (repeat).")] = None,
-    embedder: Annotated[str | None, typer.Option("--embedder", help="minilm, minilm-int8 or hashing.")] = None,
+    embedder: Annotated[str | None, typer.Option("--embedder", help=embedder_help())] = None,
     method: Annotated[str, typer.Option("--method", help="shrink: feedback corrects the prior router's "
                                         "predictions (default); ips: sparse rows repeated by 1/propensity.")
                       ] = "shrink",

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from thalamus.errors import ConfigError
+from thalamus.router.embedder_registry import embedder_help
 
 if TYPE_CHECKING:
     from thalamus.training.train import TrainResult
@@ -62,7 +63,7 @@ def train_cmd(
     tune: Annotated[bool, typer.Option("--tune", help="Choose hyperparameters by k-fold CV first.")] = False,
     grid: Annotated[list[str] | None, typer.Option("--grid", help="Search NAME=V1,V2,... (implies --tune).")] = None,
     folds: Annotated[int, typer.Option("--folds", help="Folds for --tune.")] = 5,
-    embedder: Annotated[str | None, typer.Option("--embedder", help="minilm, minilm-int8 or hashing.")] = None,
+    embedder: Annotated[str | None, typer.Option("--embedder", help=embedder_help())] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (default THALAMUS_DATA_DIR).")] = None,
 ) -> None:

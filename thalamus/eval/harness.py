@@ -30,6 +30,7 @@ from thalamus.eval import metrics as M
 from thalamus.eval.sweep import Predictions, predict, sweep_lambda, sweep_two_model
 from thalamus.router.base import Router
 from thalamus.router.baselines import OracleRouter
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 from thalamus.router.registry import make_router
 
 MAX_CURVE_POINTS = 201  # two-model curves are thinned to this many points in the JSON
@@ -94,7 +95,7 @@ def fit_predict(router_name: str, params: Mapping[str, Any] | None, train: Routi
 
 
 def evaluate(router_name: str, dataset: str | Path | RoutingDataset, params: Mapping[str, Any] | None = None,
-             seed: int = 0, test_size: float = 0.3, folds: int | None = None, embedder: str = "minilm",
+             seed: int = 0, test_size: float = 0.3, folds: int | None = None, embedder: str = DEFAULT_EMBEDDER,
              budgets: Sequence[float] = ()) -> dict[str, Any]:
     """Evaluate ``router_name`` on ``dataset``; one JSON-able dict of metrics (see ``score``)."""
     ds = load(dataset)

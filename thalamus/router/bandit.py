@@ -28,6 +28,7 @@ import numpy as np
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError, DataError
 from thalamus.router.base import Features, Feedback, Router
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 from thalamus.router.policy import Decision, Knob, choose, decide
 
 # (prompt text or its feature vector, model name or index, observed quality, observed cost)
@@ -37,7 +38,7 @@ class LinearBanditRouter(Router):
     """Shared machinery of the linear bandits: context map, per-arm ridge posteriors, updates."""
 
     def __init__(self, n_components: int | None = 32, ridge: float = 1.0, wtp: float | None = None,
-                 embedder: str = "minilm", seed: int = 0) -> None:
+                 embedder: str = DEFAULT_EMBEDDER, seed: int = 0) -> None:
         super().__init__(embedder=embedder, seed=seed)
         self.n_components = n_components
         self.ridge = ridge
@@ -161,7 +162,7 @@ class LinUCBRouter(LinearBanditRouter):
     name = "linucb"
 
     def __init__(self, alpha: float = 0.5, n_components: int | None = 32, ridge: float = 1.0,
-                 wtp: float | None = None, embedder: str = "minilm", seed: int = 0) -> None:
+                 wtp: float | None = None, embedder: str = DEFAULT_EMBEDDER, seed: int = 0) -> None:
         super().__init__(n_components=n_components, ridge=ridge, wtp=wtp, embedder=embedder, seed=seed)
         self.alpha = alpha
 
@@ -180,7 +181,7 @@ class ThompsonRouter(LinearBanditRouter):
     name = "thompson"
 
     def __init__(self, v: float = 0.3, n_prob_samples: int = 256, n_components: int | None = 32,
-                 ridge: float = 1.0, wtp: float | None = None, embedder: str = "minilm",
+                 ridge: float = 1.0, wtp: float | None = None, embedder: str = DEFAULT_EMBEDDER,
                  seed: int = 0) -> None:
         super().__init__(n_components=n_components, ridge=ridge, wtp=wtp, embedder=embedder, seed=seed)
         self.v = v

@@ -31,6 +31,7 @@ import numpy as np
 
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError, DataError, NotFittedError, UnknownNameError
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 from thalamus.router.embedders import Embedder, get_embedder
 from thalamus.router.policy import Decision, Knob, decide
 
@@ -45,7 +46,7 @@ class Router:
     name: ClassVar[str] = ""
     uses_embeddings: ClassVar[bool] = True
 
-    def __init__(self, embedder: str = "minilm", seed: int = 0) -> None:
+    def __init__(self, embedder: str = DEFAULT_EMBEDDER, seed: int = 0) -> None:
         self.embedder = embedder
         self.seed = seed
 

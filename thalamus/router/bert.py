@@ -23,6 +23,7 @@ import numpy as np
 from thalamus.datasets.schema import RoutingDataset, hash_fraction
 from thalamus.errors import ConfigError, DataError
 from thalamus.router.base import Features, Router, observed_mean
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 from thalamus.router.torch_utils import batches, masked_bce, torch_session
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class BertRouter(Router):
         weight_decay: float = 0.01,
         warmup_fraction: float = 0.1,
         max_train_prompts: int | None = None,
-        embedder: str = "minilm",
+        embedder: str = DEFAULT_EMBEDDER,
         seed: int = 0,
     ) -> None:
         super().__init__(embedder=embedder, seed=seed)

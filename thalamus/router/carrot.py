@@ -23,6 +23,7 @@ import numpy as np
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError
 from thalamus.router.base import Features, Router
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 from thalamus.router.knn import KNNRouter
 from thalamus.router.xgb import XGBRouter, is_binary
 
@@ -67,7 +68,7 @@ class CarrotRouter(Router):
     name = "carrot"
 
     def __init__(self, estimator: Estimator = "knn", k: int = 100, C: float = 1.0, n_estimators: int = 200,
-                 cost_alpha: float = 10.0, embedder: str = "minilm", seed: int = 0) -> None:
+                 cost_alpha: float = 10.0, embedder: str = DEFAULT_EMBEDDER, seed: int = 0) -> None:
         super().__init__(embedder=embedder, seed=seed)
         self.estimator = estimator
         self.k = k

@@ -25,6 +25,7 @@ from scipy.special import softmax
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError, DataError
 from thalamus.router.base import Features, Router, observed_mean
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 from thalamus.router.knn import normalise
 
 Grouping = Literal["auto", "task", "kmeans"]
@@ -49,7 +50,7 @@ class ClusterRouter(Router):
     name = "cluster"
 
     def __init__(self, groups: Grouping = "auto", n_clusters: int = 20, C: float = 10.0, prior: float = 5.0,
-                 max_iter: int = 2000, embedder: str = "minilm", seed: int = 0) -> None:
+                 max_iter: int = 2000, embedder: str = DEFAULT_EMBEDDER, seed: int = 0) -> None:
         super().__init__(embedder=embedder, seed=seed)
         self.groups = groups
         self.n_clusters = n_clusters

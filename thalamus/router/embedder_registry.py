@@ -20,6 +20,10 @@ from typing import Any
 from thalamus.errors import ConfigError, UnknownNameError
 
 GROUP = "thalamus.embedders"
+# The embedding path ``thalamus train``, ``eval`` and ``demo`` (hence what is served) use when none is named,
+# and every router's ``embedder`` default. A default changes only with its quality and speed numbers on every
+# bundled dataset in the same commit (docs/embedders.md, "The default").
+DEFAULT_EMBEDDER = "minilm"
 # The built-ins as pyproject.toml registers them. Also read from here, so that an editable install
 # made before this group existed still finds them; an installed entry point of the same name wins.
 BUILTIN = {"minilm": "thalamus.router.embedders:minilm", "minilm-int8": "thalamus.router.embedders:minilm_int8",
@@ -40,6 +44,12 @@ def refresh() -> None:
 
 def embedder_names() -> list[str]:
     return sorted(_entry_points())
+
+
+def embedder_help() -> str:
+    """The ``--embedder`` help of every command: the registered names, read from the registry."""
+    return (f"Embedder spec NAME or NAME:key=value,... (default {DEFAULT_EMBEDDER}); "
+            f"registered: {', '.join(embedder_names())}.")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from thalamus.datasets.schema import stable_hash
 from thalamus.errors import ConfigError
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 from thalamus.router.truncation import check_tail, head_tail_text
 
 CHUNK = 256  # texts embedded (and written to the cache) at a time
@@ -218,7 +219,7 @@ def hashing(dim: int = 256) -> HashingEmbedder:
 _LOAD_LOCK = threading.Lock()
 
 
-def get_embedder(name: str = "minilm", cache: bool = True) -> Embedder:
+def get_embedder(name: str = DEFAULT_EMBEDDER, cache: bool = True) -> Embedder:
     """The process-wide embedder for a spec (models load once), cached on disk by default.
 
     An embedder that sets ``disk_cache = False`` (a lookup table is faster than the cache) is never

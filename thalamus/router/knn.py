@@ -19,6 +19,7 @@ import numpy as np
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError
 from thalamus.router.base import Features, Router, observed_mean
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 
 Weighting = Literal["uniform", "similarity", "softmax"]
 INDEX_FILE = "index.faiss"
@@ -66,7 +67,7 @@ class KNNRouter(Router):
 
     def __init__(self, k: int = 100, weighting: Weighting = "similarity", temperature: float = 0.05,
                  prior: float = 1.0, hnsw_threshold: int = 50_000, hnsw_m: int = 32, ef_search: int = 128,
-                 embedder: str = "minilm", seed: int = 0) -> None:
+                 embedder: str = DEFAULT_EMBEDDER, seed: int = 0) -> None:
         super().__init__(embedder=embedder, seed=seed)
         self.k = k
         self.weighting = weighting

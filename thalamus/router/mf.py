@@ -26,6 +26,7 @@ from scipy.special import expit
 from thalamus.datasets.schema import PreferenceDataset, RoutingDataset
 from thalamus.errors import ConfigError, DataError
 from thalamus.router.base import Features, Router
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 from thalamus.router.torch_utils import (
     EarlyStopping,
     batches,
@@ -58,7 +59,7 @@ class MFRouter(Router):
         val_fraction: float = 0.1,
         loss: str = "bce",
         dropout: float = 0.0,
-        embedder: str = "minilm",
+        embedder: str = DEFAULT_EMBEDDER,
         seed: int = 0,
     ) -> None:
         super().__init__(embedder=embedder, seed=seed)

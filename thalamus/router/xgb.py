@@ -18,6 +18,7 @@ import numpy as np
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError
 from thalamus.router.base import Features, Router, observed_mean
+from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 from thalamus.router.forest import FlatForest
 
 BOOSTER_DIR = "boosters"
@@ -36,7 +37,7 @@ class XGBRouter(Router):
 
     def __init__(self, n_estimators: int = 200, max_depth: int = 4, learning_rate: float = 0.05,
                  subsample: float = 0.8, colsample_bytree: float = 0.5, min_child_weight: float = 2.0,
-                 reg_lambda: float = 1.0, n_jobs: int = 1, embedder: str = "minilm", seed: int = 0) -> None:
+                 reg_lambda: float = 1.0, n_jobs: int = 1, embedder: str = DEFAULT_EMBEDDER, seed: int = 0) -> None:
         super().__init__(embedder=embedder, seed=seed)
         self.n_estimators = n_estimators
         self.max_depth = max_depth
