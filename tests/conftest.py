@@ -31,7 +31,15 @@ SERVER_FIXTURES = frozenset({"replay", "gateway", "make_gateway", "pg_admin_url"
                              "db_url", "tiny_server", "servers", "server", "busy", "stack", "local", "trained"})
 
 
+# long model work, measured with --durations on the 2-core machine (each over ~10 s, or a shared fixture that
+# is: the static table's distillation, the BERT router's fine-tuning, the trained MoE)
+SLOW_FILES = frozenset({"test_bert.py", "test_ascii_wordpiece.py", "test_static.py", "test_mf.py",
+                        "test_offload_load.py", "test_moe_trained.py", "test_embedders.py", "test_truncation.py"})
+SLOW_PARAMS = ("[bert]", "[mf]")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if (SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_FILES
+                or item.nodeid.endswith(SLOW_PARAMS)):
             item.add_marker(pytest.mark.slow)
