@@ -34,6 +34,7 @@ from thalamus.gateway.learning.feedback import FeedbackDesk
 from thalamus.gateway.learning.judge import start_judge
 from thalamus.gateway.learning.loop import LearningLoop
 from thalamus.gateway.learning.pool_state import PoolTracker
+from thalamus.gateway.learning.sessions import SessionStore
 from thalamus.gateway.stats.metrics import GatewayMetrics, multiprocess_dir
 from thalamus.gateway.tenancy.auth import KeyChecker
 from thalamus.gateway.tenancy.controls import TeamControls
@@ -144,10 +145,14 @@ async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backend
     if judge is not None:  # closed first: its workers still use the backends, the writer and the ledger
         stack.push_async_callback(judge.close)
     hasher = PromptHasher(load_key(config.ledger.hash_key_env, settings.cache_dir / "prompt_hash.key"))
+    sessions = app.state.sessions = SessionStore(config.affinity, ledger.engine) if config.affinity.enabled else None
+    if sessions is not None:  # conversation affinity (core/affinity.py); drained before the ledger closes
+        sessions.start()
+        stack.push_async_callback(sessions.close)
     app.state.ledger = ledger
     app.state.service = GatewayService(config, routers, owned, writer, hasher, controls,
                                        KeyChecker(config.auth, controls.lookup), learning,
-                                       ResponseCache(config.cache), metrics=metrics, judge=judge)
+                                       ResponseCache(config.cache), metrics=metrics, judge=judge, sessions=sessions)
 
 
 def create_app(config: GatewayConfig, settings: Settings | None = None,

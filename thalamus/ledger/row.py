@@ -71,6 +71,9 @@ class LedgerRow:
     switch_cost: dict[str, Any] | None = None
     price_input_per_m: float | None = None  # the prices cost_usd was computed with (BackendConfig.cost)
     price_output_per_m: float | None = None
+    session_id: str | None = None           # migration 11: conversation affinity (gateway/core/affinity.py)
+    affinity: str | None = None             # new | kept | switched
+    affinity_reason: str | None = None
 
     def storable(self) -> dict[str, Any]:
         """Column values for the ``requests`` table, each one safe to insert; never raises."""

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from thalamus.catalog import lookup
 from thalamus.errors import ConfigError
+from thalamus.gateway.config.affinity import AffinityConfig
 from thalamus.gateway.config.judge import JudgeConfig
 from thalamus.gateway.config.pool import PoolRoutingConfig
 from thalamus.router.policy import Knob
@@ -69,6 +70,9 @@ class BackendConfig(_Strict):
     cooldown_failures: int = Field(default=3, ge=1)
     cooldown_s: float = Field(default=30.0, ge=0)
     max_cooldown_s: float = Field(default=300.0, ge=0)
+    # the provider family whose conversation state (thinking signatures, reasoning items) this backend
+    # reads; None: the litellm model id's provider prefix ("anthropic/..." -> anthropic, else "openai")
+    family: str | None = None
 
     @model_validator(mode="after")
     def _fill_from_catalog(self) -> BackendConfig:
@@ -93,6 +97,14 @@ class BackendConfig(_Strict):
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    @property
+    def provider_family(self) -> str:
+        """Backends of one family can continue each other's conversations with provider state."""
+        if self.family:
+            return self.family
+        model = self.model or ""
+        return model.split("/", 1)[0] if "/" in model else "openai"
 
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
         """USD for this many tokens at this backend's prices: the one price rule (reservations, accounting,
@@ -180,6 +192,7 @@ class RouterConfig(_Strict):
     learn_online: bool = True
     checkpoint_every: int = Field(default=50, ge=1)
     controller: ControllerConfig | None = None
+    switch_margin: float | None = Field(default=None, ge=0)  # conversation affinity; None: affinity.switch_margin
 
     def baseline_model(self) -> str | None:
         return self.baseline or self.strong
@@ -314,6 +327,7 @@ class GatewayConfig(_Strict):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     judge: JudgeConfig | None = None  # LLM-as-judge feedback (gateway/config/judge.py); off when absent
     pool_routing: PoolRoutingConfig = Field(default_factory=PoolRoutingConfig)  # gateway/learning/pool_aware.py
+    affinity: AffinityConfig = Field(default_factory=AffinityConfig)  # gateway/core/affinity.py
 
     @field_validator("backends")
     @classmethod

@@ -15,6 +15,7 @@ import time
 
 from thalamus.errors import ConfigError
 from thalamus.gateway.config import GatewayConfig
+from thalamus.gateway.core.affinity import Affinity
 from thalamus.gateway.core.call import Call, Target
 from thalamus.gateway.core.decisions import fallback_order, knob_dict, threshold_knob, unique
 from thalamus.gateway.core.request import RequestView
@@ -30,9 +31,9 @@ ROUTELLM_NAME = re.compile(r"^router-(?P<name>.+)-(?P<threshold>[0-9]*\.?[0-9]+)
 
 class Planner:
     def __init__(self, config: GatewayConfig, routers: dict[str, LoadedRouter], backends: dict[str, Backend],
-                 controls: TeamControls, learning: LearningLoop) -> None:
+                 controls: TeamControls, learning: LearningLoop, affinity: Affinity | None = None) -> None:
         self.config, self.routers, self.backends = config, routers, backends
-        self.controls, self.learning = controls, learning
+        self.controls, self.learning, self.affinity = controls, learning, affinity
         self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
 
     def resolve(self, model: str, routed: bool = True) -> Target:
@@ -61,11 +62,11 @@ class Planner:
             assert target.backend is not None
             call.row.chosen_model = target.backend
             return unique([target.backend, *self.config.fallback.models]) if routed else [target.backend]
-        return await self._routed(call, target.router, target.threshold, overrides, view.routing_text)
+        return await self._routed(call, target.router, target.threshold, overrides, view)
 
     async def _routed(self, call: Call, loaded: LoadedRouter, threshold: float | None,
-                      overrides: p.RoutingOverrides, text: str) -> list[str]:
-        fallback = self.config.fallback
+                      overrides: p.RoutingOverrides, view: RequestView) -> list[str]:
+        fallback, text = self.config.fallback, view.routing_text
         try:
             knob = overrides.apply(loaded.default_knob())
             t0 = time.perf_counter()
@@ -83,7 +84,10 @@ class Planner:
             raise p.RequestError(400, f"the router chose {decision.model!r}, which has no configured backend; "
                                  "restrict routing.allowed to backends", param="routing.allowed")
         order = [decision.model, *(fallback.models if fallback.order == "list" else fallback_order(decision))]
-        return unique([m for m in order if m in self.backends])[: fallback.max_candidates]
+        order = unique([m for m in order if m in self.backends])
+        if self.affinity is not None:  # a conversation keeps its model unless the gain beats switch_margin
+            order = await self.affinity.apply(call, view, loaded.name, decision, order)
+        return order[: fallback.max_candidates]
 
     def _route(self, loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
         if threshold is not None:  # RouteLLM form: the configured strong/weak pair of a many-model router

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from thalamus.gateway.config import BackendConfig, GatewayConfig
+from thalamus.gateway.core.affinity import Affinity
 from thalamus.gateway.core.attempts import Attempts
 from thalamus.gateway.core.cache import ResponseCache, answer_cached
 from thalamus.gateway.core.call import Call, Result
@@ -32,6 +33,7 @@ from thalamus.gateway.core.routing import Planner
 from thalamus.gateway.learning.artifacts import LoadedRouter
 from thalamus.gateway.learning.judge import Judge
 from thalamus.gateway.learning.loop import LearningLoop
+from thalamus.gateway.learning.sessions import SessionStore
 from thalamus.gateway.stats.metrics import GatewayMetrics
 from thalamus.gateway.tenancy.auth import KeyChecker
 from thalamus.gateway.tenancy.controls import TeamControls
@@ -47,11 +49,12 @@ class GatewayService:
     def __init__(self, config: GatewayConfig, routers: dict[str, LoadedRouter], backends: dict[str, Backend],
                  writer: LedgerWriter, hasher: PromptHasher, controls: TeamControls, keys: KeyChecker,
                  learning: LearningLoop, cache: ResponseCache, metrics: GatewayMetrics | None = None,
-                 judge: Judge | None = None) -> None:
+                 judge: Judge | None = None, sessions: SessionStore | None = None) -> None:
         self.config, self.routers, self.backends, self.writer = config, routers, backends, writer
         self.hasher, self.controls, self.keys, self.learning = hasher, controls, keys, learning
         self.cache, self.metrics, self.judge = cache, metrics, judge
-        self.planner = Planner(config, routers, backends, controls, learning)
+        self.affinity = Affinity(config, sessions, hasher, backends)
+        self.planner = Planner(config, routers, backends, controls, learning, self.affinity)
         self.attempts = Attempts(backends, config.fallback)
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
         self._ids = random.Random(uuid.uuid4().int)
@@ -80,6 +83,7 @@ class GatewayService:
         row.total_ms = row.total_ms if row.total_ms is not None else call.elapsed_ms()
         loaded = self.routers.get(row.router) if row.router is not None else None
         annotate(row, loaded.config.baseline_model() if loaded is not None else None, self._prices)
+        self.affinity.remember(call)
         if self.metrics is not None:
             self.metrics.observe(row)
         self.controls.observe(row)

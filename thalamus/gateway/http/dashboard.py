@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from thalamus.errors import ConfigError
 from thalamus.gateway.http.stats import install_stats
+from thalamus.gateway.stats import affinity as stats_affinity
 from thalamus.gateway.stats import aggregates as stats
 from thalamus.gateway.stats import rollout as stats_rollout
 from thalamus.gateway.stats import router as stats_router
@@ -102,7 +103,8 @@ def snapshot_data(engine: Engine, since: float | None = None, until: float | Non
             "models": stats.grouped(engine, f, "model"), "keys": stats.grouped(engine, f, "key"),
             "recent": stats_rows.recent(engine, f, 200), "calibration": stats.calibration(engine, f),
             "options": stats.filter_options(engine, f), "routers": stats_router.router_points(engine, f),
-            "rollout": [r | {"live": None} for r in stats_rollout.rollout_compare(engine, f)]}
+            "rollout": [r | {"live": None} for r in stats_rollout.rollout_compare(engine, f)],
+            "affinity": stats_affinity.switch_rate(engine, f)}
 
 
 def snapshot_html(data: dict[str, Any], title: str = "Thalamus dashboard (snapshot)") -> str:

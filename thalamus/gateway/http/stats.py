@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
+from thalamus.gateway.stats import affinity as stats_affinity
 from thalamus.gateway.stats import aggregates as stats
 from thalamus.gateway.stats import rollout as stats_rollout
 from thalamus.gateway.stats import router as stats_router
@@ -134,6 +135,11 @@ async def rollout(request: Request) -> JSONResponse:
     return JSONResponse({"data": [rows[n] | {"live": live.get(n)} for n in sorted(rows)]})
 
 
+async def affinity(request: Request) -> JSONResponse:
+    """Conversation turns kept or switched (gateway/core/affinity.py) and the switch rate."""
+    return JSONResponse(await _run(stats_affinity.switch_rate, guard(request), filters(request)))
+
+
 async def recent(request: Request) -> JSONResponse:
     engine, f = guard(request), filters(request)
     limit = _int(request, "limit", 50)
@@ -153,7 +159,7 @@ async def one_request(request: Request) -> JSONResponse:
 ROUTES: dict[str, Callable[[Request], Any]] = {
     "/api/stats/overview": overview, "/api/stats/timeseries": timeseries, "/api/stats/models": models,
     "/api/stats/keys": keys, "/api/stats/calibration": calibration, "/api/stats/filters": filter_options,
-    "/api/stats/routers": routers, "/api/stats/rollout": rollout,
+    "/api/stats/routers": routers, "/api/stats/rollout": rollout, "/api/stats/affinity": affinity,
     "/api/requests": recent, "/api/requests/{request_id}": one_request,
 }
 

@@ -75,9 +75,9 @@ def _item(item: Any, i: int, messages: list[dict[str, Any]]) -> None:
         output = item.get("output")
         messages.append({"role": "tool", "tool_call_id": str(item.get("call_id") or ""),
                          "content": output if isinstance(output, str) else json.dumps(output)})
-    else:
-        raise _bad(f"{where}.type {kind!r} is not supported (message, function_call, function_call_output)",
-                   f"{where}.type")
+    elif kind != "reasoning":  # a reasoning item is the provider's state: native backends get it, chat has no form
+        raise _bad(f"{where}.type {kind!r} is not supported (message, function_call, function_call_output, "
+                   "reasoning)", f"{where}.type")
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:

@@ -46,12 +46,13 @@
     const s = q.toString();
     const ts = new URLSearchParams(q);
     ts.set("bucket", bucket);
-    const [overview, series, models, keys, recent, calibration, options, routers, rollout] = await Promise.all([
+    const [overview, series, models, keys, recent, calibration, options, routers, rollout, affinity] = await Promise.all([
       api("/api/stats/overview?" + s), api("/api/stats/timeseries?" + ts), api("/api/stats/models?" + s),
       api("/api/stats/keys?" + s), api("/api/requests?limit=50&" + s), api("/api/stats/calibration?" + s),
-      api("/api/stats/filters?" + s), api("/api/stats/routers?" + s), api("/api/stats/rollout?" + s)]);
+      api("/api/stats/filters?" + s), api("/api/stats/routers?" + s), api("/api/stats/rollout?" + s),
+      api("/api/stats/affinity?" + s)]);
     return { overview, series, models: models.data, keys: keys.data, recent: recent.data,
-             calibration: calibration.data, options, routers: routers.data, rollout: rollout.data };
+             calibration: calibration.data, options, routers: routers.data, rollout: rollout.data, affinity };
   }
 
   function fillOptions(options) {
@@ -78,6 +79,13 @@
         `errors ${pct(o.error_rate)}, fallbacks ${pct(o.fallback_rate)}, p50 ${num(o.latency_ms.total.p50, 1)} ms`);
     set("card-quality", num(o.score_mean, 3), o.score_mean,
         o.feedback_n ? `${o.feedback_n} feedback, ± ${num(1.96 * (o.score_se || 0), 3)}` : "no feedback yet");
+  }
+
+  function switchCard(a) {
+    if (!a) return;
+    $("card-switch").textContent = pct(a.switch_rate);
+    $("card-switch").dataset.value = a.switch_rate == null ? "" : String(a.switch_rate);
+    $("card-switch-sub").textContent = `${num(a.switched)} switched, ${num(a.kept)} kept; ${num(a.conversations)} conversations`;
   }
 
   const LAYOUT = (title, extra) => Object.assign({
@@ -228,6 +236,7 @@
     state.data = d;
     fillOptions(d.options);
     cards(d.overview);
+    switchCard(d.affinity);
     charts(d);
     routerChart(d.routers);
     rolloutTable(d.rollout);
