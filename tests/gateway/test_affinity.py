@@ -143,20 +143,24 @@ def family_gateway(replay: ThreadedServer, artifact: Path, tmp_path: Path) -> It
 
 def test_thinking_state_never_changes_family(family_gateway: ThreadedServer) -> None:
     server = family_gateway
+    ledger: Path = server.ledger_path  # type: ignore[attr-defined]
     m1, a1, _ = chat(server, [{"role": "user", "content": Q1}], lam=0.0)
     assert m1 == "strong"
-    plain = [{"role": "user", "content": Q1}, {"role": "assistant", "content": a1}, {"role": "user", "content": Q2}]
-    with_state = [plain[0], {"role": "assistant", "content": [THINKING, {"type": "text", "text": a1}]}, plain[2]]
+    plain: list[dict[str, Any]] = [{"role": "user", "content": Q1}, {"role": "assistant", "content": a1},
+                                   {"role": "user", "content": Q2}]
+    with_state: list[dict[str, Any]] = [
+        plain[0], {"role": "assistant", "content": [THINKING, {"type": "text", "text": a1}]}, plain[2]]
     # lambda 1: the router wants the cheapest model, weak (openai); the thinking block keeps the conversation
     # with anthropic, where the cheaper mid still beats strong: a switch, inside the family
     m2, _, id2 = chat(server, with_state, lam=1.0)
     assert m2 == "mid"
-    row = row_for(server.ledger_path, id2)
+    row = row_for(ledger, id2)
     assert (row["affinity"], row["affinity_reason"]) == ("switched", "gain")
     # litellm's form of the same state (thinking_blocks on the message), with mid excluded: strong, kept
-    blocks = [plain[0], {"role": "assistant", "content": a1, "thinking_blocks": [THINKING]}, plain[2]]
+    blocks: list[dict[str, Any]] = [
+        plain[0], {"role": "assistant", "content": a1, "thinking_blocks": [THINKING]}, plain[2]]
     m3, _, id3 = chat(server, blocks, lam=1.0, routing={"excluded": ["mid"]})
-    assert m3 == "strong" and row_for(server.ledger_path, id3)["affinity_reason"] == "state"
+    assert m3 == "strong" and row_for(ledger, id3)["affinity_reason"] == "state"
     # no anthropic model allowed: refused with a 409 naming the family, never answered by another provider
     with pytest.raises(openai.APIStatusError) as err:
         chat(server, with_state, lam=1.0, routing={"allowed": ["weak"]})

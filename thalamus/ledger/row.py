@@ -74,6 +74,7 @@ class LedgerRow:
     session_id: str | None = None           # migration 11: conversation affinity (gateway/core/affinity.py)
     affinity: str | None = None             # new | kept | switched
     affinity_reason: str | None = None
+    variant: str | None = None              # the backend variant that answered (BackendConfig.variants)
 
     def storable(self) -> dict[str, Any]:
         """Column values for the ``requests`` table, each one safe to insert; never raises."""

@@ -38,6 +38,18 @@ class DeploymentConfig(_Strict):
     weight: float = Field(default=1.0, gt=0)
 
 
+class VariantConfig(_Strict):
+    """One way of calling a backend (docs/conversations.md, "Variants"): default body parameters (such as
+    ``reasoning_effort: high`` or ``max_tokens``), a default system prompt, and its own prices. The gateway
+    serves it as the backend ``NAME@VARIANT``, a candidate like any other: routers and onboarding give it
+    its own quality, cost and latency profile, and the ledger row names it. Unset prices: the backend's."""
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    system: str | None = None
+    input_per_m: float | None = Field(default=None, ge=0)
+    output_per_m: float | None = Field(default=None, ge=0)
+
+
 class BackendConfig(_Strict):
     """One callable model. ``model`` is a litellm model id (``openai/<name>`` + ``api_base`` for
     any OpenAI-compatible server); ``api_key_env`` names the environment variable holding the key.
@@ -73,6 +85,12 @@ class BackendConfig(_Strict):
     # the provider family whose conversation state (thinking signatures, reasoning items) this backend
     # reads; None: the litellm model id's provider prefix ("anthropic/..." -> anthropic, else "openai")
     family: str | None = None
+    # default body parameters and system prompt (a request's own fields win); ``variants`` become the
+    # backends NAME@VARIANT (GatewayConfig expands them; ``variant`` names the one a backend is)
+    params: dict[str, Any] = Field(default_factory=dict)
+    system: str | None = None
+    variants: dict[str, VariantConfig] = Field(default_factory=dict)
+    variant: str | None = None
 
     @model_validator(mode="after")
     def _fill_from_catalog(self) -> BackendConfig:
@@ -97,6 +115,33 @@ class BackendConfig(_Strict):
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def expand(self) -> list[BackendConfig]:
+        """This backend, then one backend per variant, named ``NAME@VARIANT``."""
+        out = [self]
+        for name, v in self.variants.items():
+            if not name or "@" in name:
+                raise ValueError(f"backend {self.name!r}: variant name {name!r} must be non-empty, without '@'")
+            out.append(self.model_copy(update={
+                "name": f"{self.name}@{name}", "variants": {}, "variant": name, "params": self.params | v.params,
+                "system": v.system if v.system is not None else self.system,
+                "input_per_m": v.input_per_m if v.input_per_m is not None else self.input_per_m,
+                "output_per_m": v.output_per_m if v.output_per_m is not None else self.output_per_m}))
+        return out
+
+    def with_defaults(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with this backend's default parameters and system prompt where the request set none."""
+        if not self.params and self.system is None:
+            return body
+        out = self.params | body
+        if self.system is not None:
+            messages = out.get("messages")
+            if isinstance(messages, list) and not any(
+                    isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages):
+                out["messages"] = [{"role": "system", "content": self.system}, *messages]
+            elif "input" in out and "messages" not in out and out.get("instructions") is None:
+                out["instructions"] = self.system  # a Responses body for a backend that speaks it
+        return out
 
     @property
     def provider_family(self) -> str:
@@ -332,6 +377,7 @@ class GatewayConfig(_Strict):
     @field_validator("backends")
     @classmethod
     def _unique_backends(cls, value: list[BackendConfig]) -> list[BackendConfig]:
+        value = [one for b in value for one in (b.expand() if b.variant is None else [b])]
         names = [b.name for b in value]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

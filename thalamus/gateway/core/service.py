@@ -183,6 +183,7 @@ class GatewayService:
             p.estimate_tokens(text) if text else 0)
         row.chosen_model, row.cost_usd = name, cfg.cost(row.prompt_tokens, row.completion_tokens)
         row.price_input_per_m, row.price_output_per_m = cfg.input_per_m, cfg.output_per_m
+        row.variant = cfg.variant
         if judged:
             call.answer, call.messages = text, [dict(m) for m in view.messages]
 

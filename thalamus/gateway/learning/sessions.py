@@ -69,7 +69,11 @@ class SessionStore:
         pending = self._pending.get(key)
         if pending is not None:
             return pending
-        entry = await asyncio.to_thread(self._read, key)
+        try:
+            entry = await asyncio.to_thread(self._read, key)
+        except Exception as exc:  # the database is down: the turn is routed as a new conversation
+            log.warning("session affinity: reading a session failed (%s: %s)", type(exc).__name__, exc)
+            return None
         self.reads += 1
         if entry is None or not self._fresh(entry):
             return None
