@@ -74,6 +74,7 @@ requests = sa.Table(
     sa.Column("affinity", sa.String(16)),
     sa.Column("affinity_reason", sa.String(32)),
     sa.Column("variant", sa.String(64)),  # the backend variant that answered (BACKEND@VARIANT), when one did
+    sa.Column("guard", sa.Text),  # JSON {"ms", "findings": [{"check", "action", "rules", "n"}]} (core/guard.py)
 )
 
 feedback = sa.Table(
@@ -201,6 +202,7 @@ _SESSIONS_V11 = ("ALTER TABLE requests ADD COLUMN session_id VARCHAR(64)",
                  "ALTER TABLE requests ADD COLUMN affinity VARCHAR(16)",
                  "ALTER TABLE requests ADD COLUMN affinity_reason VARCHAR(32)",
                  "ALTER TABLE requests ADD COLUMN variant VARCHAR(64)",
+                 "ALTER TABLE requests ADD COLUMN guard TEXT",
                  """CREATE TABLE sessions (
     session_key VARCHAR(64) NOT NULL, conversation VARCHAR(64) NOT NULL, model VARCHAR(256) NOT NULL,
     family VARCHAR(128) NOT NULL, turn INTEGER NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (session_key))""",
@@ -255,7 +257,7 @@ MIGRATIONS: list[Migration] = [
     }),
     Migration(9, "pool-aware routing: switch_cost", {"sqlite": _POOL_V9, "postgresql": _POOL_V9}),
     Migration(10, "the prices a row was costed at", {"sqlite": _PRICES_V10, "postgresql": _PRICES_V10}),
-    Migration(11, "conversation affinity: sessions; backend variants", {"sqlite": _SESSIONS_V11, "postgresql": _SESSIONS_V11}),
+    Migration(11, "conversation affinity: sessions; backend variants; guard outcomes", {"sqlite": _SESSIONS_V11, "postgresql": _SESSIONS_V11}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from thalamus.catalog import lookup
 from thalamus.errors import ConfigError
 from thalamus.gateway.config.affinity import AffinityConfig
+from thalamus.gateway.config.guard import GuardConfig
 from thalamus.gateway.config.judge import JudgeConfig
 from thalamus.gateway.config.pool import PoolRoutingConfig
 from thalamus.router.policy import Knob
@@ -373,6 +374,7 @@ class GatewayConfig(_Strict):
     judge: JudgeConfig | None = None  # LLM-as-judge feedback (gateway/config/judge.py); off when absent
     pool_routing: PoolRoutingConfig = Field(default_factory=PoolRoutingConfig)  # gateway/learning/pool_aware.py
     affinity: AffinityConfig = Field(default_factory=AffinityConfig)  # gateway/core/affinity.py
+    guard: GuardConfig = Field(default_factory=GuardConfig)  # pre-routing checks (gateway/core/guard.py)
 
     @field_validator("backends")
     @classmethod
@@ -405,6 +407,9 @@ class GatewayConfig(_Strict):
                 _need(alias not in taken, f"routers.{rname}.aliases[{j}]",
                       f"{alias!r} is already a backend name or another alias")
                 taken.add(alias)
+        for i, check in enumerate(self.guard.checks):
+            for j, name in enumerate(check.models or []):
+                _need(name in known, f"guard.checks[{i}].models[{j}]", f"unknown backend {name!r}")
         if self.judge is not None:
             _need(self.judge.backend in known, "judge.backend", f"unknown backend {self.judge.backend!r}")
         if self.auth.enabled:

@@ -53,6 +53,7 @@ class Call:
     decision: Decision | None = None
     answer: str | None = None  # the answer's text and the request's messages, for the LLM judge
     messages: list[dict[str, Any]] | None = None
+    restrict: tuple[str, ...] | None = None  # the guard stage's restriction of the models that may answer
     session_header: str | None = None  # the conversation id header (affinity.header), as the client sent it
     turn: Turn | None = None
 

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import re
 import time
+from dataclasses import replace
 
 from thalamus.errors import ConfigError
 from thalamus.gateway.config import GatewayConfig
@@ -60,6 +61,9 @@ class Planner:
                                         target.router.name if target.router else None, view.overrides)
         if target.router is None:
             assert target.backend is not None
+            if call.restrict is not None and target.backend not in call.restrict:
+                raise p.RequestError(403, f"the guard stage allows only {list(call.restrict)} for this request, not "
+                                     f"{target.backend!r}", param="model", code="guard_restricted")
             call.row.chosen_model = target.backend
             return unique([target.backend, *self.config.fallback.models]) if routed else [target.backend]
         return await self._routed(call, target.router, target.threshold, overrides, view)
@@ -69,6 +73,8 @@ class Planner:
         fallback, text = self.config.fallback, view.routing_text
         try:
             knob = overrides.apply(loaded.default_knob())
+            if call.restrict is not None:
+                knob = self._restricted(knob, loaded, call.restrict)
             t0 = time.perf_counter()
             route = functools.partial(self._route, loaded, text, knob, threshold)
             decision = route() if self.learning.inline(loaded) else await asyncio.to_thread(route)
@@ -88,6 +94,15 @@ class Planner:
         if self.affinity is not None:  # a conversation keeps its model unless the gain beats switch_margin
             order = await self.affinity.apply(call, view, loaded.name, decision, order)
         return order[: fallback.max_candidates]
+
+    @staticmethod
+    def _restricted(knob: Knob, loaded: LoadedRouter, allowed: tuple[str, ...]) -> Knob:
+        """The knob cut to the guard stage's models (403 when the router serves none of them)."""
+        keep = tuple(m for m in (knob.allowed or loaded.servable) if m in allowed and m in loaded.router.models_)
+        if not keep:
+            raise p.RequestError(403, f"the guard stage allows only {list(allowed)} for this request, and router "
+                                 f"{loaded.name!r} serves none of them", param="model", code="guard_restricted")
+        return replace(knob, allowed=keep)
 
     def _route(self, loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
         if threshold is not None:  # RouteLLM form: the configured strong/weak pair of a many-model router

@@ -27,6 +27,7 @@ from thalamus.gateway.core.cache import ResponseCache, answer_cached
 from thalamus.gateway.core.call import Call, Result
 from thalamus.gateway.core.counterfactual import annotate
 from thalamus.gateway.core.endpoints import Endpoint
+from thalamus.gateway.core.guard import GuardStage
 from thalamus.gateway.core.relay import relay
 from thalamus.gateway.core.request import RequestView
 from thalamus.gateway.core.routing import Planner
@@ -54,6 +55,7 @@ class GatewayService:
         self.hasher, self.controls, self.keys, self.learning = hasher, controls, keys, learning
         self.cache, self.metrics, self.judge = cache, metrics, judge
         self.affinity = Affinity(config, sessions, hasher, backends)
+        self.guard = GuardStage(config.guard)
         self.planner = Planner(config, routers, backends, controls, learning, self.affinity)
         self.attempts = Attempts(backends, config.fallback)
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
@@ -122,6 +124,8 @@ class GatewayService:
         view = endpoint.parse(raw)
         row = call.row
         row.requested_model, row.stream = view.model, view.stream
+        if endpoint.routed:  # pre-routing checks: block, redact, restrict
+            view = self.guard.apply(call, view)
         row.prompt_hash = self.hasher(view.routing_text)
         if self.config.ledger.store_prompts:
             row.prompt_text = view.routing_text
