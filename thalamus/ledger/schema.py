@@ -257,7 +257,8 @@ MIGRATIONS: list[Migration] = [
     }),
     Migration(9, "pool-aware routing: switch_cost", {"sqlite": _POOL_V9, "postgresql": _POOL_V9}),
     Migration(10, "the prices a row was costed at", {"sqlite": _PRICES_V10, "postgresql": _PRICES_V10}),
-    Migration(11, "conversation affinity: sessions; backend variants; guard outcomes", {"sqlite": _SESSIONS_V11, "postgresql": _SESSIONS_V11}),
+    Migration(11, "conversation affinity: sessions; backend variants; guard outcomes",
+              {"sqlite": _SESSIONS_V11, "postgresql": _SESSIONS_V11}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

@@ -2,8 +2,10 @@
 
 1. (the HTTP layer caps the body size) the key is checked once; an admitted request gets exactly one row
 2. admission: rate limits (``tenancy/controls.py``)
-3. parse once: the endpoint's adapter turns the body into a frozen ``RequestView`` (``core/request.py``)
-4. plan: resolve the ``model`` field, check the key's scope, route (``core/routing.py``); reserve budget
+3. parse once: the endpoint's adapter turns the body into a frozen ``RequestView`` (``core/request.py``); the
+   guard stage (``core/guard.py``) may block it, redact it or restrict the models
+4. plan: resolve the ``model`` field, check the key's scope, route (``core/routing.py``), keep a conversation
+   on its model (``core/affinity.py``); reserve budget
 5. the response cache (chat, non-stream), else the attempts: retries, then fallbacks in the router's score
    order (``core/attempts.py``); a stream falls back only before its first byte
 6. account with the one price rule (``BackendConfig.cost``), and the relay's end-of-request rules for

@@ -7,8 +7,9 @@ fields travel as they are). ``from_chat`` turns a chat completion into a ``respo
 ``events`` turns a stream of chat chunks into the Responses event sequence (``response.created`` ...
 ``response.completed``). Backends with ``responses: true`` get the body untouched instead (service side:
 core/endpoints.py, ResponsesEndpoint). ``reasoning`` input items (provider state, see wire/conversation.py)
-are kept in the native body and left out of the chat form, which has no place for them. Stored conversations (``previous_response_id``) and built-in tools are refused
-with a 400: the gateway stores no responses and runs no tools.
+are kept in the native body and left out of the chat form, which has no place for them. Stored
+conversations (``previous_response_id``) and built-in tools are refused with a 400: the gateway stores no
+responses and runs no tools.
 """
 
 from __future__ import annotations
