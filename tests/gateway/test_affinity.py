@@ -207,3 +207,23 @@ def test_replicas_share_sessions_and_a_failing_model_switches(make_gateway: Gate
     turn3 = [*turn2, {"role": "assistant", "content": a2}, {"role": "user", "content": Q3}]
     m3, _, id3 = chat(a, turn3, lam=0.0)  # the router alone would pick strong again (lambda 0)
     assert m3 == m2 and row_for(shared, id3)["affinity_reason"] == "margin"
+
+
+def test_a_streamed_turn_is_remembered(gateway_with: Any) -> None:
+    """The answer of a streamed turn is recorded when the stream ends; the next (streamed) turn keeps it."""
+    server = gateway_with(margin=0.9)
+    sdk = client(server)
+    headers = {"x-thalamus-session-id": "streamed-1"}
+    with sdk.chat.completions.with_streaming_response.create(
+            model="router:best", messages=[{"role": "user", "content": Q1}], stream=True, extra_headers=headers,
+            extra_body={"routing": {"lambda": 0.0}}) as first:
+        m1, text = first.headers["x-thalamus-model"], "".join(
+            c.choices[0].delta.content or "" for c in first.parse() if c.choices)
+    turn2 = [{"role": "user", "content": Q1}, {"role": "assistant", "content": text}, {"role": "user", "content": Q2}]
+    with sdk.chat.completions.with_streaming_response.create(
+            model="router:best", messages=turn2, stream=True, extra_headers=headers,  # type: ignore[arg-type]
+            extra_body={"routing": {"lambda": 0.5}}) as second:
+        m2, rid = second.headers["x-thalamus-model"], second.headers["x-thalamus-request-id"]
+        list(second.parse())
+    assert m1 == m2 == "strong"
+    assert row_for(server.ledger_path, rid)["affinity"] == "kept"

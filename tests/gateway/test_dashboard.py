@@ -162,6 +162,9 @@ def check_page(page: Any, ledger: Path, sent: list[Any]) -> None:
     assert int(card("requests")) == n == len(sent)
     assert float(card("spend")) == pytest.approx(spend) and float(card("savings")) == pytest.approx(cf - spend)
     assert float(card("quality")) == pytest.approx(score)
+    conversations = sql(ledger, "SELECT count(*) FROM requests WHERE affinity = 'new'")[0][0]
+    assert conversations == 14  # every routed request starts a conversation; none continues one: no rate yet
+    assert card("switch") == "" and f"{conversations} conversations" in page.text_content("#card-switch-sub")
     points = page.evaluate("window.thalamusDashboard.data.series.points.length")
     assert points in (24, 25)  # 24 hours of hour buckets, aligned down
     traces = lambda chart: page.evaluate(  # noqa: E731

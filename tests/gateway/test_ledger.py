@@ -42,7 +42,7 @@ def test_migrations_are_numbered_and_upgrade_in_place(tmp_path: Path) -> None:
     assert {"api_keys", "key_usage"} <= tables and "cache" in columns  # migration 7
     assert "judge_calls" in tables  # migration 8
     assert "switch_cost" in columns  # migration 9
-    assert {"session_id", "affinity", "affinity_reason", "variant", "guard"} <= columns  # migration 11
+    assert {"session_id", "affinity", "affinity_reason", "variant", "guard", "policy"} <= columns  # migration 11
     assert "sessions" in tables
     assert Ledger(url).migrate() == MIGRATIONS[-1].number  # idempotent
 

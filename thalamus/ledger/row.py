@@ -77,6 +77,7 @@ class LedgerRow:
     affinity_reason: str | None = None
     variant: str | None = None              # the backend variant that answered (BackendConfig.variants)
     guard: dict[str, Any] | None = None     # the guard stage's findings and time (gateway/core/guard.py)
+    policy: str | None = None               # the named route that matched (gateway/learning/policies.py)
 
     def storable(self) -> dict[str, Any]:
         """Column values for the ``requests`` table, each one safe to insert; never raises."""

@@ -75,6 +75,7 @@ requests = sa.Table(
     sa.Column("affinity_reason", sa.String(32)),
     sa.Column("variant", sa.String(64)),  # the backend variant that answered (BACKEND@VARIANT), when one did
     sa.Column("guard", sa.Text),  # JSON {"ms", "findings": [{"check", "action", "rules", "n"}]} (core/guard.py)
+    sa.Column("policy", sa.String(128)),  # the named route that matched (gateway/learning/policies.py)
 )
 
 feedback = sa.Table(
@@ -203,6 +204,7 @@ _SESSIONS_V11 = ("ALTER TABLE requests ADD COLUMN session_id VARCHAR(64)",
                  "ALTER TABLE requests ADD COLUMN affinity_reason VARCHAR(32)",
                  "ALTER TABLE requests ADD COLUMN variant VARCHAR(64)",
                  "ALTER TABLE requests ADD COLUMN guard TEXT",
+                 "ALTER TABLE requests ADD COLUMN policy VARCHAR(128)",
                  """CREATE TABLE sessions (
     session_key VARCHAR(64) NOT NULL, conversation VARCHAR(64) NOT NULL, model VARCHAR(256) NOT NULL,
     family VARCHAR(128) NOT NULL, turn INTEGER NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (session_key))""",
@@ -257,7 +259,7 @@ MIGRATIONS: list[Migration] = [
     }),
     Migration(9, "pool-aware routing: switch_cost", {"sqlite": _POOL_V9, "postgresql": _POOL_V9}),
     Migration(10, "the prices a row was costed at", {"sqlite": _PRICES_V10, "postgresql": _PRICES_V10}),
-    Migration(11, "conversation affinity: sessions; backend variants; guard outcomes",
+    Migration(11, "affinity sessions; variant, guard, policy columns",
               {"sqlite": _SESSIONS_V11, "postgresql": _SESSIONS_V11}),
 ]
 

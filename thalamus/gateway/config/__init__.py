@@ -222,6 +222,17 @@ class ControllerConfig(_Strict):
         return self
 
 
+class PolicyConfig(_Strict):
+    """A named route (gateway/learning/policies.py): prompts like ``description`` (and ``examples``) may be
+    answered only by ``models``; ``threshold`` (cosine similarity) overrides the calibrated one."""
+
+    name: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    examples: list[str] = Field(default_factory=list)
+    models: list[str] = Field(min_length=1)
+    threshold: float | None = Field(default=None, ge=-1, le=1)
+
+
 class RouterConfig(_Strict):
     """A trained router artifact. ``strong``/``weak`` enable RouteLLM's ``router-NAME-THRESHOLD`` names.
     ``baseline`` is the model the dashboard's counterfactual spend is priced on (default: ``strong``).
@@ -239,6 +250,9 @@ class RouterConfig(_Strict):
     checkpoint_every: int = Field(default=50, ge=1)
     controller: ControllerConfig | None = None
     switch_margin: float | None = Field(default=None, ge=0)  # conversation affinity; None: affinity.switch_margin
+    policies: list[PolicyConfig] = Field(default_factory=list)  # named routes, matched before the knob decides
+    policy_threshold: float = Field(default=0.2, ge=-1, le=1)  # the calibrated thresholds' floor
+    policy_margin: float = Field(default=0.02, ge=0)
 
     def baseline_model(self) -> str | None:
         return self.baseline or self.strong
@@ -403,6 +417,9 @@ class GatewayConfig(_Strict):
                 _need(value is None or value in known, f"routers.{rname}.{field}", f"unknown backend {value!r}")
             for j, name in enumerate(router.knob.allowed or []):
                 _need(name in known, f"routers.{rname}.knob.allowed[{j}]", f"unknown backend {name!r}")
+            for j, policy in enumerate(router.policies):
+                for k, name in enumerate(policy.models):
+                    _need(name in known, f"routers.{rname}.policies[{j}].models[{k}]", f"unknown backend {name!r}")
             for j, alias in enumerate(router.aliases):
                 _need(alias not in taken, f"routers.{rname}.aliases[{j}]",
                       f"{alias!r} is already a backend name or another alias")

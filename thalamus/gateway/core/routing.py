@@ -22,10 +22,11 @@ from thalamus.gateway.core.decisions import fallback_order, knob_dict, threshold
 from thalamus.gateway.core.request import RequestView
 from thalamus.gateway.learning.artifacts import LoadedRouter
 from thalamus.gateway.learning.loop import LearningLoop
+from thalamus.gateway.learning.policies import PolicyMatcher
 from thalamus.gateway.tenancy.controls import TeamControls
 from thalamus.gateway.upstream.base import Backend
 from thalamus.gateway.wire import protocol as p
-from thalamus.router.policy import Decision, Knob
+from thalamus.router.policy import Decision, Knob, allowed_mask, decide
 
 ROUTELLM_NAME = re.compile(r"^router-(?P<name>.+)-(?P<threshold>[0-9]*\.?[0-9]+)$")
 
@@ -36,6 +37,10 @@ class Planner:
         self.config, self.routers, self.backends = config, routers, backends
         self.controls, self.learning, self.affinity = controls, learning, affinity
         self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
+        # named routes (learning/policies.py): their texts embedded once, with each router's own embedder
+        self.policies = {name: PolicyMatcher(r.config.policies, r.router.embedder_in_use(), r.config.policy_threshold,
+                                             r.config.policy_margin)
+                         for name, r in routers.items() if r.config.policies}
 
     def resolve(self, model: str, routed: bool = True) -> Target:
         if model in self.backends:
@@ -84,12 +89,16 @@ class Planner:
         call.decision = decision
         row = call.row
         row.router, row.artifact_version, row.knob = loaded.name, loaded.version, knob_dict(decision.knob)
-        row.chosen_model = decision.model
+        row.chosen_model, row.policy = decision.model, decision.log.get("policy")
         self.learning.record(row, loaded, decision)  # probability and candidates (quality, cost, p)
         if decision.model not in self.backends:
             raise p.RequestError(400, f"the router chose {decision.model!r}, which has no configured backend; "
                                  "restrict routing.allowed to backends", param="routing.allowed")
         order = [decision.model, *(fallback.models if fallback.order == "list" else fallback_order(decision))]
+        forced = decision.log.get("policy_models")
+        if forced:  # a policy whose models the router does not score: they answer, in the listed order
+            order = list(forced)
+            row.chosen_model = order[0]
         order = unique([m for m in order if m in self.backends])
         if self.affinity is not None:  # a conversation keeps its model unless the gain beats switch_margin
             order = await self.affinity.apply(call, view, loaded.name, decision, order)
@@ -107,4 +116,22 @@ class Planner:
     def _route(self, loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
         if threshold is not None:  # RouteLLM form: the configured strong/weak pair of a many-model router
             knob = threshold_knob(loaded.pair(), knob, threshold)
-        return self.learning.route(loaded, text, knob)
+        decision = self.learning.route(loaded, text, knob)
+        matcher = self.policies.get(loaded.name)
+        return decision if matcher is None else self._policy(matcher, text, decision)
+
+    @staticmethod
+    def _policy(matcher: PolicyMatcher, text: str, decision: Decision) -> Decision:
+        """The decision within the matching policy's models (the knob chooses among them), or unchanged."""
+        match = matcher.match(text, decision.features)
+        if match is None:
+            return decision
+        mask = allowed_mask(decision.models, decision.knob)
+        subset = tuple(m for m in match.models if m in decision.models and mask[decision.models.index(m)])
+        log = {**decision.log, "policy": match.name, "policy_similarity": match.similarity}
+        if not subset:
+            return replace(decision, log=log | {"policy_models": match.models},
+                           reason=f"policy {match.name}: {', '.join(match.models)}")
+        chosen = decide(decision.predicted_quality, decision.expected_cost, decision.models,
+                        replace(decision.knob, allowed=subset), cost_scale=decision.extra.get("cost_scale"))
+        return replace(chosen, features=decision.features, log=log, reason=f"policy {match.name}: {chosen.reason}")
