@@ -64,3 +64,18 @@ def test_policies_route_before_the_knob(policy_gateway: ThreadedServer) -> None:
     assert code == "mid" and row["policy"] == "code"  # the knob's best among the policy's models
     legal, row = ask("Can my landlord break the lease contract? What does the law say about liability?")
     assert legal == "counsel" and row["policy"] == "legal"  # a model the router does not score
+
+
+def test_a_policy_stays_within_the_request_and_the_routellm_form(policy_gateway: ThreadedServer) -> None:
+    sdk = openai.OpenAI(base_url=policy_gateway.url + "/v1", api_key="unused", max_retries=0)
+    legal = "Can my landlord break the lease contract? What does the law say about liability?"
+    code = "Write a Python function that sorts a list of numbers."
+    # the client excluded the legal policy's model: the router's decision stands
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="router:best", messages=[{"role": "user", "content": legal}],
+        extra_body={"routing": {"excluded": ["counsel"]}})
+    assert raw.headers["x-thalamus-model"] == "strong"
+    # RouteLLM's threshold form (strong vs weak): the code policy leaves only weak of the pair
+    raw = sdk.chat.completions.with_raw_response.create(model="router-best-0.0",
+                                                        messages=[{"role": "user", "content": code}])
+    assert raw.headers["x-thalamus-model"] == "weak"

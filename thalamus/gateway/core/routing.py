@@ -95,14 +95,22 @@ class Planner:
             raise p.RequestError(400, f"the router chose {decision.model!r}, which has no configured backend; "
                                  "restrict routing.allowed to backends", param="routing.allowed")
         order = [decision.model, *(fallback.models if fallback.order == "list" else fallback_order(decision))]
-        forced = decision.log.get("policy_models")
+        forced = self._forced(call, decision)
         if forced:  # a policy whose models the router does not score: they answer, in the listed order
-            order = list(forced)
+            order = forced
             row.chosen_model = order[0]
         order = unique([m for m in order if m in self.backends])
         if self.affinity is not None:  # a conversation keeps its model unless the gain beats switch_margin
             order = await self.affinity.apply(call, view, loaded.name, decision, order)
         return order[: fallback.max_candidates]
+
+    @staticmethod
+    def _forced(call: Call, decision: Decision) -> list[str]:
+        """A matched policy's models that the router does not score, within the request's own restrictions
+        (``routing.allowed`` / ``excluded``, the guard stage); empty: the router's decision stands."""
+        knob = decision.knob
+        return [m for m in decision.log.get("policy_models") or () if m not in knob.excluded
+                and (knob.allowed is None or m in knob.allowed) and (call.restrict is None or m in call.restrict)]
 
     @staticmethod
     def _restricted(knob: Knob, loaded: LoadedRouter, allowed: tuple[str, ...]) -> Knob:
@@ -132,6 +140,9 @@ class Planner:
         if not subset:
             return replace(decision, log=log | {"policy_models": match.models},
                            reason=f"policy {match.name}: {', '.join(match.models)}")
-        chosen = decide(decision.predicted_quality, decision.expected_cost, decision.models,
-                        replace(decision.knob, allowed=subset), cost_scale=decision.extra.get("cost_scale"))
+        knob = replace(decision.knob, allowed=subset)
+        if knob.kind == "threshold" and (len(subset) != 2 or knob.strong not in subset):
+            knob = Knob("lambda", 0.0, max_cost=knob.max_cost, allowed=subset)  # no pair left: the best quality
+        chosen = decide(decision.predicted_quality, decision.expected_cost, decision.models, knob,
+                        cost_scale=decision.extra.get("cost_scale"))
         return replace(chosen, features=decision.features, log=log, reason=f"policy {match.name}: {chosen.reason}")
