@@ -99,3 +99,19 @@ def test_store_round_trip_ttl_and_size(db_url: str) -> None:
 
     asyncio.run(scenario())
     ledger.close()
+
+
+def test_a_failing_database_routes_the_turn_as_new(tmp_path: object) -> None:
+    """A read that fails (here: no sessions table) finds nothing instead of failing the request; a failed
+    write keeps its entries for the next flush."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/empty.sqlite")
+    store = SessionStore(AffinityConfig(), engine)
+    assert asyncio.run(store.get("missing")) is None
+    store.put(entry("k"))
+    store._cache.clear()
+    try:
+        store.flush()
+        raise AssertionError("the write should fail without a sessions table")
+    except sa.exc.OperationalError:
+        pass
+    assert "k" in store._pending
