@@ -164,6 +164,9 @@ def check_page(page: Any, ledger: Path, sent: list[Any]) -> None:
     assert int(card("requests")) == n == len(sent)
     assert float(card("spend")) == pytest.approx(spend) and float(card("savings")) == pytest.approx(cf - spend)
     assert float(card("quality")) == pytest.approx(score)
+    conversations = sql(ledger, "SELECT count(*) FROM requests WHERE affinity = 'new'")[0][0]
+    assert conversations == 14  # every routed request starts a conversation; none continues one: no rate yet
+    assert card("switch") == "" and f"{conversations} conversations" in page.text_content("#card-switch-sub")
     points = page.evaluate("window.thalamusDashboard.data.series.points.length")
     # the default range fits the data (issue 22): fresh rows -> from their first minute, in minute buckets
     first = sql(ledger, "SELECT min(created_at) FROM requests")[0][0]

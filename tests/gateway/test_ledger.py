@@ -46,6 +46,8 @@ def test_migrations_are_numbered_and_upgrade_in_place(tmp_path: Path) -> None:
     with ledger.engine.connect() as conn:
         key_columns = {c["name"] for c in sa.inspect(conn).get_columns("api_keys")}
     assert {"role", "expires_at", "prev_key_hash", "prev_expires_at"} <= key_columns
+    assert {"session_id", "affinity", "affinity_reason", "variant", "guard", "policy"} <= columns  # migration 12
+    assert "sessions" in tables
     assert Ledger(url).migrate() == MIGRATIONS[-1].number  # idempotent
 
 

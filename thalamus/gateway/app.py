@@ -38,6 +38,7 @@ from thalamus.gateway.learning.feedback import FeedbackDesk
 from thalamus.gateway.learning.judge import start_judge
 from thalamus.gateway.learning.loop import LearningLoop
 from thalamus.gateway.learning.pool_state import PoolTracker
+from thalamus.gateway.learning.sessions import SessionStore
 from thalamus.gateway.stats.metrics import GatewayMetrics, busiest_keys, multiprocess_dir
 from thalamus.gateway.stats.tracing import provider_from_env, tracer_for
 from thalamus.gateway.tenancy.auth import KeyChecker
@@ -185,11 +186,15 @@ async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backend
     if judge is not None:  # closed first: its workers still use the backends, the writer and the ledger
         stack.push_async_callback(judge.close)
     hasher = PromptHasher(load_key(config.ledger.hash_key_env, settings.cache_dir / "prompt_hash.key"))
+    sessions = app.state.sessions = SessionStore(config.affinity, ledger.engine) if config.affinity.enabled else None
+    if sessions is not None:  # conversation affinity (core/affinity.py); drained before the ledger closes
+        sessions.start()
+        stack.push_async_callback(sessions.close)
     app.state.ledger = ledger
     app.state.service = GatewayService(config, routers, owned, writer, hasher, controls,
                                        KeyChecker(config.auth, controls.lookup), learning,
                                        ResponseCache(config.cache), metrics=metrics, judge=judge,
-                                       tracer=start_tracing(tracer_provider, stack))
+                                       tracer=start_tracing(tracer_provider, stack), sessions=sessions)
 
 
 def start_tracing(given: TracerProvider | None, stack: AsyncExitStack) -> Tracer | None:

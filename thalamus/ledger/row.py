@@ -23,6 +23,7 @@ from thalamus.ledger.schema import requests
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _INT_RANGE = {sa.BigInteger: (-(2**63), 2**63 - 1), sa.Integer: (-(2**31), 2**31 - 1)}
+_JSON_COLUMNS = ("knob", "candidates", "fallback_chain", "switch_cost", "guard")
 _JSON_DEPTH = 32  # deeper structures are stored as their repr: nothing legitimate nests that far
 
 
@@ -71,6 +72,12 @@ class LedgerRow:
     switch_cost: dict[str, Any] | None = None
     price_input_per_m: float | None = None  # the prices cost_usd was computed with (BackendConfig.cost)
     price_output_per_m: float | None = None
+    session_id: str | None = None           # migration 12: conversation affinity (gateway/core/affinity.py)
+    affinity: str | None = None             # new | kept | switched
+    affinity_reason: str | None = None
+    variant: str | None = None              # the backend variant that answered (BackendConfig.variants)
+    guard: dict[str, Any] | None = None     # the guard stage's findings and time (gateway/core/guard.py)
+    policy: str | None = None               # the named route that matched (gateway/learning/policies.py)
 
     def storable(self) -> dict[str, Any]:
         """Column values for the ``requests`` table, each one safe to insert; never raises."""
@@ -159,7 +166,7 @@ def storable_value(column: sa.Column[Any], value: Any) -> Any:
     if value is None:
         return None
     kind = column.type
-    if isinstance(kind, sa.Text) and column.name in ("knob", "candidates", "fallback_chain", "switch_cost"):
+    if isinstance(kind, sa.Text) and column.name in _JSON_COLUMNS:
         return json.dumps(json_safe(value), allow_nan=False)
     if isinstance(kind, sa.String):  # Text is a String without a length
         return _as_text(value, kind.length)

@@ -68,6 +68,14 @@ requests = sa.Table(
     # migration 10: the prices the one price rule used for cost_usd (and the baseline), USD per 1M tokens
     sa.Column("price_input_per_m", sa.Float),
     sa.Column("price_output_per_m", sa.Float),
+    # migration 12: conversation affinity (gateway/core/affinity.py): the conversation's keyed id, the turn's
+    # outcome (new | kept | switched) and why (same | margin | state | gain | unavailable | failed)
+    sa.Column("session_id", sa.String(64)),
+    sa.Column("affinity", sa.String(16)),
+    sa.Column("affinity_reason", sa.String(32)),
+    sa.Column("variant", sa.String(64)),  # the backend variant that answered (BACKEND@VARIANT), when one did
+    sa.Column("guard", sa.Text),  # JSON {"ms", "findings": [{"check", "action", "rules", "n"}]} (core/guard.py)
+    sa.Column("policy", sa.String(128)),  # the named route that matched (gateway/learning/policies.py)
 )
 
 feedback = sa.Table(
@@ -147,6 +155,18 @@ judge_calls = sa.Table(
     sa.Column("error", sa.String(128)),
 )
 
+# migration 12: the model that answered each conversation's latest turn, shared by replicas (learning/sessions.py);
+# ``session_key`` is the keyed hash the next turn looks up, ``conversation`` the id every turn's row records
+sessions = sa.Table(
+    "sessions", metadata,
+    sa.Column("session_key", sa.String(64), primary_key=True),
+    sa.Column("conversation", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("family", sa.String(128), nullable=False),
+    sa.Column("turn", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 REQUEST_COLUMNS = [c.name for c in requests.columns]
 
 # -- frozen DDL: never edit a released version; add a new one -------------------------------
@@ -204,6 +224,16 @@ _TEAMS_V11 = ("ALTER TABLE api_keys ADD COLUMN role VARCHAR(16)",
 _PRICES_V10 = ("ALTER TABLE requests ADD COLUMN price_input_per_m FLOAT",
                "ALTER TABLE requests ADD COLUMN price_output_per_m FLOAT")
 
+_SESSIONS_V12 = ("ALTER TABLE requests ADD COLUMN session_id VARCHAR(64)",
+                 "ALTER TABLE requests ADD COLUMN affinity VARCHAR(16)",
+                 "ALTER TABLE requests ADD COLUMN affinity_reason VARCHAR(32)",
+                 "ALTER TABLE requests ADD COLUMN variant VARCHAR(64)",
+                 "ALTER TABLE requests ADD COLUMN guard TEXT",
+                 "ALTER TABLE requests ADD COLUMN policy VARCHAR(128)",
+                 """CREATE TABLE sessions (
+    session_key VARCHAR(64) NOT NULL, conversation VARCHAR(64) NOT NULL, model VARCHAR(256) NOT NULL,
+    family VARCHAR(128) NOT NULL, turn INTEGER NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (session_key))""",
+                 "CREATE INDEX ix_sessions_updated_at ON sessions (updated_at)")
 
 _JUDGE_CALLS_V8 = """CREATE TABLE judge_calls (
     id {pk} NOT NULL, request_id VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL, judge VARCHAR(256) NOT NULL,
@@ -255,6 +285,8 @@ MIGRATIONS: list[Migration] = [
     Migration(9, "pool-aware routing: switch_cost", {"sqlite": _POOL_V9, "postgresql": _POOL_V9}),
     Migration(10, "the prices a row was costed at", {"sqlite": _PRICES_V10, "postgresql": _PRICES_V10}),
     Migration(11, "key roles, expiry, rotation; teams", {"sqlite": _TEAMS_V11, "postgresql": _TEAMS_V11}),
+    Migration(12, "affinity sessions; variant, guard, policy columns",
+              {"sqlite": _SESSIONS_V12, "postgresql": _SESSIONS_V12}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from thalamus.catalog import lookup, lookup_model, price_help
 from thalamus.errors import ConfigError
+from thalamus.gateway.config.affinity import AffinityConfig
+from thalamus.gateway.config.guard import GuardConfig
 from thalamus.gateway.config.judge import JudgeConfig
 from thalamus.gateway.config.pool import PoolRoutingConfig
 from thalamus.gateway.config.strict_yaml import DuplicateKeyError, load_yaml
@@ -36,6 +38,18 @@ class DeploymentConfig(_Strict):
     provider: Literal["litellm", "openai-compatible"] | None = None
     api_key_env: str | None = None
     weight: float = Field(default=1.0, gt=0)
+
+
+class VariantConfig(_Strict):
+    """One way of calling a backend (docs/conversations.md, "Variants"): default body parameters (such as
+    ``reasoning_effort: high`` or ``max_tokens``), a default system prompt, and its own prices. The gateway
+    serves it as the backend ``NAME@VARIANT``, a candidate like any other: routers and onboarding give it
+    its own quality, cost and latency profile, and the ledger row names it. Unset prices: the backend's."""
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    system: str | None = None
+    input_per_m: float | None = Field(default=None, ge=0)
+    output_per_m: float | None = Field(default=None, ge=0)
 
 
 class BackendConfig(_Strict):
@@ -70,6 +84,15 @@ class BackendConfig(_Strict):
     cooldown_failures: int = Field(default=3, ge=1)
     cooldown_s: float = Field(default=30.0, ge=0)
     max_cooldown_s: float = Field(default=300.0, ge=0)
+    # the provider family whose conversation state (thinking signatures, reasoning items) this backend
+    # reads; None: the litellm model id's provider prefix ("anthropic/..." -> anthropic, else "openai")
+    family: str | None = None
+    # default body parameters and system prompt (a request's own fields win); ``variants`` become the
+    # backends NAME@VARIANT (GatewayConfig expands them; ``variant`` names the one a backend is)
+    params: dict[str, Any] = Field(default_factory=dict)
+    system: str | None = None
+    variants: dict[str, VariantConfig] = Field(default_factory=dict)
+    variant: str | None = None
 
     @model_validator(mode="after")
     def _fill_from_catalog(self) -> BackendConfig:
@@ -94,6 +117,41 @@ class BackendConfig(_Strict):
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def expand(self) -> list[BackendConfig]:
+        """This backend, then one backend per variant, named ``NAME@VARIANT``."""
+        out = [self]
+        for name, v in self.variants.items():
+            if not name or "@" in name:
+                raise ValueError(f"backend {self.name!r}: variant name {name!r} must be non-empty, without '@'")
+            out.append(self.model_copy(update={
+                "name": f"{self.name}@{name}", "variants": {}, "variant": name, "params": self.params | v.params,
+                "system": v.system if v.system is not None else self.system,
+                "input_per_m": v.input_per_m if v.input_per_m is not None else self.input_per_m,
+                "output_per_m": v.output_per_m if v.output_per_m is not None else self.output_per_m}))
+        return out
+
+    def with_defaults(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with this backend's default parameters and system prompt where the request set none."""
+        if not self.params and self.system is None:
+            return body
+        out = self.params | body
+        if self.system is not None:
+            messages = out.get("messages")
+            if isinstance(messages, list) and not any(
+                    isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages):
+                out["messages"] = [{"role": "system", "content": self.system}, *messages]
+            elif "input" in out and "messages" not in out and out.get("instructions") is None:
+                out["instructions"] = self.system  # a Responses body for a backend that speaks it
+        return out
+
+    @property
+    def provider_family(self) -> str:
+        """Backends of one family can continue each other's conversations with provider state."""
+        if self.family:
+            return self.family
+        model = self.model or ""
+        return model.split("/", 1)[0] if "/" in model else "openai"
 
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
         """USD for this many tokens at this backend's prices: the one price rule (reservations, accounting,
@@ -165,6 +223,17 @@ class ControllerConfig(_Strict):
         return self
 
 
+class PolicyConfig(_Strict):
+    """A named route (gateway/learning/policies.py): prompts like ``description`` (and ``examples``) may be
+    answered only by ``models``; ``threshold`` (cosine similarity) overrides the calibrated one."""
+
+    name: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    examples: list[str] = Field(default_factory=list)
+    models: list[str] = Field(min_length=1)
+    threshold: float | None = Field(default=None, ge=-1, le=1)
+
+
 class RouterConfig(_Strict):
     """A trained router artifact. ``strong``/``weak`` enable RouteLLM's ``router-NAME-THRESHOLD`` names.
     ``baseline`` is the model the dashboard's counterfactual spend is priced on (default: ``strong``).
@@ -181,6 +250,10 @@ class RouterConfig(_Strict):
     learn_online: bool = True
     checkpoint_every: int = Field(default=50, ge=1)
     controller: ControllerConfig | None = None
+    switch_margin: float | None = Field(default=None, ge=0)  # conversation affinity; None: affinity.switch_margin
+    policies: list[PolicyConfig] = Field(default_factory=list)  # named routes, matched before the knob decides
+    policy_threshold: float = Field(default=0.2, ge=-1, le=1)  # the calibrated thresholds' floor
+    policy_margin: float = Field(default=0.02, ge=0)
 
     def baseline_model(self) -> str | None:
         return self.baseline or self.strong
@@ -324,10 +397,13 @@ class GatewayConfig(_Strict):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     judge: JudgeConfig | None = None  # LLM-as-judge feedback (gateway/config/judge.py); off when absent
     pool_routing: PoolRoutingConfig = Field(default_factory=PoolRoutingConfig)  # gateway/learning/pool_aware.py
+    affinity: AffinityConfig = Field(default_factory=AffinityConfig)  # gateway/core/affinity.py
+    guard: GuardConfig = Field(default_factory=GuardConfig)  # pre-routing checks (gateway/core/guard.py)
 
     @field_validator("backends")
     @classmethod
     def _unique_backends(cls, value: list[BackendConfig]) -> list[BackendConfig]:
+        value = [one for b in value for one in (b.expand() if b.variant is None else [b])]
         names = [b.name for b in value]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -351,10 +427,16 @@ class GatewayConfig(_Strict):
                 _need(value is None or value in known, f"routers.{rname}.{field}", f"unknown backend {value!r}")
             for j, name in enumerate(router.knob.allowed or []):
                 _need(name in known, f"routers.{rname}.knob.allowed[{j}]", f"unknown backend {name!r}")
+            for j, policy in enumerate(router.policies):
+                for k, name in enumerate(policy.models):
+                    _need(name in known, f"routers.{rname}.policies[{j}].models[{k}]", f"unknown backend {name!r}")
             for j, alias in enumerate(router.aliases):
                 _need(alias not in taken, f"routers.{rname}.aliases[{j}]",
                       f"{alias!r} is already a backend name or another alias")
                 taken.add(alias)
+        for i, check in enumerate(self.guard.checks):
+            for j, name in enumerate(check.models or []):
+                _need(name in known, f"guard.checks[{i}].models[{j}]", f"unknown backend {name!r}")
         if self.judge is not None:
             _need(self.judge.backend in known, "judge.backend", f"unknown backend {self.judge.backend!r}")
         if self.auth.enabled:

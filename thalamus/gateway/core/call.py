@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thalamus.gateway.learning.artifacts import LoadedRouter
+from thalamus.gateway.learning.sessions import SessionEntry
 from thalamus.gateway.stats.tracing import RequestTrace
 from thalamus.ledger.row import LedgerRow
 from thalamus.router.policy import Decision
@@ -21,6 +22,17 @@ class Target:
     backend: str | None = None
     router: LoadedRouter | None = None
     threshold: float | None = None  # RouteLLM form
+
+
+@dataclass
+class Turn:
+    """One turn of a conversation as affinity sees it (gateway/core/affinity.py), kept until the answer."""
+
+    conversation: str  # the id every turn's row records
+    store_key: str  # where this turn's answer is recorded for the next turn
+    number: int  # answers before this one
+    previous: SessionEntry | None  # the answer to the previous turn, when known
+    kept: bool = False  # the plan put the previous model first
 
 
 @dataclass
@@ -43,6 +55,9 @@ class Call:
     answer: str | None = None  # the answer's text and the request's messages, for the LLM judge
     messages: list[dict[str, Any]] | None = None
     trace: RequestTrace | None = None  # the request's span, ended at finish (stats/tracing.py)
+    restrict: tuple[str, ...] | None = None  # the guard stage's restriction of the models that may answer
+    session_header: str | None = None  # the conversation id header (affinity.header), as the client sent it
+    turn: Turn | None = None
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000

@@ -79,13 +79,13 @@ class ChatEndpoint:
         return chat_view(body, body)
 
     async def complete(self, backend: Backend, view: RequestView, rid: str) -> dict[str, Any]:
-        return await backend.complete(view.forward)
+        return await backend.complete(backend.config.with_defaults(view.forward))
 
     def answer(self, response: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         return response.get("usage"), _choice_text(response.get("choices"), "message", "content")
 
     async def open(self, backend: Backend, view: RequestView, rid: str) -> AsyncIterator[dict[str, Any]]:
-        return backend.stream(view.forward).__aiter__()
+        return backend.stream(backend.config.with_defaults(view.forward)).__aiter__()
 
     def frame(self, name: str, item: dict[str, Any], seq: int) -> Frame:
         item["model"] = name
@@ -125,8 +125,10 @@ class ResponsesEndpoint:
     async def complete(self, backend: Backend, view: RequestView, rid: str) -> dict[str, Any]:
         assert view.native is not None
         if self._native(backend):
-            return _responses_answer(backend.name, await backend.post_json("/responses", view.native))
-        return rs.from_chat(await backend.complete(view.forward), view.native, rid, backend.name)
+            return _responses_answer(backend.name, await backend.post_json(
+                "/responses", backend.config.with_defaults(view.native)))
+        return rs.from_chat(await backend.complete(backend.config.with_defaults(view.forward)), view.native, rid,
+                            backend.name)
 
     def answer(self, response: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         return rs.chat_usage(response.get("usage")), rs.output_text(response)
@@ -134,10 +136,11 @@ class ResponsesEndpoint:
     async def open(self, backend: Backend, view: RequestView, rid: str) -> AsyncIterator[dict[str, Any]]:
         assert view.native is not None
         if self._native(backend):
-            return backend.stream_json("/responses", view.native).__aiter__()
+            return backend.stream_json("/responses", backend.config.with_defaults(view.native)).__aiter__()
         # response.created and .in_progress are made here; the third event needs the upstream's first chunk,
         # so a failing upstream fails inside this attempt and the next candidate is tried
-        translated = rs.events(backend.stream(view.forward), view.native, rid, backend.name).__aiter__()
+        translated = rs.events(backend.stream(backend.config.with_defaults(view.forward)), view.native, rid,
+                               backend.name).__aiter__()
         head = []
         for _ in range(3):
             event = await anext(translated, None)

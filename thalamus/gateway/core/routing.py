@@ -14,29 +14,36 @@ import functools
 import json
 import re
 import time
+from dataclasses import replace
 
 from thalamus.errors import ConfigError
 from thalamus.gateway.config import GatewayConfig
+from thalamus.gateway.core.affinity import Affinity
 from thalamus.gateway.core.call import Call, Target
 from thalamus.gateway.core.decisions import fallback_order, knob_dict, threshold_knob, unique
 from thalamus.gateway.core.request import RequestView
 from thalamus.gateway.learning.artifacts import LoadedRouter
 from thalamus.gateway.learning.loop import LearningLoop
+from thalamus.gateway.learning.policies import PolicyMatcher
 from thalamus.gateway.tenancy.controls import TeamControls
 from thalamus.gateway.upstream.base import Backend
 from thalamus.gateway.wire import protocol as p
 from thalamus.ledger.row import LedgerRow
-from thalamus.router.policy import Decision, Knob
+from thalamus.router.policy import Decision, Knob, allowed_mask, decide
 
 ROUTELLM_NAME = re.compile(r"^router-(?P<name>.+)-(?P<threshold>[0-9]*\.?[0-9]+)$")
 
 
 class Planner:
     def __init__(self, config: GatewayConfig, routers: dict[str, LoadedRouter], backends: dict[str, Backend],
-                 controls: TeamControls, learning: LearningLoop) -> None:
+                 controls: TeamControls, learning: LearningLoop, affinity: Affinity | None = None) -> None:
         self.config, self.routers, self.backends = config, routers, backends
-        self.controls, self.learning = controls, learning
+        self.controls, self.learning, self.affinity = controls, learning, affinity
         self.aliases = {a: r for r in routers.values() for a in r.config.aliases}
+        # named routes (learning/policies.py): their texts embedded once, with each router's own embedder
+        self.policies = {name: PolicyMatcher(r.config.policies, r.router.embedder_in_use(), r.config.policy_threshold,
+                                             r.config.policy_margin)
+                         for name, r in routers.items() if r.config.policies}
 
     def resolve(self, model: str, routed: bool = True) -> Target:
         if model in self.backends:
@@ -63,17 +70,22 @@ class Planner:
                                         target.router.name if target.router else None, view.overrides, aliases)
         if target.router is None:
             assert target.backend is not None
+            if call.restrict is not None and target.backend not in call.restrict:
+                raise p.RequestError(403, f"the guard stage allows only {list(call.restrict)} for this request, not "
+                                     f"{target.backend!r}", param="model", code="guard_restricted")
             call.row.chosen_model = target.backend
             return unique([target.backend, *self.config.fallback.models]) if routed else [target.backend]
-        return await self._routed(call, target.router, target.threshold, overrides, view.routing_text)
+        return await self._routed(call, target.router, target.threshold, overrides, view)
 
     async def _routed(self, call: Call, loaded: LoadedRouter, threshold: float | None,
-                      overrides: p.RoutingOverrides, text: str) -> list[str]:
-        fallback = self.config.fallback
+                      overrides: p.RoutingOverrides, view: RequestView) -> list[str]:
+        fallback, text = self.config.fallback, view.routing_text
         spans = call.trace.child("thalamus.route", {"thalamus.router": loaded.name}) if call.trace else None
         with spans if spans is not None else contextlib.nullcontext() as span:
             try:
                 knob = overrides.apply(loaded.default_knob())
+                if call.restrict is not None:
+                    knob = self._restricted(knob, loaded, call.restrict)
                 t0 = time.perf_counter()
                 route = functools.partial(self._route, loaded, text, knob, threshold)
                 decision = route() if self.learning.inline(loaded) else await asyncio.to_thread(route)
@@ -83,7 +95,7 @@ class Planner:
             call.decision = decision
             row = call.row
             row.router, row.artifact_version, row.knob = loaded.name, loaded.version, knob_dict(decision.knob)
-            row.chosen_model = decision.model
+            row.chosen_model, row.policy = decision.model, decision.log.get("policy")
             self.learning.record(row, loaded, decision)  # probability and candidates (quality, cost, p)
             if span is not None:
                 span.set_attributes(decision_attributes(row, decision))
@@ -91,13 +103,57 @@ class Planner:
             raise p.RequestError(400, f"the router chose {decision.model!r}, which has no configured backend; "
                                  "restrict routing.allowed to backends", param="routing.allowed")
         order = [decision.model, *(fallback.models if fallback.order == "list" else fallback_order(decision))]
-        return unique([m for m in order if m in self.backends])[: fallback.max_candidates]
+        forced = self._forced(call, decision)
+        if forced:  # a policy whose models the router does not score: they answer, in the listed order
+            order = forced
+            row.chosen_model = order[0]
+        order = unique([m for m in order if m in self.backends])
+        if self.affinity is not None:  # a conversation keeps its model unless the gain beats switch_margin
+            order = await self.affinity.apply(call, view, loaded.name, decision, order)
+        return order[: fallback.max_candidates]
+
+    @staticmethod
+    def _forced(call: Call, decision: Decision) -> list[str]:
+        """A matched policy's models that the router does not score, within the request's own restrictions
+        (``routing.allowed`` / ``excluded``, the guard stage); empty: the router's decision stands."""
+        knob = decision.knob
+        return [m for m in decision.log.get("policy_models") or () if m not in knob.excluded
+                and (knob.allowed is None or m in knob.allowed) and (call.restrict is None or m in call.restrict)]
+
+    @staticmethod
+    def _restricted(knob: Knob, loaded: LoadedRouter, allowed: tuple[str, ...]) -> Knob:
+        """The knob cut to the guard stage's models (403 when the router serves none of them)."""
+        keep = tuple(m for m in (knob.allowed or loaded.servable) if m in allowed and m in loaded.router.models_)
+        if not keep:
+            raise p.RequestError(403, f"the guard stage allows only {list(allowed)} for this request, and router "
+                                 f"{loaded.name!r} serves none of them", param="model", code="guard_restricted")
+        return replace(knob, allowed=keep)
 
     def _route(self, loaded: LoadedRouter, text: str, knob: Knob, threshold: float | None) -> Decision:
         if threshold is not None:  # RouteLLM form: the configured strong/weak pair of a many-model router
             knob = threshold_knob(loaded.pair(), knob, threshold)
-        return self.learning.route(loaded, text, knob)
+        decision = self.learning.route(loaded, text, knob)
+        matcher = self.policies.get(loaded.name)
+        return decision if matcher is None else self._policy(matcher, text, decision)
 
+    @staticmethod
+    def _policy(matcher: PolicyMatcher, text: str, decision: Decision) -> Decision:
+        """The decision within the matching policy's models (the knob chooses among them), or unchanged."""
+        match = matcher.match(text, decision.features)
+        if match is None:
+            return decision
+        mask = allowed_mask(decision.models, decision.knob)
+        subset = tuple(m for m in match.models if m in decision.models and mask[decision.models.index(m)])
+        log = {**decision.log, "policy": match.name, "policy_similarity": match.similarity}
+        if not subset:
+            return replace(decision, log=log | {"policy_models": match.models},
+                           reason=f"policy {match.name}: {', '.join(match.models)}")
+        knob = replace(decision.knob, allowed=subset)
+        if knob.kind == "threshold" and (len(subset) != 2 or knob.strong not in subset):
+            knob = Knob("lambda", 0.0, max_cost=knob.max_cost, allowed=subset)  # no pair left: the best quality
+        chosen = decide(decision.predicted_quality, decision.expected_cost, decision.models, knob,
+                        cost_scale=decision.extra.get("cost_scale"))
+        return replace(chosen, features=decision.features, log=log, reason=f"policy {match.name}: {chosen.reason}")
 
 
 def decision_attributes(row: LedgerRow, decision: Decision) -> dict[str, str | bool | int | float]:

@@ -2,8 +2,10 @@
 
 1. (the HTTP layer caps the body size) the key is checked once; an admitted request gets exactly one row
 2. admission: rate limits (``tenancy/controls.py``)
-3. parse once: the endpoint's adapter turns the body into a frozen ``RequestView`` (``core/request.py``)
-4. plan: resolve the ``model`` field, check the key's scope, route (``core/routing.py``); reserve budget
+3. parse once: the endpoint's adapter turns the body into a frozen ``RequestView`` (``core/request.py``); the
+   guard stage (``core/guard.py``) may block it, redact it or restrict the models
+4. plan: resolve the ``model`` field, check the key's scope, route (``core/routing.py``), keep a conversation
+   on its model (``core/affinity.py``); reserve budget
 5. the response cache (chat, non-stream), else the attempts: retries, then fallbacks in the router's score
    order (``core/attempts.py``); a stream falls back only before its first byte
 6. account with the one price rule (``BackendConfig.cost``), and the relay's end-of-request rules for
@@ -24,17 +26,20 @@ from typing import Any
 from opentelemetry.trace import Tracer
 
 from thalamus.gateway.config import BackendConfig, GatewayConfig
+from thalamus.gateway.core.affinity import Affinity
 from thalamus.gateway.core.attempts import Attempts
 from thalamus.gateway.core.cache import ResponseCache, answer_cached
 from thalamus.gateway.core.call import Call, Result
 from thalamus.gateway.core.counterfactual import annotate
 from thalamus.gateway.core.endpoints import Endpoint
+from thalamus.gateway.core.guard import GuardStage
 from thalamus.gateway.core.relay import relay
 from thalamus.gateway.core.request import RequestView
 from thalamus.gateway.core.routing import Planner
 from thalamus.gateway.learning.artifacts import LoadedRouter
 from thalamus.gateway.learning.judge import Judge
 from thalamus.gateway.learning.loop import LearningLoop
+from thalamus.gateway.learning.sessions import SessionStore
 from thalamus.gateway.stats.access_log import log_access
 from thalamus.gateway.stats.metrics import GatewayMetrics
 from thalamus.gateway.stats.tracing import RequestTrace, tracer_for
@@ -52,11 +57,14 @@ class GatewayService:
     def __init__(self, config: GatewayConfig, routers: dict[str, LoadedRouter], backends: dict[str, Backend],
                  writer: LedgerWriter, hasher: PromptHasher, controls: TeamControls, keys: KeyChecker,
                  learning: LearningLoop, cache: ResponseCache, metrics: GatewayMetrics | None = None,
-                 judge: Judge | None = None, tracer: Tracer | None = None) -> None:
+                 judge: Judge | None = None, tracer: Tracer | None = None,
+                 sessions: SessionStore | None = None) -> None:
         self.config, self.routers, self.backends, self.writer = config, routers, backends, writer
         self.hasher, self.controls, self.keys, self.learning = hasher, controls, keys, learning
         self.cache, self.metrics, self.judge = cache, metrics, judge
-        self.planner = Planner(config, routers, backends, controls, learning)
+        self.affinity = Affinity(config, sessions, hasher, backends)
+        self.guard = GuardStage(config.guard)
+        self.planner = Planner(config, routers, backends, controls, learning, self.affinity)
         self.attempts = Attempts(backends, config.fallback)
         self.tracer = tracer if tracer is not None else tracer_for(None)  # None: tracing off, no spans
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
@@ -87,6 +95,7 @@ class GatewayService:
         row.total_ms = row.total_ms if row.total_ms is not None else call.elapsed_ms()
         loaded = self.routers.get(row.router) if row.router is not None else None
         annotate(row, loaded.config.baseline_model() if loaded is not None else None, self._prices)
+        self.affinity.remember(call)
         team = self.team(row.api_key_id)
         if self.metrics is not None:
             self.metrics.observe(row, team)
@@ -134,6 +143,8 @@ class GatewayService:
         view = endpoint.parse(raw)
         row = call.row
         row.requested_model, row.stream = view.model, view.stream
+        if endpoint.routed:  # pre-routing checks: block, redact, restrict
+            view = self.guard.apply(call, view)
         row.prompt_hash = self.hasher(view.routing_text)
         if self.config.ledger.store_prompts:
             row.prompt_text = view.routing_text
@@ -195,6 +206,7 @@ class GatewayService:
             p.estimate_tokens(text) if text else 0)
         row.chosen_model, row.cost_usd = name, cfg.cost(row.prompt_tokens, row.completion_tokens)
         row.price_input_per_m, row.price_output_per_m = cfg.input_per_m, cfg.output_per_m
+        row.variant = cfg.variant
         if judged:
             call.answer, call.messages = text, [dict(m) for m in view.messages]
 

@@ -67,6 +67,7 @@ def admitted(endpoint: Endpoint) -> Callable[..., Awaitable[Response]]:
 
     async def handle(request: Request, service: Service, key_id: Caller) -> Response:
         call = service.new_call(key_id, endpoint.path)
+        call.session_header = request.headers.get(service.config.affinity.header)
         limit = service.config.server.max_body_bytes
         raw = await _read_capped(request, limit)
         if raw is None:

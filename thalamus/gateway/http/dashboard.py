@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from thalamus.errors import ConfigError
 from thalamus.gateway.http.stats import install_stats
+from thalamus.gateway.stats import affinity as stats_affinity
 from thalamus.gateway.stats import aggregates as stats
 from thalamus.gateway.stats import breakdown as stats_breakdown
 from thalamus.gateway.stats import rollout as stats_rollout
@@ -112,7 +113,8 @@ def snapshot_data(engine: Engine, since: float | None = None, until: float | Non
             "recent": stats_rows.recent(engine, f, 200), "calibration": stats.calibration(engine, f),
             "options": stats.filter_options(engine, f), "routers": stats_router.router_points(engine, f),
             "breakdown": stats_breakdown.breakdown(engine, f, stats.BUCKET_SECONDS[bucket]),
-            "rollout": [r | {"live": None} for r in stats_rollout.rollout_compare(engine, f)]}
+            "rollout": [r | {"live": None} for r in stats_rollout.rollout_compare(engine, f)],
+            "affinity": stats_affinity.switch_rate(engine, f)}
 
 
 def snapshot_html(data: dict[str, Any], title: str = "Thalamus dashboard (snapshot)") -> str:

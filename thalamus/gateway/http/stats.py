@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
 from thalamus.gateway.http.deps import Reader
+from thalamus.gateway.stats import affinity as stats_affinity
 from thalamus.gateway.stats import aggregates as stats
 from thalamus.gateway.stats import breakdown as stats_breakdown
 from thalamus.gateway.stats import rollout as stats_rollout
@@ -148,6 +149,11 @@ async def rollout(request: Request, who: Reader) -> JSONResponse:
     return JSONResponse({"data": [rows[n] | {"live": live.get(n)} for n in sorted(rows)]})
 
 
+async def affinity(request: Request, who: Reader) -> JSONResponse:
+    """Conversation turns kept or switched (gateway/core/affinity.py) and the switch rate."""
+    return JSONResponse(await _run(stats_affinity.switch_rate, engine_of(request), filters(request, who)))
+
+
 async def recent(request: Request, who: Reader) -> JSONResponse:
     engine, f = engine_of(request), filters(request, who)
     limit = _int(request, "limit", 50)
@@ -168,6 +174,7 @@ ROUTES: dict[str, Callable[[Request, Principal], Any]] = {
     "/api/stats/overview": overview, "/api/stats/timeseries": timeseries, "/api/stats/models": models,
     "/api/stats/keys": keys, "/api/stats/calibration": calibration, "/api/stats/filters": filter_options,
     "/api/stats/routers": routers, "/api/stats/rollout": rollout, "/api/stats/breakdown": breakdown,
+    "/api/stats/affinity": affinity,
     "/api/requests": recent, "/api/requests/{request_id}": one_request,
 }
 

@@ -6,8 +6,10 @@ function tools, ``tool_choice``, ``text.format`` and ``max_output_tokens`` -> th
 fields travel as they are). ``from_chat`` turns a chat completion into a ``response`` object, and
 ``events`` turns a stream of chat chunks into the Responses event sequence (``response.created`` ...
 ``response.completed``). Backends with ``responses: true`` get the body untouched instead (service side:
-core/endpoints.py, ResponsesEndpoint). Stored conversations (``previous_response_id``) and built-in tools are refused
-with a 400: the gateway stores no responses and runs no tools.
+core/endpoints.py, ResponsesEndpoint). ``reasoning`` input items (provider state, see wire/conversation.py)
+are kept in the native body and left out of the chat form, which has no place for them. Stored
+conversations (``previous_response_id``) and built-in tools are refused with a 400: the gateway stores no
+responses and runs no tools.
 """
 
 from __future__ import annotations
@@ -75,9 +77,9 @@ def _item(item: Any, i: int, messages: list[dict[str, Any]]) -> None:
         output = item.get("output")
         messages.append({"role": "tool", "tool_call_id": str(item.get("call_id") or ""),
                          "content": output if isinstance(output, str) else json.dumps(output)})
-    else:
-        raise _bad(f"{where}.type {kind!r} is not supported (message, function_call, function_call_output)",
-                   f"{where}.type")
+    elif kind != "reasoning":  # a reasoning item is the provider's state: native backends get it, chat has no form
+        raise _bad(f"{where}.type {kind!r} is not supported (message, function_call, function_call_output, "
+                   "reasoning)", f"{where}.type")
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:

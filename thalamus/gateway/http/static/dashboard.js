@@ -70,14 +70,15 @@
     state.query = s;
     const ts = new URLSearchParams(q);
     ts.set("bucket", bucket);
-    const [overview, series, models, keys, recent, calibration, options, routers, rollout, breakdown] = await Promise.all([
+    const [overview, series, models, keys, recent, calibration, options, routers, rollout, breakdown, affinity] =
+      await Promise.all([
       api("/api/stats/overview?" + s), api("/api/stats/timeseries?" + ts), api("/api/stats/models?" + s),
       api("/api/stats/keys?" + s), api("/api/requests?limit=50&" + s), api("/api/stats/calibration?" + s),
       api("/api/stats/filters?" + s), api("/api/stats/routers?" + s), api("/api/stats/rollout?" + s),
-      api("/api/stats/breakdown?" + ts)]);
+      api("/api/stats/breakdown?" + ts), api("/api/stats/affinity?" + s)]);
     return { overview, series, models: models.data, keys: keys.data, recent: recent.data,
              calibration: calibration.data, options, routers: routers.data, rollout: rollout.data, breakdown,
-             range };
+             affinity, range };
   }
 
   function fillOptions(options) {
@@ -114,6 +115,13 @@
       $("card-quality-sub").dataset.client = String(fb.client.feedback_n);
       $("card-quality-sub").dataset.judge = String(fb.judge.feedback_n);
     }
+  }
+
+  function switchCard(a) {
+    if (!a) return;
+    $("card-switch").textContent = pct(a.switch_rate);
+    $("card-switch").dataset.value = a.switch_rate == null ? "" : String(a.switch_rate);
+    $("card-switch-sub").textContent = `${num(a.switched)} switched, ${num(a.kept)} kept; ${num(a.conversations)} conversations`;
   }
 
   const LAYOUT = (title, extra) => Object.assign({
@@ -309,6 +317,7 @@
     state.data = d;
     fillOptions(d.options);
     cards(d.overview, d.breakdown);
+    switchCard(d.affinity);
     charts(d);
     routerChart(d.routers);
     rolloutTable(d.rollout);
