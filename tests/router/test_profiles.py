@@ -36,7 +36,8 @@ def group_of(router: ClusterRouter, ds: RoutingDataset) -> np.ndarray:
     return np.array([router.group_names_.index(t) for t in ds.tasks])
 
 
-def test_pooled_prior_is_the_known_models_group_mean_and_takes_no_traffic(data: tuple[RoutingDataset, np.ndarray]) -> None:
+def test_pooled_prior_is_the_known_models_group_mean_and_takes_no_traffic(
+        data: tuple[RoutingDataset, np.ndarray]) -> None:
     ds, X = data
     router = known_router(ds, X)
     before = router.group_quality_.copy()
@@ -65,7 +66,7 @@ def test_like_and_tier_priors(data: tuple[RoutingDataset, np.ndarray]) -> None:
     np.testing.assert_allclose(top.cost(), 0.01)
     mid = router.add_model("middling", prior="tier:0.5")
     np.testing.assert_allclose(mid.mean(), np.median(table, axis=1))
-    with pytest.raises(ConfigError, match="knows no model 'nope'.*claude-v2"):
+    with pytest.raises(ConfigError, match=r"knows no model 'nope'.*claude-v2"):
         router.add_model("x", prior="like:nope")
     with pytest.raises(ConfigError, match="tier"):
         router.add_model("y", prior="tier:legendary")
@@ -156,5 +157,5 @@ def test_remove_model_and_other_routers_refuse(data: tuple[RoutingDataset, np.nd
     assert "claude-v2" not in router.models_ and router.group_quality_.shape[1] == ds.n_models - 2
     assert router.predict_from_features(X[:3])[0].shape == (3, ds.n_models - 2)
     knn = KNNRouter(embedder="hashing", k=5).fit(ds, X)
-    with pytest.raises(ConfigError, match="cannot add model 'new'.*cluster router"):
+    with pytest.raises(ConfigError, match=r"cannot add model 'new'.*cluster router"):
         knn.add_model("new")

@@ -36,7 +36,7 @@ def normalise_answer(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s.-]", " ", text.lower())).strip(" .")
 
 
-def recorded_scores(probes: ProbeSet, model: str, rows: Sequence[int]) -> np.ndarray:
+def recorded_scores(probes: ProbeSet, model: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
     """The probe dataset's recorded quality of ``model`` on each probe row (NaN where not recorded)."""
     ds = probes.dataset
     if ds is None:
@@ -48,7 +48,7 @@ def recorded_scores(probes: ProbeSet, model: str, rows: Sequence[int]) -> np.nda
     return np.asarray(ds.quality[np.asarray(rows, dtype=np.int64), ds.models.index(model)], dtype=np.float64)
 
 
-def reference_scores(probes: ProbeSet, rows: Sequence[int], answers: Sequence[str | None]) -> np.ndarray:
+def reference_scores(probes: ProbeSet, rows: Sequence[int] | np.ndarray, answers: Sequence[str | None]) -> np.ndarray:
     """1 / 0 against each probe's gold answer; NaN where the probe has none or the model gave no answer."""
     if probes.references is None or not any(r.strip() for r in probes.references):
         raise DataError(f"grader 'reference': probe set {probes.name!r} has no gold answers; give a CSV/JSONL "
@@ -102,7 +102,7 @@ def smoothie_agreement(d: np.ndarray) -> np.ndarray:
     return out
 
 
-def agreement_scores(router: ClusterRouter, probes: ProbeSet, model: str, rows: Sequence[int],
+def agreement_scores(router: ClusterRouter, probes: ProbeSet, model: str, rows: Sequence[int] | np.ndarray,
                      answers: Sequence[str | None], probs: np.ndarray, embedder: Embedder) -> np.ndarray:
     """Label-free scores of ``model``'s answers on ``rows`` (NaN where fewer than three answers exist)."""
     peers = peer_models(router, probes, model)

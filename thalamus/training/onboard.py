@@ -76,6 +76,18 @@ def choose_probes(router: ClusterRouter, probes: ProbeSet, n: int, seed: int = 0
     return pool[pick], probs[pick]
 
 
+def assignments(router: ClusterRouter, probs: np.ndarray, tasks: list[str] | None = None) -> np.ndarray:
+    """One-hot group of each probe: its task where the probe set's task labels are the router's groups,
+    else its most likely group. The trained profiles are means over hard groups, so a new model's must
+    be too: soft weights would blur a model that is strong in one group and weak in another toward its
+    overall mean, and route it where it is weak."""
+    groups = probs.argmax(axis=1)
+    names = list(router.group_names_)
+    if tasks is not None and all(t in names for t in tasks):
+        groups = np.array([names.index(t) for t in tasks], dtype=np.int64)
+    return np.eye(len(names))[groups]
+
+
 # -- sending --------------------------------------------------------------------------------------
 def read_answers(path: Path) -> dict[str, dict[str, Any]]:
     """Answers already collected, by prompt hash (failed ones are left out, so they are sent again)."""
@@ -147,7 +159,7 @@ async def collect(backend: Backend, texts: list[str], rows: np.ndarray, out: Pat
     done = read_answers(path)
     records: dict[int, dict[str, Any]] = {}
     todo = []
-    for k, row in enumerate(rows):
+    for k in range(len(rows)):
         key = stable_hash(texts[k])
         if key in done:
             records[k] = done[key]
@@ -264,14 +276,14 @@ def onboard(router_dir: str | Path, probes: ProbeSet, spec: OnboardSpec, out: st
     costs = np.asarray([np.nan if r.get("cost_usd") is None else float(r["cost_usd"]) for r in records])
     if spec.model not in router.models_:
         router.add_model(spec.model, spec.prior)
-    router.observe(spec.model, probs, scores, costs)
+    tasks = [str(probes.dataset.tasks[r]) for r in rows] if probes.dataset is not None else None
+    router.observe(spec.model, assignments(router, probs, tasks), scores, costs)
     router.save(out)
     profile = router.profile(spec.model).to_dict()
+    graded, spent = int(np.isfinite(scores).sum()), float(np.nansum(costs))
     info = {"model": spec.model, "backend": backend.name, "router": str(router_dir), "probes": probes.name,
-            "n": int(len(rows)), "grader": spec.grader, "prior": spec.prior, "seed": spec.seed,
-            "graded": int(np.isfinite(scores).sum()), "failed": failed,
-            "spent_usd": float(np.nansum(costs)), "profile": profile}
+            "n": len(rows), "grader": spec.grader, "prior": spec.prior, "seed": spec.seed,
+            "graded": graded, "failed": failed, "spent_usd": spent, "profile": profile}
     (out / ONBOARD_FILE).write_text(json.dumps(info, indent=1))
-    return OnboardResult(out, artifact_version(out), spec.model, spec.grader, len(rows), info["graded"], failed,
-                         info["spent_usd"], time.perf_counter() - started, profile,
-                         list(router.group_names_))
+    return OnboardResult(out, artifact_version(out), spec.model, spec.grader, len(rows), graded, failed, spent,
+                         time.perf_counter() - started, profile, list(router.group_names_))
