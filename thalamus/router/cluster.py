@@ -62,8 +62,9 @@ class ClusterRouter(Router):
     format_version: ClassVar[int] = 2
 
     def __init__(self, groups: Grouping = "auto", n_clusters: int = 20, C: float = 10.0, prior: float = 5.0,
-                 max_iter: int = 2000, embedder: str = "minilm", seed: int = 0) -> None:
+                 max_iter: int = 2000, caution: float = 1.0, embedder: str = "minilm", seed: int = 0) -> None:
         super().__init__(embedder=embedder, seed=seed)
+        self.caution = caution
         self.groups = groups
         self.n_clusters = n_clusters
         self.C = C
@@ -80,6 +81,8 @@ class ClusterRouter(Router):
             raise ConfigError(f"cluster: C must be > 0, got {self.C}")
         if self.prior < 0:
             raise ConfigError(f"cluster: prior must be >= 0, got {self.prior}")
+        if self.caution < 0:
+            raise ConfigError(f"cluster: caution must be >= 0, got {self.caution}")
 
     def _labels(self, emb: np.ndarray, dataset: RoutingDataset) -> tuple[list[str], np.ndarray]:
         """Group names and each training prompt's group index."""
@@ -134,7 +137,14 @@ class ClusterRouter(Router):
 
     def _predict(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
         p = self.group_probabilities(X)
-        return p @ self.group_quality_, p @ self.group_cost_
+        return p @ self.routing_quality(), p @ self.group_cost_
+
+    def routing_quality(self) -> np.ndarray:
+        """(groups, models) quality the policy sees: the posterior mean, minus ``caution`` standard
+        deviations for models added after training, so a new model takes a group's traffic only once
+        the evidence says it is better there, not on a few lucky answers."""
+        sd = getattr(self, "group_sd_", None)  # absent before any add_model
+        return self.group_quality_ if sd is None else self.group_quality_ - self.caution * sd
 
     # -- models as profiles --------------------------------------------------------------
     def group_prior(self) -> GroupPrior:
@@ -185,12 +195,19 @@ class ClusterRouter(Router):
         cost = np.broadcast_to(np.asarray(cost, dtype=np.float64), (len(self.group_names_),)).copy()
         profile = new_profile(name, group_prior, known, prior, cost)
         self._profiles[name] = profile
+        sd = self._sd()  # before the tables grow
         self.models_ = [*self.models_, name]
         self.mean_cost_ = np.r_[self.mean_cost_, float(cost.mean())]
         self.group_quality_ = np.c_[self.group_quality_, profile.mean()]
         self.group_cost_ = np.c_[self.group_cost_, profile.cost()]
         self.group_count_ = np.c_[self._counts(), np.zeros(len(self.group_names_))]
+        self.group_sd_ = np.c_[sd, np.sqrt(profile.variance())]
         return profile
+
+    def _sd(self) -> np.ndarray:
+        """The caution term's standard deviations: 0 for trained models (their training answers decide)."""
+        sd = getattr(self, "group_sd_", None)
+        return sd if sd is not None else np.zeros_like(self.group_quality_)
 
     def observe(self, model: str, probs: np.ndarray, scores: np.ndarray, costs: np.ndarray | None = None) -> None:
         """Graded answers of ``model``: ``probs`` (n, groups) from ``group_probabilities``, ``scores`` (n,)."""
@@ -200,6 +217,9 @@ class ClusterRouter(Router):
         self.group_quality_[:, j] = profile.mean()
         self.group_cost_[:, j] = profile.cost()
         self.mean_cost_[j] = float(profile.cost().mean())
+        if profile.source != "trained":
+            self.group_sd_ = self._sd().copy()
+            self.group_sd_[:, j] = np.sqrt(profile.variance())
 
     def remove_model(self, name: str) -> None:
         """Retire a model: its column and profile go; the groups and the other profiles stay."""
@@ -210,10 +230,12 @@ class ClusterRouter(Router):
             raise ConfigError(f"cannot remove {name!r}: it is the router's only model")
         j = self.models_.index(name)
         keep = [k for k in range(len(self.models_)) if k != j]
+        sd = self._sd()
         self.models_ = [self.models_[k] for k in keep]
         self.mean_cost_ = self.mean_cost_[keep]
         self.group_quality_, self.group_cost_ = self.group_quality_[:, keep], self.group_cost_[:, keep]
         self.group_count_ = self._counts()[:, keep]
+        self.group_sd_ = sd[:, keep]
         del self._profiles[name]
 
     def _save_extra(self, directory: Path) -> None:

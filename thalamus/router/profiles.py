@@ -35,6 +35,7 @@ from thalamus.errors import ConfigError
 TIERS = {"top": 1.0, "high": 0.75, "mid": 0.5, "low": 0.25, "bottom": 0.0}
 MIN_VAR = 1e-4  # floor of a fitted between-model variance (a strength of 2,500 pseudo-answers at most)
 MAX_STRENGTH = 1000.0
+RESID_QUANTILE = 0.9
 
 
 @dataclass
@@ -175,9 +176,12 @@ def fit_group_prior(quality: np.ndarray, groups: np.ndarray, means: np.ndarray) 
     mu = means.mean(axis=1, keepdims=True)
     offsets = weight @ (means - mu)  # (m,)
     resid = means - mu - offsets[None, :]
-    sampling = float(weight @ (noise / np.maximum(size, 1.0)))  # part of the spread that is noise
+    sampling = noise / np.maximum(size, 1.0)  # part of each group's spread that is noise
     m = means.shape[1]
-    resid_var = float(weight @ (resid**2).mean(axis=1)) * m / max(m - 1, 1) - sampling
+    # a high quantile, not the mean: a specialist (a maths model on maths) deviates from its offset far
+    # more than the typical model, and a prior fitted to the typical one would hide it behind shrinkage
+    excess = resid**2 * m / max(m - 1, 1) - sampling[:, None]
+    resid_var = float(np.quantile(excess, RESID_QUANTILE))
     offset_var = float(np.var(offsets, ddof=1)) if m > 1 else MIN_VAR
     return GroupPrior(means, noise, max(resid_var, MIN_VAR), max(offset_var, MIN_VAR))
 
