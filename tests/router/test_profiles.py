@@ -85,6 +85,8 @@ def test_few_noisy_probes_do_not_flip_routing_and_many_true_ones_do(data: tuple[
     weak = router.profile(WEAK)
     assert (weak.mean() < router.group_quality_[:, :-1].max(axis=1)).all()  # below the best known, every group
     assert np.abs(weak.mean() - weak.prior_mean).max() < 0.1  # five answers move the profile a little
+    # the policy sees a lower confidence bound for a model added after training
+    np.testing.assert_allclose(router.routing_quality()[:, -1], weak.mean() - np.sqrt(weak.variance()))
 
     router.add_model(NEW)
     new_col = ds.models.index(NEW)
@@ -108,6 +110,8 @@ def test_observe_checks_shapes_and_scores(data: tuple[RoutingDataset, np.ndarray
         router.observe(NEW, probs, np.array([0.5, 2.0, 1.0]))
     with pytest.raises(ConfigError, match="no model 'ghost'"):
         router.observe("ghost", probs, np.ones(3))
+    with pytest.raises(ConfigError, match="caution must be >= 0"):
+        ClusterRouter(embedder="hashing", caution=-1.0).fit(ds, X)
 
 
 def test_save_load_roundtrip_keeps_profiles(data: tuple[RoutingDataset, np.ndarray], tmp_path: Path) -> None:
