@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {"llmrouter_dcrouter": 2, "routerdc_7model": 2, "routerbench_subset": 3}  # k held out
 NS = (0, 25, 50, 100, 200, 500)
 HARD = True
+CAUTION = 1.0  # --caution
 TOL = 0.002  # a quality loss below this (0.2 points) is counted as noise, not as worse
 
 
@@ -117,7 +118,7 @@ def run_draw(train: RoutingDataset, test: RoutingDataset, Xtr: np.ndarray, Xte: 
              graders: list[str], full: dict[str, Any], ref: dict[str, Any], embedder: str,
              seed: int) -> dict[str, Any]:
     known_models = [m for m in train.models if m not in held]
-    known = ClusterRouter(embedder=embedder, seed=seed).fit(train.select_models(known_models), Xtr)
+    known = ClusterRouter(embedder=embedder, seed=seed, caution=CAUTION).fit(train.select_models(known_models), Xtr)
     base = evaluate(known, Xte, test, ref)
     probes = ProbeSet(train.name, train.texts, train)
     rows, probs = choose_probes(known, probes, max(NS), seed)
@@ -199,7 +200,8 @@ def markdown(report: dict[str, Any]) -> str:
     g = report["goals"]
     lines = [f"# Leave models out: onboarding models a cluster router was not trained on ({report['when']})", "",
              f"Command: `{report['command']}`", "",
-             f"Embedder `{report['embedder']}`; load average {report['load_start']} at the start, "
+             f"Embedder `{report['embedder']}`, cluster caution {report.get('caution', 1.0):g}; "
+             f"load average {report['load_start']} at the start, "
              f"{report['load_end']} at the end; {report['seconds']:.0f} s.", "",
              "Recovered = (onboarded - known-only) / (full information - known-only), on the test split; "
              "quality at lambda 0 (min and mean over draws where the gap is >= 0.005; draw 0 holds out the "
@@ -271,14 +273,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-train", type=int, default=6000)
     ap.add_argument("--max-test", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--caution", type=float, default=1.0, help="cluster caution: sd below the mean for new models")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "leave_models_out"))
     args = ap.parse_args(argv)
+    global CAUTION
+    CAUTION = args.caution
     started, load_start = time.perf_counter(), load_average()
     datasets = [run_dataset(name, DATASETS[name], args.draws, args.embedder, args.max_train, args.max_test,
                             args.seed) for name in args.datasets.split(",")]
-    report: dict[str, Any] = {"when": utc_now(), "command": command("benchmarks/leave_models_out.py", argv),
-                              "embedder": args.embedder, "ns": list(NS), "load_start": load_start,
-                              "datasets": datasets}
+    report: dict[str, Any] = {"when": utc_now(), "command": command("leave_models_out.py", argv),
+                              "embedder": args.embedder, "caution": args.caution, "ns": list(NS),
+                              "load_start": load_start, "datasets": datasets}
     report["summary"] = summary(report)
     report["goals"] = goals(report["summary"])
     report |= {"load_end": load_average(), "seconds": time.perf_counter() - started}
