@@ -117,8 +117,7 @@ def price(backend: Backend, usage: Any, messages: list[dict[str, Any]], answer: 
     done = token_count(usage, "completion_tokens")
     p = prompt if prompt is not None else estimate_prompt_tokens(messages)
     c = done if done is not None else estimate_tokens(answer)
-    cfg = backend.config
-    return p, c, (p * (cfg.input_per_m or 0.0) + c * (cfg.output_per_m or 0.0)) / 1e6
+    return p, c, backend.config.cost(p, c)  # the one price rule
 
 
 async def ask(backend: Backend, messages: list[dict[str, Any]], max_tokens: int | None,
