@@ -25,6 +25,7 @@ from thalamus.serving.batching import BatchWorker
 from thalamus.serving.config import ModelSpec, OffloadSpec, ServingConfig, routing_of
 from thalamus.serving.engine import Engine
 from thalamus.serving.jobqueue import WorkerHooks
+from thalamus.serving.machine import usable_cores
 from thalamus.serving.metrics import ServingMetrics
 from thalamus.serving.models import models_dir, prepare_smollm2
 from thalamus.serving.moe import moe_info
@@ -265,7 +266,8 @@ class ModelPool:
         config = self.config
         worker = BatchWorker(engine, spec.name, config.batch_window_ms / 1000 if config.batching else 0.0,
                              config.max_batch_size if config.batching else 1, mode=config.batch_mode,
-                             queue_timeout_s=config.queue_timeout_s, hooks=self._hooks(spec.name))
+                             queue_timeout_s=config.queue_timeout_s, hooks=self._hooks(spec.name),
+                             threads=config.torch_threads or usable_cores())
         return LoadedModel(spec, tokenizer, engine, worker, int(context), size, offload=offload)
 
     def _load_offloaded(self, spec: ModelSpec, offload: OffloadSpec, folder: Path) -> tuple[Any, ExpertOffload]:
