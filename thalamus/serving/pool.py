@@ -149,7 +149,7 @@ class ModelPool:
     async def get(self, name: str) -> LoadedModel:
         if name not in self.specs:
             raise ServingError(404, f"The model '{name}' does not exist on this server; "
-                                    f"served models: {', '.join(sorted(self.specs))}",
+                                    f"served models: {', '.join(sorted(m.name for m in self.config.models))}",
                                param="model", code="model_not_found")
         if name in self.loaded:
             return self.loaded[name]
