@@ -186,8 +186,7 @@ class VllmEngines:
         self.cache_dir = cache_dir
         self.engines: dict[str, VllmEngine] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._client = httpx.AsyncClient()
-        self._logs = Path(tempfile.mkdtemp(prefix="thalamus-vllm-"))
+        self._client: httpx.AsyncClient | None = None
 
     def __contains__(self, name: object) -> bool:
         return name in self.engines
@@ -195,7 +194,7 @@ class VllmEngines:
     def reserved_bytes(self) -> int:
         return sum(e.held_bytes for e in self.engines.values())
 
-    def _engine(self, spec: ModelSpec) -> VllmEngine:
+    def _engine(self, spec: ModelSpec, logs: Path) -> VllmEngine:
         assert spec.vllm is not None
         if not spec.vllm.python.is_file():
             raise ConfigError(f"model '{spec.name}': vllm.python {spec.vllm.python} does not exist; build the "
@@ -206,19 +205,23 @@ class VllmEngines:
             raise ConfigError(f"model '{spec.name}': {folder} is not a Hugging Face model folder (no config.json)")
         dtype = self.config.dtype_of(spec)
         size = estimate_bytes(folder, dtype) + kv_cache_gib(spec.vllm.kv_cache_space) * 2**30
-        return VllmEngine(spec, folder, dtype, self._logs / f"{spec.name}.log", size)
+        return VllmEngine(spec, folder, dtype, logs / f"{spec.name}.log", size)
 
     async def start(self) -> None:
         """Check every vLLM model fits the budget and launch their supervisors (starts run in background)."""
         specs = [s for s in self.config.models if s.engine == "vllm"]
+        if not specs:
+            return
+        logs = Path(tempfile.mkdtemp(prefix="thalamus-vllm-"))
         for spec in specs:
-            self.engines[spec.name] = await asyncio.to_thread(self._engine, spec)
+            self.engines[spec.name] = await asyncio.to_thread(self._engine, spec, logs)
         if self.reserved_bytes() > self.config.memory_budget:
             sizes = ", ".join(f"{e.name}: {e.held_bytes}" for e in self.engines.values())
             raise ConfigError(f"vLLM engines need {self.reserved_bytes()} bytes (weights + KV cache; {sizes}) "
                               f"but memory_budget is {self.config.memory_budget}; raise it or lower "
                               "vllm.kv_cache_space")
-        self._tasks = [asyncio.create_task(e.supervise(self._client)) for e in self.engines.values()]
+        self._client = client = httpx.AsyncClient()
+        self._tasks = [asyncio.create_task(e.supervise(client)) for e in self.engines.values()]
 
     async def url_of(self, name: str, timeout_s: float) -> str:
         """The base URL of a ready engine, waiting up to ``timeout_s`` for a (re)start."""
@@ -232,7 +235,8 @@ class VllmEngines:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 def vllm_entry(engine: VllmEngine) -> dict[str, object]:
