@@ -10,7 +10,7 @@ to ``thalamus serve-local`` in a separate process, one configuration after anoth
 
 For each: tokens/s of one request at a time (``--single`` requests in turn) and of 8 concurrent ones, time to
 first token p50/p95, resident memory of the server's process tree (vLLM's processes included), and how many
-of 12 short greedy answers are token-for-token those of ``torch-defaults`` (float32).
+of 12 short greedy answers are token-for-token those of ``torch-1thread`` (float32).
 
     PYTHONPATH=. python benchmarks/vllm_vs_torch.py [--vllm-venv /work/vllm-venv] [--tokens 64]
 
@@ -42,9 +42,9 @@ CHECK_PROMPTS = ["What is the capital of France?", "What is the capital of Italy
 def _configs(vllm_python: Path) -> dict[str, dict[str, Any]]:
     base = {"name": "smollm2", "source": "smollm2"}
     return {
+        "torch-1thread": {"models": [base], "torch_threads": 1, "default_dtype": "float32"},
         "vllm": {"models": [{**base, "engine": "vllm", "dtype": "bfloat16", "context_length": 2048,
                              "vllm": {"python": str(vllm_python), "kv_cache_space": "2GiB"}}]},
-        "torch-1thread": {"models": [base], "torch_threads": 1, "default_dtype": "float32"},
         "torch-defaults": {"models": [base]},
         "torch-bf16": {"models": [base], "default_dtype": "machine"},
     }
@@ -95,7 +95,7 @@ def _greedy(url: str, tokens: int) -> list[str]:
     return out
 
 
-def _measure(name: str, config: dict[str, Any], tokens: int, single: int) -> dict[str, Any]:
+def _measure(name: str, config: dict[str, Any], tokens: int, single: int, check_tokens: int) -> dict[str, Any]:
     proc, url = start_local(config, name)
     try:
         load_s = _wait_loaded(url)
@@ -103,7 +103,7 @@ def _measure(name: str, config: dict[str, Any], tokens: int, single: int) -> dic
         eight = asyncio.run(_round(url, 8, tokens))
         wall8 = max(r["end"] for r in eight) - min(r["start"] for r in eight)
         rss = _tree_rss(proc.pid)
-        answers = _greedy(url, 32)
+        answers = _greedy(url, check_tokens)
     finally:
         proc.terminate()
         proc.wait(timeout=120)
@@ -126,14 +126,15 @@ def _markdown(data: dict[str, Any]) -> str:
              f"Greedy, {data['tokens']} new tokens per request (ignore_eos), streamed over loopback to serve-local "
              f"in its own process; single: {data['single']} requests in turn; c8: one round of 8 concurrent. "
              "Memory: RSS of serve-local's process tree after the rounds. Same as float32: of "
-             f"{len(CHECK_PROMPTS)} greedy 32-token answers, how many equal torch-defaults' (float32).", "",
+             f"{len(CHECK_PROMPTS)} greedy {data['check_tokens']}-token answers, how many equal torch-1thread's "
+             "(float32).", "",
              "| config | load s | single tok/s | single TTFT p50/p95 s | c8 tok/s | c8 TTFT p50/p95 s | RSS MB | "
              "same as float32 |", "|---|---|---|---|---|---|---|---|"]
     for r in data["runs"]:
         lines.append(f"| {r['config']} | {r['load_s']:.1f} | {r['single_tokens_per_s']:.1f} | "
                      f"{r['single_ttft_p50_s']:.3f} / {r['single_ttft_p95_s']:.3f} | {r['c8_tokens_per_s']:.1f} | "
                      f"{r['c8_ttft_p50_s']:.3f} / {r['c8_ttft_p95_s']:.3f} | {r['rss_bytes'] / 1e6:.0f} | "
-                     f"{r['same_as_float32']}/{len(CHECK_PROMPTS)} |")
+                     f"{r.get('same_as_float32', '-')}/{len(CHECK_PROMPTS)} |")
     lines += ["", "Configs: vllm = `engine: vllm`, bf16, `--enforce-eager`, VLLM_CPU_KVCACHE_SPACE=2; "
               "torch-1thread = float32, `torch_threads: 1`; torch-defaults = no dtype or thread settings "
               "(float32, threads = usable cores); torch-bf16 = `default_dtype: machine`.", ""]
@@ -146,6 +147,7 @@ def main() -> None:
                                                                               "/work/vllm-venv")))
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--single", type=int, default=3)
+    parser.add_argument("--check-tokens", type=int, default=32, help="tokens of each greedy answer compared")
     parser.add_argument("--only", nargs="*", help="configs to run (default: all)")
     args = parser.parse_args()
     from thalamus.serving.machine import machine_dtype, usable_cores
@@ -154,23 +156,27 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", "from thalamus.serving.models import prepare_smollm2; "
                     "prepare_smollm2()"], check=True)
     configs = _configs(args.vllm_venv / "bin" / "python")
-    load_before = os.getloadavg()
-    runs = [_measure(name, cfg, args.tokens, args.single) for name, cfg in configs.items()
-            if not args.only or name in args.only]
-    load_after = os.getloadavg()
-    reference = next((r["answers"] for r in runs if r["config"] == "torch-defaults"), None)
-    for r in runs:
-        r["same_as_float32"] = sum(a == b for a, b in zip(r["answers"], reference or [], strict=False))
     data: dict[str, Any] = {
-        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                      time.gmtime()),
-        "cpus": os.cpu_count(), "usable_cores": usable_cores(), "cpu_bf16": machine_dtype() == "bfloat16",
-        "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
-        "tokens": args.tokens, "single": args.single, "check_prompts": CHECK_PROMPTS, "runs": runs}
+        "command": "python " + " ".join(sys.argv), "cpus": os.cpu_count(), "usable_cores": usable_cores(),
+        "cpu_bf16": machine_dtype() == "bfloat16", "load_before": [round(x, 2) for x in os.getloadavg()],
+        "tokens": args.tokens, "single": args.single, "check_tokens": args.check_tokens,
+        "check_prompts": CHECK_PROMPTS, "runs": []}
+    for name, cfg in configs.items():
+        if not args.only or name in args.only:
+            data["runs"].append(_measure(name, cfg, args.tokens, args.single, args.check_tokens))
+            _write(data)  # after each config: a run cut short on a loaded machine keeps what it measured
+
+
+def _write(data: dict[str, Any]) -> None:
+    data["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    data["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    reference = next((r["answers"] for r in data["runs"] if r["config"] == "torch-1thread"), None)
+    for r in data["runs"]:
+        if reference is not None:
+            r["same_as_float32"] = sum(a == b for a, b in zip(r["answers"], reference, strict=True))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "vllm_vs_torch.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / "vllm_vs_torch.md").write_text(_markdown(data))
-    print(_markdown(data))
 
 
 if __name__ == "__main__":
