@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -33,6 +34,8 @@ from thalamus.serving.protocol import (
     new_id,
     usage,
 )
+from thalamus.serving.vllm_engine import VllmEngines, vllm_entry
+from thalamus.serving.vllm_proxy import forward_chat
 
 router = APIRouter()
 
@@ -46,6 +49,8 @@ class ServingState:
     config: ServingConfig
     pool: ModelPool
     metrics: ServingMetrics
+    vllm: VllmEngines
+    client: httpx.AsyncClient  # to the vLLM engines
 
 
 def _state(request: Request) -> ServingState:
@@ -77,14 +82,19 @@ async def list_models(request: Request) -> dict[str, Any]:
                      "loaded": held is not None, "loads": stats.loads,
                      "load_seconds_last": stats.last_s if stats.loads else None,
                      "load_seconds_mean": stats.mean_s(),
-                     "bytes": held.bytes if held is not None else (stats.bytes or None)})
+                     "bytes": held.bytes if held is not None else (stats.bytes or None), "engine": "torch"})
+    data += [vllm_entry(engine) for engine in _state(request).vllm.engines.values()]
+    data.sort(key=lambda entry: str(entry["id"]))
     return {"object": "list", "data": data, "memory_budget": pool.config.memory_budget,
             "used_bytes": pool.used_bytes()}
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse | StreamingResponse:
+async def chat_completions(body: ChatRequest, request: Request) -> Response:
     state = _state(request)
+    if body.model in state.vllm:
+        return await forward_chat(request, body.model, state.vllm, state.metrics, state.config.queue_timeout_s,
+                                  state.client)
     label = body.model if body.model in state.pool.specs else "unknown"
     lease = AsyncExitStack()
     handed_over = False

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,9 +22,11 @@ from thalamus.openai_wire import error_body
 from thalamus.serving.api import ServingState, router
 from thalamus.serving.config import ServingConfig
 from thalamus.serving.limits import BodyLimit
+from thalamus.serving.machine import usable_cores
 from thalamus.serving.metrics import ServingMetrics
 from thalamus.serving.pool import ModelPool
 from thalamus.serving.protocol import ServingError
+from thalamus.serving.vllm_engine import VllmEngines
 
 
 def create_app(config: ServingConfig, cache_dir: Path | None = None) -> FastAPI:
@@ -31,17 +34,22 @@ def create_app(config: ServingConfig, cache_dir: Path | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if config.torch_threads:
-            import torch
+        import torch
 
-            torch.set_num_threads(config.torch_threads)
+        torch.set_num_threads(config.torch_threads or usable_cores())
         metrics = ServingMetrics()
         pool = ModelPool(config, metrics, cache_dir)
-        app.state.serving = ServingState(config, pool, metrics)
-        try:
-            yield
-        finally:
-            await pool.close()
+        vllm = VllmEngines(config, cache_dir)
+        async with httpx.AsyncClient() as client:
+            try:
+                await vllm.start()
+                pool.reserved = vllm.reserved_bytes()
+                pool.publish()
+                app.state.serving = ServingState(config, pool, metrics, vllm, client)
+                yield
+            finally:
+                await vllm.close()
+                await pool.close()
 
     app = FastAPI(title="Thalamus local model server", lifespan=lifespan)
     app.include_router(router)

@@ -59,7 +59,7 @@ class BatchWorker:
 
     def __init__(self, engine: Engine, name: str, window_s: float, max_batch: int, *,
                  mode: str = "continuous", queue_timeout_s: float = 30.0,
-                 hooks: WorkerHooks | None = None) -> None:
+                 hooks: WorkerHooks | None = None, threads: int | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"batch mode {mode!r} is not one of {MODES}")
         self.engine = engine
@@ -69,6 +69,8 @@ class BatchWorker:
         self.hooks = hooks or WorkerHooks()
         self.mode = mode if mode == "window" or engine.can_join() else "window"
         self.jobs = JobQueue(self.hooks)
+        self.threads = threads
+        self.torch_threads = 0  # what the generation thread runs with, once it has started
         self.thread = threading.Thread(target=self._loop, name=f"thalamus-generate-{name}", daemon=True)
         self.thread.start()
 
@@ -85,6 +87,11 @@ class BatchWorker:
         self.thread.join()
 
     def _loop(self) -> None:
+        import torch
+
+        if self.threads:  # torch's thread count is per OS thread: set it where the decoding runs
+            torch.set_num_threads(self.threads)
+        self.torch_threads = torch.get_num_threads()
         if self.mode == "continuous":
             ContinuousScheduler(self.engine, self.jobs, self.hooks, self.window_s, self.max_batch,
                                 self.queue_timeout_s).run()

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from thalamus.errors import ConfigError
+from thalamus.serving.machine import DTYPES, resolve_dtype
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -55,6 +56,29 @@ def routing_of(folder: Path) -> tuple[int, int] | None:
     return (top_k, n) if top_k is not None and n is not None else None
 
 
+class VllmSpec(BaseModel):
+    """How to run an ``engine: vllm`` model: the vLLM environment (scripts/vllm_env.sh) and its settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    python: Path = Field(description="the vLLM environment's python, e.g. /work/vllm-venv/bin/python")
+    kv_cache_space: int = Field(default=2 * 2**30, gt=0, description="KV cache bytes (VLLM_CPU_KVCACHE_SPACE, "
+                                                                     "rounded up to whole GiB)")
+    extra_args: list[str] = Field(default_factory=list, description="more api_server arguments")
+    start_timeout_s: float = Field(default=300.0, gt=0, description="longest wait for a (re)start")
+    health_interval_s: float = Field(default=2.0, gt=0, description="seconds between health checks")
+
+    @field_validator("kv_cache_space", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_bytes(value)
+
+    @field_validator("python", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
 class ModelSpec(BaseModel):
     """One servable model: a local Hugging Face folder (``path``) or a prepared ``source``."""
 
@@ -63,9 +87,11 @@ class ModelSpec(BaseModel):
     name: str
     path: Path | None = None
     source: str | None = None
-    dtype: str = "float32"
+    dtype: str | None = Field(default=None, description="None: the server's default_dtype")
     context_length: int | None = Field(default=None, gt=0)
     offload: OffloadSpec | None = None
+    engine: Literal["torch", "vllm"] = "torch"
+    vllm: VllmSpec | None = None
 
     @model_validator(mode="after")
     def _one_location(self) -> ModelSpec:
@@ -77,6 +103,14 @@ class ModelSpec(BaseModel):
             self.path = self.path.expanduser()
         if self.offload is not None:
             self._check_offload(self.offload)
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"model {self.name!r}: dtype {self.dtype!r} is not one of {DTYPES}")
+        if (self.engine == "vllm") != (self.vllm is not None):
+            raise ValueError(f"model {self.name!r}: 'engine: vllm' and a 'vllm:' section (with the vLLM "
+                             "environment's python) go together")
+        if self.engine == "vllm" and self.offload is not None:
+            raise ValueError(f"model {self.name!r}: expert offloading is a torch-engine feature; "
+                             "drop 'offload' or use 'engine: torch'")
         return self
 
     def _check_offload(self, offload: OffloadSpec) -> None:
@@ -118,7 +152,10 @@ class ServingConfig(BaseModel):
     max_prompt_chars: int = Field(default=1_000_000, ge=1,
                                   description="characters of message text a request may carry (413 above)")
     max_request_bytes: int = Field(default=16 * 2**20, gt=0, description="bytes of a request body (413 above)")
-    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (None: torch's)")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (None: the "
+                                                                      "cores this process may use)")
+    default_dtype: str = Field(default="float32", description="dtype of models that name none; 'machine': "
+                                                              "bfloat16 where the CPU has bf16 instructions")
     models: list[ModelSpec]
 
     @field_validator("memory_budget", "max_request_bytes", mode="before")
@@ -132,7 +169,15 @@ class ServingConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate model names: {dupes}")
+        if self.default_dtype not in DTYPES:
+            raise ValueError(f"default_dtype {self.default_dtype!r} is not one of {DTYPES}")
+        for spec in self.models:  # from here on every model names a concrete dtype
+            spec.dtype = resolve_dtype(spec.dtype or self.default_dtype)
         return self
+
+    def dtype_of(self, spec: ModelSpec) -> str:
+        """The resolved dtype of ``spec`` (always set once the config has validated)."""
+        return spec.dtype or resolve_dtype(self.default_dtype)
 
     @classmethod
     def from_yaml(cls, path: Path) -> ServingConfig:

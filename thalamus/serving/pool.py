@@ -25,6 +25,7 @@ from thalamus.serving.batching import BatchWorker
 from thalamus.serving.config import ModelSpec, OffloadSpec, ServingConfig, routing_of
 from thalamus.serving.engine import Engine
 from thalamus.serving.jobqueue import WorkerHooks
+from thalamus.serving.machine import usable_cores
 from thalamus.serving.metrics import ServingMetrics
 from thalamus.serving.models import models_dir, prepare_smollm2
 from thalamus.serving.moe import moe_info
@@ -119,16 +120,17 @@ class ModelPool:
         self.config = config
         self.metrics = metrics
         self.cache_dir = cache_dir
-        self.specs = {spec.name: spec for spec in config.models}
+        self.specs = {spec.name: spec for spec in config.models if spec.engine == "torch"}
         self.loaded: dict[str, LoadedModel] = {}
         self.load_stats: dict[str, LoadStats] = {name: LoadStats() for name in self.specs}
         self._lock = asyncio.Lock()
         self._freed = asyncio.Event()  # set (and replaced) whenever a model stops serving requests
         self._room_waiters = 0
+        self.reserved = 0  # bytes other engines (vLLM processes) hold out of the budget; never evicted here
         metrics.budget_bytes.set(config.memory_budget)
 
     def used_bytes(self) -> int:
-        return sum(m.bytes for m in self.loaded.values())
+        return self.reserved + sum(m.bytes for m in self.loaded.values())
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[LoadedModel]:
@@ -147,7 +149,7 @@ class ModelPool:
     async def get(self, name: str) -> LoadedModel:
         if name not in self.specs:
             raise ServingError(404, f"The model '{name}' does not exist on this server; "
-                                    f"served models: {', '.join(sorted(self.specs))}",
+                                    f"served models: {', '.join(sorted(m.name for m in self.config.models))}",
                                param="model", code="model_not_found")
         if name in self.loaded:
             return self.loaded[name]
@@ -186,7 +188,8 @@ class ModelPool:
     async def _load(self, spec: ModelSpec) -> None:
         started = time.perf_counter()
         folder = await asyncio.to_thread(self._folder, spec)
-        need = await asyncio.to_thread(estimate_bytes, folder, spec.dtype, spec.offload)
+        need = await asyncio.to_thread(estimate_bytes, folder, self.config.dtype_of(spec),
+                                       spec.offload)
         evicted = await self._make_room(spec.name, need)
         try:
             model = await asyncio.to_thread(self._build, spec, folder)
@@ -199,7 +202,7 @@ class ModelPool:
         self.metrics.load_seconds.labels(spec.name).observe(elapsed)
         if evicted:
             self.metrics.switch_seconds.labels(spec.name).observe(elapsed)
-        self._publish()
+        self.publish()
 
     def _folder(self, spec: ModelSpec) -> Path:
         if spec.source == "smollm2":
@@ -212,9 +215,10 @@ class ModelPool:
 
     async def _make_room(self, name: str, need: int) -> list[str]:
         budget = self.config.memory_budget
-        if need > budget:
+        if need > budget - self.reserved:
+            held = f" ({self.reserved} of them held by vLLM engines)" if self.reserved else ""
             raise ServingError(503, f"model '{name}' needs {need} bytes but the server's memory budget is "
-                                    f"{budget} bytes; raise memory_budget or serve a smaller model",
+                                    f"{budget} bytes{held}; raise memory_budget or serve a smaller model",
                                type_="server_error", code="model_too_large")
         evicted: list[str] = []
         idle = sorted((m for m in self.loaded.values() if m.in_use == 0), key=lambda m: m.last_used)
@@ -240,7 +244,7 @@ class ModelPool:
         gc.collect()
         self.metrics.unload_seconds.labels(name).observe(time.perf_counter() - started)
         self.metrics.model_bytes.remove(name)
-        self._publish()
+        self.publish()
 
     def _build(self, spec: ModelSpec, folder: Path) -> LoadedModel:
         import torch
@@ -250,7 +254,8 @@ class ModelPool:
         if spec.offload is not None:
             model, offload = self._load_offloaded(spec, spec.offload, folder)
         else:
-            dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
+            name = self.config.dtype_of(spec)
+            dtype = "auto" if name == "auto" else getattr(torch, name)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         context = spec.context_length or getattr(model.config, "max_position_embeddings", None) \
@@ -261,15 +266,17 @@ class ModelPool:
         config = self.config
         worker = BatchWorker(engine, spec.name, config.batch_window_ms / 1000 if config.batching else 0.0,
                              config.max_batch_size if config.batching else 1, mode=config.batch_mode,
-                             queue_timeout_s=config.queue_timeout_s, hooks=self._hooks(spec.name))
+                             queue_timeout_s=config.queue_timeout_s, hooks=self._hooks(spec.name),
+                             threads=config.torch_threads or usable_cores())
         return LoadedModel(spec, tokenizer, engine, worker, int(context), size, offload=offload)
 
     def _load_offloaded(self, spec: ModelSpec, offload: OffloadSpec, folder: Path) -> tuple[Any, ExpertOffload]:
         """Load with the routed experts in the on-disk store (written once per checkpoint, expert by
         expert): the full set of experts is never in memory, so a model larger than memory loads."""
         root = models_dir(self.cache_dir) / "offload"
-        model, experts = load_offloaded(folder, spec.name, spec.dtype, offload.experts_resident, offload.policy,
-                                        store_folder(root, spec.name, folder, spec.dtype))
+        dtype = self.config.dtype_of(spec)
+        model, experts = load_offloaded(folder, spec.name, dtype, offload.experts_resident, offload.policy,
+                                        store_folder(root, spec.name, folder, dtype))
         experts.on_pass = lambda delta: self.metrics.record_offload(spec.name, delta)
         return model, experts
 
@@ -282,7 +289,7 @@ class ModelPool:
                            on_wait=m.queue_wait.labels(name, "batch").observe,
                            on_timeout=m.queue_rejections.labels(name, "batch", "timeout").inc)
 
-    def _publish(self) -> None:
+    def publish(self) -> None:
         self.metrics.loaded_models.set(len(self.loaded))
         self.metrics.pool_bytes.set(self.used_bytes())
         for name, model in self.loaded.items():
