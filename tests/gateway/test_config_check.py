@@ -121,7 +121,7 @@ def test_duplicated_yaml_keys_are_refused(tmp_path: Path, text: str, words: list
 
 def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
     path = tmp_path / "merge.yaml"
-    path.write_text("backends:\n  - &base {name: a, model: openai/m, timeout: 5}\n"
+    path.write_text("backends:\n  - &base {name: a, model: openai/m, timeout: 5, input_per_m: 0, output_per_m: 0}\n"
                     "  - <<: *base\n    name: b\n    timeout: 7\n")
     assert [b.first_byte_s for b in load_config(path).backends] == [5, 7]
 

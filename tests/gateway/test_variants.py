@@ -84,11 +84,12 @@ def test_variant_is_routed_sent_billed_and_logged(variant_gateway: ThreadedServe
 def test_variant_names_are_checked() -> None:
     from thalamus.errors import ConfigError
 
-    backend = {"name": "m", "model": "openai/m", "api_base": "http://127.0.0.1:9/v1"}
+    backend = {"name": "m", "model": "openai/m", "api_base": "http://127.0.0.1:9/v1", "input_per_m": 0.0,
+               "output_per_m": 0.0}  # an uncatalogued model needs its prices
     with pytest.raises(ConfigError, match="variant name 'a@b'"):
         config_from_dict({"backends": [backend | {"variants": {"a@b": {}}}]})
     with pytest.raises(ConfigError, match="duplicate backend names"):
         config_from_dict({"backends": [backend | {"variants": {"x": {}}}, backend | {"name": "m@x"}]})
     cfg = config_from_dict({"backends": [backend | {"input_per_m": 1.0, "variants": {"x": {"output_per_m": 5.0}}}]})
     assert [(b.name, b.variant, b.input_per_m, b.output_per_m) for b in cfg.backends] == [
-        ("m", None, 1.0, None), ("m@x", "x", 1.0, 5.0)]
+        ("m", None, 1.0, 0.0), ("m@x", "x", 1.0, 5.0)]
