@@ -141,6 +141,7 @@ def test_fastapi_has_nothing_to_validate(replay: ThreadedServer, artifact: Path,
         "/api/requests", "/api/requests/{request_id}", "/api/stats/calibration", "/api/stats/filters",
         "/api/stats/keys", "/api/stats/models", "/api/stats/overview", "/api/stats/timeseries", "/dashboard",
         "/api/stats/routers", "/api/stats/rollout", "/api/stats/breakdown", "/api/stats/affinity", "/api/judge",
+        "/api/stats/teams",
         "/dashboard/static/plotly.min.js", "/dashboard/static/{name}", "/api/controller", "/admin/routers",
         "/admin/routers/{name}/reload", "/admin/routers/{name}/candidate", "/admin/routers/{name}/promote"}
     for route in routes:  # handlers and their dependencies (the service, the caller's key) read the Request only

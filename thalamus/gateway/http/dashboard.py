@@ -72,10 +72,12 @@ def _script_json(data: Any) -> str:
 
 
 def viewer_role(request: Request) -> str | None:
-    """The caller's role for the page's views; ``"admin"`` turns on the view across teams (``#teams``, filled
-    from ``/api/stats/teams``). Hook for roles (issue 22a): the page itself holds no data and asks for no key,
-    so until roles exist this is None and the cross-team view stays hidden."""
-    return None
+    """The caller's role as far as the server knows it when it sends the page: ``"admin"`` while auth is off
+    (everyone reads everything) and on the standalone dashboard; None with auth on, where the key exists only
+    in the reader's browser. The page does not rely on it: it asks ``/api/stats/teams`` with the key it holds
+    and shows the view across teams (``#teams``) only when that answers 200 (the admin; 403 for other roles)."""
+    service = getattr(request.app.state, "service", None)
+    return "admin" if service is None or not service.keys.enabled else None
 
 
 async def dashboard_page(request: Request) -> HTMLResponse:

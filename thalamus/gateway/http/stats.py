@@ -26,6 +26,7 @@ from thalamus.gateway.stats import breakdown as stats_breakdown
 from thalamus.gateway.stats import rollout as stats_rollout
 from thalamus.gateway.stats import router as stats_router
 from thalamus.gateway.stats import rows as stats_rows
+from thalamus.gateway.stats import teams as stats_teams
 from thalamus.gateway.stats.router_curves import live_rollouts, serving_curves
 from thalamus.gateway.stats.sql import Filters
 from thalamus.gateway.tenancy.roles import Principal
@@ -154,6 +155,15 @@ async def affinity(request: Request, who: Reader) -> JSONResponse:
     return JSONResponse(await _run(stats_affinity.switch_rate, engine_of(request), filters(request, who)))
 
 
+async def teams(request: Request, who: Reader) -> JSONResponse:
+    """The admin's view across teams: per team spend, requests, tokens, errors, feedback (403 for other roles)."""
+    who.require_admin("/api/stats/teams")
+    service = getattr(request.app.state, "service", None)
+    static = service.controls.static_teams() if service is not None else {}
+    return JSONResponse({"data": await _run(stats_teams.team_stats, engine_of(request), filters(request, who),
+                                            static)})
+
+
 async def recent(request: Request, who: Reader) -> JSONResponse:
     engine, f = engine_of(request), filters(request, who)
     limit = _int(request, "limit", 50)
@@ -174,7 +184,7 @@ ROUTES: dict[str, Callable[[Request, Principal], Any]] = {
     "/api/stats/overview": overview, "/api/stats/timeseries": timeseries, "/api/stats/models": models,
     "/api/stats/keys": keys, "/api/stats/calibration": calibration, "/api/stats/filters": filter_options,
     "/api/stats/routers": routers, "/api/stats/rollout": rollout, "/api/stats/breakdown": breakdown,
-    "/api/stats/affinity": affinity,
+    "/api/stats/affinity": affinity, "/api/stats/teams": teams,
     "/api/requests": recent, "/api/requests/{request_id}": one_request,
 }
 

@@ -144,6 +144,10 @@ class TeamControls:
         stored = await asyncio.to_thread(self.store.team_ids, team) if self.enabled else frozenset()
         return principal_of(key_id, role, team, static | stored)
 
+    def static_teams(self) -> dict[str, str]:
+        """The team of each static key that has one (the config's; virtual keys' teams are in ``api_keys``)."""
+        return {k: team for k, (_, team) in self._static.items() if team is not None}
+
     def record(self, key_id: str | None) -> KeyRecord | None:
         return self._by_id.get(key_id) if key_id is not None else None
 

@@ -38,9 +38,13 @@
     return { q, bucket: fit ? fit.bucket : BUCKET[range] || "hour", range: fit ? "fit:" + fit.bucket : range };
   }
 
+  function apiKey() {
+    return $("f-apikey") ? $("f-apikey").value || sessionStorage.getItem("thalamus-key") : null;
+  }
+
   async function api(path) {
     const headers = {};
-    const key = $("f-apikey") ? $("f-apikey").value || sessionStorage.getItem("thalamus-key") : null;
+    const key = apiKey();
     if (key) {
       headers.Authorization = "Bearer " + key;
       sessionStorage.setItem("thalamus-key", key);
@@ -271,15 +275,29 @@
       Object.entries(fb), (r) => `data-source="${esc(r[0])}" data-n="${r[1].feedback_n}"`);
   }
 
-  // the admin's view across teams (roles: issue 22a). The page asks for it only when the server says the
-  // caller is an admin (CONFIG.role === "admin"); /api/stats/teams answers [{team, requests, spend_usd, ...}].
+  // the admin's view across teams. The page holds no key (with auth on, the reader types one), so it asks the
+  // API: /api/stats/teams answers 200 to the admin (everyone while auth is off) and 403 to any other key; the
+  // section shows only on a 200. A refused key is not asked again until the key field changes.
   async function teams() {
     const box = $("teams");
-    if (!box || CONFIG.role !== "admin" || SNAP) return;
-    const rows = (await api("/api/stats/teams?" + (state.query || ""))).data || [];
-    table("table-teams", [["team", (r) => esc(r.team == null ? "(no team)" : r.team)],
-      ["requests", (r) => num(r.requests)], ["spend", (r) => usd(r.spend_usd)], ["errors", (r) => pct(r.error_rate)]],
-      rows);
+    if (!box || SNAP) return;
+    const key = apiKey() || "";
+    if (state.teamsRefused === key) return;
+    const res = await fetch("/api/stats/teams?" + (state.query || ""),
+                            { headers: key ? { Authorization: "Bearer " + key } : {} });
+    if (!res.ok) {
+      box.hidden = true;
+      if (res.status === 403) state.teamsRefused = key;
+      return;
+    }
+    const rows = (await res.json()).data || [];
+    const fb = (r) => (r.score_source ? r.feedback[r.score_source] : {});
+    table("table-teams", [["team", (r) => esc(r.label)], ["keys", (r) => num(r.keys)],
+      ["requests", (r) => num(r.requests)], ["tokens", (r) => num(r.tokens)], ["spend", (r) => usd(r.spend_usd)],
+      ["errors", (r) => num(r.errors)], ["error rate", (r) => pct(r.error_rate)],
+      ["feedback", (r) => num(fb(r).feedback_n || 0)],
+      ["score", (r) => (r.score_mean == null ? "–" : num(r.score_mean, 3) + " " + r.score_source)]], rows,
+      (r) => `data-team="${esc(r.label)}" data-requests="${r.requests}" data-spend="${r.spend_usd}"`);
     box.hidden = false;
   }
 
