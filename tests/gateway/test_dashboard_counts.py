@@ -165,7 +165,11 @@ def check_counts(page: Any, ledger: Path) -> None:
     classes = page.eval_on_selector_all("#table-errors tbody tr", "rs => rs.map(r => r.dataset.class)")
     assert sorted(classes) == ["bad_gateway", "bad_request", "not_found"]
     assert page.locator("#table-requests tbody tr").count() == 50
-    assert page.locator("#teams").is_hidden()  # the admin view waits for roles (issue 22a)
+    # auth off: everyone is the admin, so the view across teams shows, every request in "(no team)"
+    page.wait_for_selector("#teams:not([hidden])")
+    teams = page.eval_on_selector_all("#table-teams tbody tr",
+                                      "rs => rs.map(r => [r.dataset.team, r.dataset.requests])")
+    assert teams == [["(no team)", str(N)]]
 
 
 def check_layout(page: Any, width: int) -> None:
@@ -196,3 +200,93 @@ def check_drilldown_in_view(page: Any, broken: str) -> None:
     page.click(f'#table-requests tr[data-id="{broken}"]')
     page.wait_for_function(f"document.getElementById('drilldown').innerText.includes('{broken}')")
     assert page.inner_text("#drilldown").count("503 service_unavailable") == 2
+
+
+ADMIN = "sk-admin-teams"
+TEAM_AUTH = {"enabled": True, "admin_key": ADMIN, "sync_ms": 50,
+             "keys": [{"id": "red-1", "key": "sk-red-1", "team": "red"}, {"id": "plain", "key": "sk-plain"},
+                      {"id": "red-lead", "key": "sk-red-lead", "team": "red", "role": "team_admin"}]}
+TEAM_SENT = {"red-1": 3, "blue-1": 2, "plain": 1}  # blue-1: a virtual key of team blue
+
+
+@pytest.fixture(scope="module")
+def two_teams(replay: ThreadedServer, artifact: Path, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[tuple[ThreadedServer, dict[str, str]]]:
+    """A gateway with auth: red (a static key), blue (a virtual key), a plain key without a team."""
+    ledger = tmp_path_factory.mktemp("teams") / "ledger.sqlite"
+    config = config_from_dict(base_config(replay.url, artifact, ledger, auth=TEAM_AUTH))
+    secrets = {"red-1": "sk-red-1", "plain": "sk-plain", "red-lead": "sk-red-lead", "admin": ADMIN}
+    with ThreadedServer(create_app(config)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        made = http.post("/admin/keys", headers={"authorization": f"Bearer {ADMIN}"},
+                         json={"id": "blue-1", "team": "blue"})
+        assert made.status_code == 200, made.text
+        secrets["blue-1"] = made.json()["key"]
+        for key_id, n in TEAM_SENT.items():
+            for i in range(n):
+                r = http.post("/v1/chat/completions", headers={"authorization": f"Bearer {secrets[key_id]}"},
+                              json={"model": "weak", "messages": [{"role": "user", "content": f"Team {i}?"}]})
+                assert r.status_code == 200, r.text
+                if i == 0 and key_id != "plain":  # a client's score for red, the judge's for blue
+                    source, score = ("app", 0.8) if key_id == "red-1" else ("judge:strong", 0.4)
+                    http.post("/v1/feedback", headers={"authorization": f"Bearer {secrets[key_id]}"},
+                              json={"request_id": r.headers["x-thalamus-request-id"], "score": score,
+                                    "source": source}).raise_for_status()
+        ledger_rows(ledger, sum(TEAM_SENT.values()))
+        yield server, secrets
+
+
+def test_teams_api_is_admin_only(two_teams: tuple[ThreadedServer, dict[str, str]]) -> None:
+    server, secrets = two_teams
+    got = httpx.get(server.url + "/api/stats/teams", headers={"authorization": f"Bearer {ADMIN}"})
+    assert got.status_code == 200
+    rows = {t["label"]: t for t in got.json()["data"]}
+    assert {k: (t["requests"], t["keys"]) for k, t in rows.items()} == {"red": (3, 1), "blue": (2, 1),
+                                                                         "(no team)": (1, 1)}
+    assert all(t["spend_usd"] > 0 and t["tokens"] > 0 and t["errors"] == 0 for t in rows.values())
+    assert (rows["red"]["score_mean"], rows["red"]["score_source"]) == (0.8, "client")
+    assert (rows["blue"]["score_mean"], rows["blue"]["score_source"]) == (0.4, "judge")
+    for who in ("plain", "red-lead", "blue-1"):  # a key, a team admin, a virtual key: operator-wide data
+        r = httpx.get(server.url + "/api/stats/teams", headers={"authorization": f"Bearer {secrets[who]}"})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "admin_only"), who
+    assert httpx.get(server.url + "/api/stats/teams").status_code == 401
+
+
+def _open_as(browser: Any, url: str, secret: str, width: int) -> tuple[Any, list[str]]:
+    """The dashboard with ``secret`` in the page's key field (as a reader who typed it), loaded."""
+    page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("response", lambda r: problems.append(f"{r.status}: {r.url.split('?')[0]}") if r.status >= 400 else None)
+    page.add_init_script(f"sessionStorage.setItem('thalamus-key', {secret!r})")
+    page.goto(url + "/dashboard")
+    page.wait_for_function("window.thalamusDashboard && window.thalamusDashboard.ready", timeout=30_000)
+    return page, problems
+
+
+@pytest.mark.skipif(not _chromium() and os.environ.get("CI", "").lower() != "true",
+                    reason="no /usr/bin/chromium (apt-get install -y chromium)")
+def test_admin_view_across_teams_in_chromium(two_teams: tuple[ThreadedServer, dict[str, str]]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    server, secrets = two_teams
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page, problems = _open_as(browser, server.url, ADMIN, 1280)
+        page.wait_for_selector("#teams:not([hidden])", timeout=10_000)
+        rows = page.eval_on_selector_all("#table-teams tbody tr", "rs => rs.map(r => [r.dataset.team, "
+                                         "r.dataset.requests, r.cells[1].textContent])")
+        assert sorted(rows) == [["(no team)", "1", "1"], ["blue", "2", "1"], ["red", "3", "1"]]
+        scores = page.eval_on_selector_all("#table-teams tbody tr", "rs => rs.map(r => r.cells[8].textContent)")
+        assert sorted(scores) == ["0.400 judge", "0.800 client", "–"]
+        check_layout(page, 1280)
+        page.screenshot(path=str(IMG / "dashboard-teams.png"), full_page=True)
+        assert problems == []
+        page.close()
+        # a plain key reads its own rows; the page asks once, gets 403 and keeps the section hidden
+        page, problems = _open_as(browser, server.url, secrets["plain"], 1280)
+        page.wait_for_function("window.thalamusDashboard.teamsRefused === 'sk-plain'", timeout=10_000)
+        assert page.locator("#teams").is_hidden()
+        assert page.locator("#table-teams tbody tr").count() == 0
+        assert page.inner_text("#card-requests") == "1"
+        assert problems == [f"403: {server.url}/api/stats/teams"]
+        browser.close()

@@ -75,7 +75,7 @@ def team_stats(engine: Engine, f: Filters, static_teams: Mapping[str, str] | Non
     return sorted(out, key=lambda t: (-t["spend_usd"], t["team"] is None, t["team"] or ""))
 
 
-def _shape(m: Mapping[str, Any]) -> dict[str, Any]:
+def _shape(m: Mapping[Any, Any]) -> dict[str, Any]:
     n = int(m["requests"])
     prompt, completion = int(m["prompt_tokens"]), int(m["completion_tokens"])
     fb = {s: score_summary(int(m[f"{s}_n"]), float(m[f"{s}_s"]), float(m[f"{s}_sq"])) for s in _SOURCES}
