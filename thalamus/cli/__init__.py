@@ -15,7 +15,7 @@ from rich.console import Console
 from thalamus.errors import ThalamusError
 
 # modules under thalamus.cli that each expose register(app: typer.Typer)
-AREAS = ("data", "evaluate", "train", "gateway", "keys", "serving", "dashboard", "loop", "rollout")
+AREAS = ("data", "evaluate", "train", "gateway", "keys", "serving", "dashboard", "loop", "rollout", "onboard")
 
 
 def build_app() -> typer.Typer:

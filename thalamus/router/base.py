@@ -44,6 +44,7 @@ class Router:
 
     name: ClassVar[str] = ""
     uses_embeddings: ClassVar[bool] = True
+    format_version: ClassVar[int] = FORMAT_VERSION  # of the artifact this class writes
 
     def __init__(self, embedder: str = "minilm", seed: int = 0) -> None:
         self.embedder = embedder
@@ -219,7 +220,7 @@ class Router:
                                 "save it in _save_extra")
         self._save_extra(directory)
         np.savez(directory / "arrays.npz", allow_pickle=False, **arrays)
-        meta = {"format": FORMAT_VERSION, "router": self.name, "params": self.get_params(), "state": state}
+        meta = {"format": self.format_version, "router": self.name, "params": self.get_params(), "state": state}
         (directory / "router.json").write_text(json.dumps(meta, indent=1))
         return directory
 
@@ -237,6 +238,9 @@ class Router:
                             "`thalamus train ROUTER --data D --out DIR`")
         meta = json.loads(meta_path.read_text())
         klass = get_router_class(meta["router"]) if cls is Router else cls
+        if int(meta.get("format", 1)) > klass.format_version:
+            raise DataError(f"{meta_path}: artifact format {meta['format']} is newer than this thalamus reads "
+                            f"({klass.format_version} for {klass.name}); upgrade thalamus")
         router = klass(**meta["params"])
         for key, value in meta["state"].items():
             setattr(router, key, value)
@@ -250,6 +254,13 @@ class Router:
             except ConfigError as exc:
                 raise ConfigError(f"{directory}: {exc}") from exc
         return router
+
+    def add_model(self, name: str, prior: str | None = None, cost: float | np.ndarray | None = None) -> Any:
+        """Serve a model the router was not trained on. Only routers built on per-group profiles can
+        (``cluster``); the others need re-training with data for the model (docs/own-models.md)."""
+        raise ConfigError(f"the {self.name or type(self).__name__} router cannot add model {name!r} without "
+                          "re-training: train it on data that includes the model, or use the cluster router, "
+                          "which takes new models as profiles (`thalamus onboard`)")
 
     def _extra_attributes(self) -> tuple[str, ...]:
         """Fitted attributes saved by _save_extra rather than the generic path."""
