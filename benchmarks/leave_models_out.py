@@ -35,11 +35,11 @@ from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset, hash_fraction
 from thalamus.eval.metrics import best_single, cost_saving, operating_point, upper_hull
 from thalamus.eval.sweep import predict, sweep_lambda
+from thalamus.gateway.learning.onboard import assignments, choose_probes
 from thalamus.router.cluster import ClusterRouter
 from thalamus.router.embedders import get_embedder
 from thalamus.router.policy import Knob, choose
 from thalamus.training.graders import agreement_scores, recorded_scores
-from thalamus.training.onboard import assignments, choose_probes
 from thalamus.training.probes import ProbeSet
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,12 +18,12 @@ from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError, DataError
 from thalamus.gateway.config import GatewayConfig, config_from_dict
-from thalamus.gateway.replay import create_replay_app
-from thalamus.gateway.server import ThreadedServer
+from thalamus.gateway.learning.onboard import ANSWERS_FILE, ONBOARD_FILE, OnboardSpec, onboard
+from thalamus.gateway.replay.server import create_replay_app
+from thalamus.gateway.replay.threaded import ThreadedServer
 from thalamus.router.base import Router
 from thalamus.router.cluster import ClusterRouter
 from thalamus.router.knn import KNNRouter
-from thalamus.training.onboard import ANSWERS_FILE, ONBOARD_FILE, OnboardSpec, onboard
 from thalamus.training.probes import ProbeSet, load_probes, stratified
 
 NEW = "gpt-4-1106-preview"

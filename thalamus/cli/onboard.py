@@ -1,6 +1,6 @@
 """``thalamus onboard ROUTER_DIR --model M --probe DATA --n N --grader G --config C --out DIR``.
 
-Gives a cluster router a profile for model M from N graded probe answers (training/onboard.py) and
+Gives a cluster router a profile for model M from N graded probe answers (gateway/learning/onboard.py) and
 writes the new artifact version to DIR; prints the profile per group and the spend.
 """
 
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from thalamus.training.onboard import OnboardResult
+    from thalamus.gateway.learning.onboard import OnboardResult
 
 
 def _table(result: OnboardResult, groups: list[str]) -> Table:
@@ -52,7 +52,7 @@ def onboard_cmd(
     from tqdm import tqdm
 
     from thalamus.gateway.config import load_config
-    from thalamus.training.onboard import OnboardSpec, onboard
+    from thalamus.gateway.learning.onboard import OnboardSpec, onboard
     from thalamus.training.probes import load_probes
 
     gateway_config = load_config(config)

@@ -75,7 +75,7 @@ def _plain_probes(path: Path) -> ProbeSet:
 
 
 def _ledger_probes(url: str) -> ProbeSet:
-    from thalamus.gateway.ledger import Ledger
+    from thalamus.ledger.store import Ledger
 
     ledger = Ledger(url)
     try:

@@ -25,10 +25,12 @@ import numpy as np
 
 from thalamus.datasets.schema import stable_hash
 from thalamus.errors import ConfigError, DataError
-from thalamus.gateway.backends import Backend, UpstreamError, make_backend
 from thalamus.gateway.config import GatewayConfig
-from thalamus.gateway.judge_score import judge_messages, parse_score
-from thalamus.gateway.protocol import content_text, estimate_prompt_tokens, estimate_tokens, token_count
+from thalamus.gateway.learning.judge_score import judge_messages, parse_score
+from thalamus.gateway.upstream.backends import make_backend
+from thalamus.gateway.upstream.base import Backend
+from thalamus.gateway.upstream.checks import UpstreamError
+from thalamus.gateway.wire.protocol import content_text, estimate_prompt_tokens, estimate_tokens, token_count
 from thalamus.router.base import Router, artifact_version
 from thalamus.router.cluster import ClusterRouter
 from thalamus.training.graders import GRADERS, agreement_scores, recorded_scores, reference_scores
