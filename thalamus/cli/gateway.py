@@ -30,15 +30,19 @@ def serve_cmd(
 
 
 def config_check_cmd(file: Annotated[Path, typer.Argument(help="YAML config to validate.")]) -> None:
-    """Validate a gateway config; errors name the key. Also checks that router artifacts exist."""
+    """Validate a gateway config; errors name the key. Loads every router artifact and runs serve's start-up
+    check of its models against the backends (which ones a router serves, adds from a prior, or ignores)."""
     from thalamus.errors import ConfigError
     from thalamus.gateway.config import load_config
+    from thalamus.gateway.learning.adopt import check_routers
 
     cfg = load_config(file)
-    missing = [f"routers.{n}.artifact: {r.artifact} does not exist" for n, r in cfg.routers.items()
-               if not (Path(r.artifact) / "router.json").exists()]
-    if missing:
-        raise ConfigError(f"{file}: " + f"\n{file}: ".join(missing))
+    try:
+        warnings = check_routers(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    for warning in warnings:
+        Console().print(f"[yellow]note[/] {warning}")
     Console().print(f"[green]ok[/] {file}: {len(cfg.backends)} backends, routers: "
                     f"{', '.join(cfg.routers) or 'none'}")
 

@@ -11,12 +11,10 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 
 from thalamus.config import Settings
-from thalamus.errors import ConfigError
 from thalamus.gateway.config import GatewayConfig
 from thalamus.gateway.core.cache import ResponseCache
 from thalamus.gateway.core.service import GatewayService
@@ -28,12 +26,14 @@ from thalamus.gateway.http.metrics import install_metrics
 from thalamus.gateway.http.rollout import install_rollout
 from thalamus.gateway.http.stats import install_stats
 from thalamus.gateway.http.surface import install_surface
-from thalamus.gateway.learning.artifacts import LoadedRouter, load_artifact
+from thalamus.gateway.learning.adopt import adopt, load_router, plan_backends
+from thalamus.gateway.learning.artifacts import LoadedRouter
 from thalamus.gateway.learning.controller import Controllers
 from thalamus.gateway.learning.feedback import FeedbackDesk
 from thalamus.gateway.learning.judge import start_judge
 from thalamus.gateway.learning.loop import LearningLoop
 from thalamus.gateway.learning.pool_state import PoolTracker
+from thalamus.gateway.learning.profile_store import ProfileSync
 from thalamus.gateway.stats.metrics import GatewayMetrics, multiprocess_dir
 from thalamus.gateway.tenancy.auth import KeyChecker
 from thalamus.gateway.tenancy.controls import TeamControls
@@ -65,23 +65,17 @@ def open_ledger(config: GatewayConfig, settings: Settings | None = None) -> tupl
 
 
 def load_routers(config: GatewayConfig) -> dict[str, LoadedRouter]:
+    """Every configured router, with the backends it was not trained on added when it keeps profiles
+    (learning/adopt.py: the same check as ``thalamus config check``)."""
     loaded: dict[str, LoadedRouter] = {}
     backends = {b.name for b in config.backends}
     for name, rc in config.routers.items():
-        if not Path(rc.artifact).is_dir():
-            raise ConfigError(f"routers.{name}.artifact: {rc.artifact} is not a directory; train a router "
-                              "and save it there")
-        router = load_artifact(rc.artifact)  # its online checkpoint when the gateway has written one
+        router = load_router(name, rc)
+        plan = plan_backends(name, rc, router, config)
+        adopt(router, plan, config)
+        for warning in plan.warnings:
+            log.warning("%s", warning)
         servable = tuple(m for m in router.models_ if m in backends)
-        if not servable:
-            raise ConfigError(f"routers.{name}: none of the router's models {router.models_} is a backend")
-        for key in ("strong", "weak", "baseline"):
-            pair_model = getattr(rc, key)
-            if pair_model is not None and pair_model not in router.models_:
-                raise ConfigError(f"routers.{name}.{key}: {pair_model!r} is not one of the router's models")
-        missing = sorted(set(router.models_) - backends)
-        if missing:
-            log.warning("router %s: models without a backend are never chosen: %s", name, missing)
         loaded[name] = LoadedRouter(name, router, artifact_version(rc.artifact), rc, servable)
     return loaded
 
@@ -126,7 +120,10 @@ async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backend
     for backend in owned.values():
         stack.push_async_callback(backend.aclose)
     pool = app.state.pool = await start_pool(config)
-    learning = LearningLoop(config, pool=pool)
+    profiles = ProfileSync(ledger.engine, routers)  # profile routers' online statistics, shared by replicas
+    await profiles.start()
+    stack.push_async_callback(profiles.close)
+    learning = LearningLoop(config, pool=pool, profiles=profiles)
     stack.push_async_callback(asyncio.to_thread, learning.close, routers)
     controllers = app.state.controllers = Controllers(routers)
     controllers.start(ledger)

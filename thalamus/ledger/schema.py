@@ -102,6 +102,16 @@ api_keys = sa.Table(
     sa.Column("metadata", sa.Text),  # JSON object
 )
 
+profile_stats = sa.Table(
+    "profile_stats", metadata,
+    sa.Column("router", sa.String(256), primary_key=True),
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("grp", sa.Integer, primary_key=True),
+    sa.Column("weight", sa.Float, nullable=False),
+    sa.Column("total", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 key_usage = sa.Table(
     "key_usage", metadata,
     sa.Column("key_id", sa.String(128), primary_key=True),
@@ -180,6 +190,12 @@ _PRICES_V10 = ("ALTER TABLE requests ADD COLUMN price_input_per_m FLOAT",
                "ALTER TABLE requests ADD COLUMN price_output_per_m FLOAT")
 
 
+# online profile statistics of profile routers (gateway/learning/profile_store.py): per router (name@version),
+# model and group, the feedback weight and score sum (grp -1: the model's overall residual count and sum)
+_PROFILE_STATS_V11 = ("""CREATE TABLE profile_stats (
+    router VARCHAR(256) NOT NULL, model VARCHAR(256) NOT NULL, grp INTEGER NOT NULL, weight FLOAT NOT NULL,
+    total FLOAT NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (router, model, grp))""",)
+
 _JUDGE_CALLS_V8 = """CREATE TABLE judge_calls (
     id {pk} NOT NULL, request_id VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL, judge VARCHAR(256) NOT NULL,
     outcome VARCHAR(16) NOT NULL, score FLOAT, feedback_id INTEGER, prompt_tokens BIGINT, completion_tokens BIGINT,
@@ -229,6 +245,7 @@ MIGRATIONS: list[Migration] = [
     }),
     Migration(9, "pool-aware routing: switch_cost", {"sqlite": _POOL_V9, "postgresql": _POOL_V9}),
     Migration(10, "the prices a row was costed at", {"sqlite": _PRICES_V10, "postgresql": _PRICES_V10}),
+    Migration(11, "online profile statistics", {"sqlite": _PROFILE_STATS_V11, "postgresql": _PROFILE_STATS_V11}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway
