@@ -42,7 +42,8 @@ def test_migrations_are_numbered_and_upgrade_in_place(tmp_path: Path) -> None:
     assert {"api_keys", "key_usage"} <= tables and "cache" in columns  # migration 7
     assert "judge_calls" in tables  # migration 8
     assert "switch_cost" in columns  # migration 9
-    assert Ledger(url).migrate() == 10  # idempotent
+    assert "profile_stats" in tables  # migration 11
+    assert Ledger(url).migrate() == MIGRATIONS[-1].number  # idempotent
 
 
 def test_writer_batches_and_drains_on_close(db_url: str) -> None:

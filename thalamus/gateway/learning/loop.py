@@ -1,12 +1,15 @@
 """The gateway's side of the learning loop: exploration, what a row records for learning, online updates.
 
 - ``route``: the router's decision (under the router's lock, so an online update never runs while a
-  decision reads the same arrays), then exploration when the router config sets ``explore``.
+  decision reads the same arrays), then exploration when the router config sets ``explore`` (``thompson``:
+  a draw from a profile router's posterior, router/posterior.py).
 - ``record``: the row gets the chosen model's propensity and the full candidate set, each candidate with
   its predicted quality, expected cost and probability ``p`` (deterministic decisions: 1 on the choice);
   with ``ledger.store_embeddings`` also the routing embedding (float16, base64) and the embedder id.
-- ``feedback``: the first feedback of a request served by a router with ``partial_fit`` (linucb,
-  thompson) updates that router in this process with (context, answering model, score, cost). The
+- ``feedback``: the first feedback of a request served by a profile router (cluster) adds the score to the
+  answering model's profile (profile_store.py: shared by the replicas through the ledger); served by a
+  router with ``partial_fit`` (linucb, thompson) it updates that router in this process with (context,
+  answering model, score, cost). The
   context comes from a bounded in-process map of recent decisions, else from the row's stored embedding.
   The state is checkpointed to ``<artifact>/online/`` every ``checkpoint_every`` updates and at shutdown;
   ``load_artifact`` prefers that checkpoint, so a restarted gateway continues where it stopped.
@@ -26,6 +29,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from thalamus.gateway.config import GatewayConfig, RouterConfig
+from thalamus.gateway.learning.adopt import adopt, plan_backends
 from thalamus.gateway.learning.artifacts import LoadedRouter, checkpoint
 from thalamus.gateway.learning.pool_aware import adjust as pool_adjust
 from thalamus.gateway.learning.pool_state import PoolTracker
@@ -112,7 +116,9 @@ class LearningLoop:
         return explorer.explore(decision) if explorer is not None else decision
 
     def swap(self, loaded: LoadedRouter, router: Router, version: str, backends: set[str]) -> None:
-        """Serve ``router`` from now on (hot reload, promotion); decisions in flight keep the old one."""
+        """Serve ``router`` from now on (hot reload, promotion); decisions in flight keep the old one. A profile
+        router takes on the backends it was not trained on first, as at start-up."""
+        adopt(router, plan_backends(loaded.name, loaded.config, router, self.config), self.config)
         with self.locks[loaded.name]:
             loaded.router, loaded.version = router, version
             loaded.servable = tuple(m for m in router.models_ if m in backends)
@@ -173,9 +179,10 @@ class LearningLoop:
         if features is None or row["chosen_model"] not in router.models_ or row["status"] != 200:
             return False
         store = self.profiles.stores.get(loaded.name) if self.profiles is not None else None
-        if store is not None and store.router is loaded.router:  # a profile router: the served model's profile
-            probs = store.router.group_probabilities(np.asarray(features, dtype=np.float64)[None, :])[0]
-            store.observe(row["chosen_model"], probs, float(score))
+        if store is not None and store.key == f"{loaded.name}@{loaded.version}":  # a profile router
+            soft = store.router.group_probabilities(np.asarray(features, dtype=np.float64)[None, :])[0]
+            hard = np.eye(len(soft))[int(np.argmax(soft))]  # as trained profiles are: means over hard groups
+            store.observe(row["chosen_model"], hard, float(score))
             return True
         if not self._learns(loaded.name, router) or not isinstance(router, OnlineRouter):
             return False
