@@ -126,6 +126,9 @@ def test_a_backend_new_to_the_router_gets_explored_traffic_and_learns_from_clien
         r = httpx.post(gw.url + "/v1/feedback", json={"request_id": rid, "score": 1.0}, timeout=10)
         assert r.status_code == 200 and r.json()["learned"] is True, r.text
     assert profile.n_observed == len(strong) and profile.obs_weight.sum() == pytest.approx(len(strong))
+    spent = rows.loc[strong, "cost_usd"].to_numpy(dtype=float)
+    assert profile.cost_weight.sum() == pytest.approx(len(strong))  # its cost is learned from the rows too
+    assert profile.cost_sum.sum() == pytest.approx(spent.sum()) and spent.sum() > 0
     before = float(np.mean(_profile(gw).prior_mean))
     assert float(np.mean(profile.mean())) > before  # every score was 1: the profile moved up
     _wait(lambda: _stats(ledger).get(("strong", -1), (0, 0))[0] == len(strong))
@@ -163,10 +166,9 @@ def test_two_gateways_on_one_postgresql_learn_together(start: Start, dataset: Ro
     for rid in ids_b:
         assert httpx.post(b.url + "/v1/feedback", json={"request_id": rid, "score": 0.0}, timeout=10).status_code == 200
 
-    def together() -> bool:
-        pa, pb = (_loop(g).profiles.stores["best"] for g in (a, b))
-        return all(sum(pa.router.profile(m).resid_n - pa._base[m][2] for m in MODELS) == 30 and
-                   sum(pb.router.profile(m).resid_n - pb._base[m][2] for m in MODELS) == 30 for _ in [0])
+    def together() -> bool:  # both replicas hold all 30 scores (resid_n counts graded answers; base: -2)
+        stores = [_loop(g).profiles.stores["best"] for g in (a, b)]
+        return all(sum(s.router.profile(m).resid_n - s._base[m][-2] for m in MODELS) == 30 for s in stores)
 
     _wait(together)
     for model in MODELS:

@@ -109,6 +109,8 @@ profile_stats = sa.Table(
     sa.Column("grp", sa.Integer, primary_key=True),
     sa.Column("weight", sa.Float, nullable=False),
     sa.Column("total", sa.Float, nullable=False),
+    sa.Column("cost_weight", sa.Float, nullable=False),
+    sa.Column("cost_total", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
@@ -191,10 +193,12 @@ _PRICES_V10 = ("ALTER TABLE requests ADD COLUMN price_input_per_m FLOAT",
 
 
 # online profile statistics of profile routers (gateway/learning/profile_store.py): per router (name@version),
-# model and group, the feedback weight and score sum (grp -1: the model's overall residual count and sum)
+# model and group, the feedback weight and score sum, the costed calls' weight and USD sum (grp -1: the model's
+# overall residual count and sum)
 _PROFILE_STATS_V11 = ("""CREATE TABLE profile_stats (
     router VARCHAR(256) NOT NULL, model VARCHAR(256) NOT NULL, grp INTEGER NOT NULL, weight FLOAT NOT NULL,
-    total FLOAT NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (router, model, grp))""",)
+    total FLOAT NOT NULL, cost_weight FLOAT NOT NULL, cost_total FLOAT NOT NULL, updated_at FLOAT NOT NULL,
+    PRIMARY KEY (router, model, grp))""",)
 
 _JUDGE_CALLS_V8 = """CREATE TABLE judge_calls (
     id {pk} NOT NULL, request_id VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL, judge VARCHAR(256) NOT NULL,

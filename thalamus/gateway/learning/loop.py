@@ -182,7 +182,8 @@ class LearningLoop:
         if store is not None and store.key == f"{loaded.name}@{loaded.version}":  # a profile router
             soft = store.router.group_probabilities(np.asarray(features, dtype=np.float64)[None, :])[0]
             hard = np.eye(len(soft))[int(np.argmax(soft))]  # as trained profiles are: means over hard groups
-            store.observe(row["chosen_model"], hard, float(score))
+            store.observe(row["chosen_model"], hard, float(score),
+                          float(row["cost_usd"]) if row["cost_usd"] is not None else None)
             return True
         if not self._learns(loaded.name, router) or not isinstance(router, OnlineRouter):
             return False

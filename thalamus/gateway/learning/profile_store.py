@@ -1,10 +1,11 @@
 """Online profile statistics of profile routers (cluster), shared by every replica through the ledger database.
 
-Feedback on a request served by a profile router adds the score to the served model's profile, weighted by
-the prompt's P(group | prompt) (router/profiles.py: ``obs_weight``/``obs_sum`` per group, and the model's
-overall residual). A profile here is the artifact's statistics plus what feedback added since the artifact
-was loaded; the additions live in the ``profile_stats`` table (ledger migration 11), one row per router
-(``name@version``: another artifact starts afresh), model and group (group -1: the overall residual count
+Feedback on a request served by a profile router adds the score (and the request's USD cost, at the config's
+prices) to the served model's profile, weighted by the prompt's group (router/profiles.py: ``obs_weight``,
+``obs_sum``, ``cost_weight``, ``cost_sum`` per group, and the model's overall residual). A profile here is
+the artifact's statistics plus what feedback added since the artifact was loaded; the additions live in the
+``profile_stats`` table (ledger migration 11), one row per router (``name@version``: another artifact starts
+afresh), model and group (group -1: the overall residual count
 and sum). As with the key usage counters (tenancy/usage.py), the request path only touches memory: this
 replica's additions are applied at once, and every ``profile_sync_ms`` they are written with atomic
 increments (``ON CONFLICT DO UPDATE SET weight = weight + excluded.weight``) and the totals, other
@@ -33,17 +34,19 @@ log = logging.getLogger(__name__)
 OVERALL = -1  # the group index of a model's overall residual (count, sum of score - prior mean)
 
 Slot = tuple[str, int]  # (model, group)
-Stat = tuple[float, float]  # (weight, total)
+Stat = tuple[float, float, float, float]  # (weight, score total, cost weight, USD total)
+ZERO: Stat = (0.0, 0.0, 0.0, 0.0)
 
 _UPSERT = sa.text(
-    "INSERT INTO profile_stats (router, model, grp, weight, total, updated_at) "
-    "VALUES (:router, :model, :grp, :weight, :total, :updated_at) "
+    "INSERT INTO profile_stats (router, model, grp, weight, total, cost_weight, cost_total, updated_at) "
+    "VALUES (:router, :model, :grp, :weight, :total, :cost_weight, :cost_total, :updated_at) "
     "ON CONFLICT (router, model, grp) DO UPDATE SET weight = profile_stats.weight + excluded.weight, "
-    "total = profile_stats.total + excluded.total, updated_at = excluded.updated_at")
+    "total = profile_stats.total + excluded.total, cost_weight = profile_stats.cost_weight + excluded.cost_weight, "
+    "cost_total = profile_stats.cost_total + excluded.cost_total, updated_at = excluded.updated_at")
 
 
 def _add(a: Stat, b: Stat) -> Stat:
-    return a[0] + b[0], a[1] + b[1]
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]
 
 
 class ProfileStore:
@@ -51,47 +54,50 @@ class ProfileStore:
 
     def __init__(self, key: str, router: ProfileRouter) -> None:
         self.key, self.router = key, router
-        self._base = {p.name: (p.obs_weight.copy(), p.obs_sum.copy(), p.resid_n, p.resid_sum)
-                      for p in router.profiles()}
+        self._base = {p.name: (p.obs_weight.copy(), p.obs_sum.copy(), p.cost_weight.copy(), p.cost_sum.copy(),
+                               p.resid_n, p.resid_sum) for p in router.profiles()}
         self._synced: dict[Slot, Stat] = {}
         self._syncing: dict[Slot, Stat] = {}
-        self._pending: defaultdict[Slot, Stat] = defaultdict(lambda: (0.0, 0.0))
+        self._pending: defaultdict[Slot, Stat] = defaultdict(lambda: ZERO)
         self._lock = threading.Lock()
         self.observed = 0
 
-    def observe(self, model: str, probs: np.ndarray, score: float) -> None:
-        """One graded answer of ``model`` on a prompt with group probabilities ``probs``, applied at once."""
+    def observe(self, model: str, probs: np.ndarray, score: float, cost: float | None = None) -> None:
+        """One graded answer of ``model`` on a prompt with group weights ``probs`` and its USD cost (None:
+        unknown), applied at once."""
         prior_mean = self.router.profile(model).prior_mean
+        costed = cost is not None and bool(np.isfinite(cost))
+        usd = float(cost) if cost is not None and costed else 0.0
         with self._lock:
             for k in np.flatnonzero(probs > 0):
                 w = float(probs[k])
-                self._pending[(model, int(k))] = _add(self._pending[(model, int(k))], (w, w * score))
+                add = (w, w * score, w if costed else 0.0, w * usd)
+                self._pending[(model, int(k))] = _add(self._pending[(model, int(k))], add)
             resid = float(score - probs @ prior_mean)
-            self._pending[(model, OVERALL)] = _add(self._pending[(model, OVERALL)], (1.0, resid))
+            self._pending[(model, OVERALL)] = _add(self._pending[(model, OVERALL)], (1.0, resid, 0.0, usd))
             self.observed += 1
             self._apply([model])
 
     def _total(self, slot: Slot) -> Stat:
-        zero = (0.0, 0.0)
-        return _add(_add(self._synced.get(slot, zero), self._syncing.get(slot, zero)), self._pending.get(slot, zero))
+        return _add(_add(self._synced.get(slot, ZERO), self._syncing.get(slot, ZERO)), self._pending.get(slot, ZERO))
 
     def _apply(self, models: list[str]) -> None:
         """Set each model's profile to base + totals and re-read it into the routing tables (lock held)."""
         for model in models:
             if model not in self._base:
                 continue  # a model the artifact no longer has
-            weight, total, n, resid = self._base[model]
-            w = np.array([self._total((model, k))[0] for k in range(len(weight))])
-            t = np.array([self._total((model, k))[1] for k in range(len(weight))])
-            extra_n, extra_resid = self._total((model, OVERALL))
+            weight, total, cost_weight, cost_sum, n, resid = self._base[model]
+            added = np.array([self._total((model, k)) for k in range(len(weight))]).reshape(len(weight), 4)
+            extra_n, extra_resid, _, _ = self._total((model, OVERALL))
             profile = self.router.profile(model)
-            profile.obs_weight, profile.obs_sum = weight + w, total + t
+            profile.obs_weight, profile.obs_sum = weight + added[:, 0], total + added[:, 1]
+            profile.cost_weight, profile.cost_sum = cost_weight + added[:, 2], cost_sum + added[:, 3]
             profile.resid_n, profile.resid_sum = n + extra_n, resid + extra_resid
             self.router.refresh(model)
 
     def take(self) -> dict[Slot, Stat]:
         with self._lock:
-            taken, self._pending = dict(self._pending), defaultdict(lambda: (0.0, 0.0))
+            taken, self._pending = dict(self._pending), defaultdict(lambda: ZERO)
             self._syncing = taken
             return taken
 
@@ -104,13 +110,14 @@ class ProfileStore:
     def sync(self, engine: Engine, taken: dict[Slot, Stat]) -> dict[Slot, Stat]:
         """Write ``taken`` and read this router's totals (one transaction; a worker thread)."""
         now = time.time()
-        rows = [{"router": self.key, "model": m, "grp": g, "weight": w, "total": t, "updated_at": now}
-                for (m, g), (w, t) in taken.items()]
+        rows = [{"router": self.key, "model": m, "grp": g, "weight": w, "total": t, "cost_weight": cw,
+                 "cost_total": ct, "updated_at": now} for (m, g), (w, t, cw, ct) in taken.items()]
         with engine.begin() as conn:
             if rows:
                 conn.execute(_UPSERT, rows)
             found = conn.execute(sa.select(profile_stats).where(profile_stats.c.router == self.key)).all()
-        return {(r.model, int(r.grp)): (float(r.weight), float(r.total)) for r in found}
+        return {(r.model, int(r.grp)): (float(r.weight), float(r.total), float(r.cost_weight), float(r.cost_total))
+                for r in found}
 
     def set_synced(self, totals: dict[Slot, Stat]) -> None:
         """The database's totals, which now hold what the sync took."""
