@@ -63,6 +63,8 @@ def base_config(replay_url: str, artifact: Path, ledger_path: Path, faults: dict
     }
     for entry in config["backends"]:
         entry["provider"] = provider
+        if entry["name"] not in MODELS:  # fallback and passthrough targets: a profile router does not take them on
+            entry["adopt"] = False
     config.update(overrides)
     return config
 

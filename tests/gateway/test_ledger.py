@@ -48,6 +48,7 @@ def test_migrations_are_numbered_and_upgrade_in_place(tmp_path: Path) -> None:
     assert {"role", "expires_at", "prev_key_hash", "prev_expires_at"} <= key_columns
     assert {"session_id", "affinity", "affinity_reason", "variant", "guard", "policy"} <= columns  # migration 12
     assert "sessions" in tables
+    assert "profile_stats" in tables  # migration 13
     assert Ledger(url).migrate() == MIGRATIONS[-1].number  # idempotent
 
 

@@ -198,7 +198,7 @@ def test_metrics_key_team_labels_and_feedback_histogram(
                                                        "score": 0.75},
                     headers={"authorization": f"Bearer {made['key']}"})
     assert fb.status_code == 200
-    text = httpx.get(server.url + "/metrics", headers={"authorization": "Bearer sk-static"}).text
+    text = httpx.get(server.url + "/metrics", headers={"authorization": f"Bearer {ADMIN}"}).text  # admin only
     families = {f.name: f for f in text_string_to_metric_families(text)}
     requests = {(s.labels["key"], s.labels["team"], s.labels["status_class"]): s.value
                 for s in families["thalamus_key_requests"].samples if s.name.endswith("_total")}

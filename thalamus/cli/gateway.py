@@ -54,8 +54,8 @@ def _checked(file: Path, cfg: GatewayConfig) -> Startup:
 
 def config_check_cmd(file: Annotated[Path, typer.Argument(help="YAML config to validate.")]) -> None:
     """Run the checks ``thalamus serve`` runs at start-up: the YAML (duplicate keys refused), the schema, the
-    ledger URL's database driver, each router artifact loads and its models match backends. Errors name
-    the key and the fix."""
+    ledger URL's database driver, each router artifact loads and its models against the backends (which ones a
+    router serves, adds from a prior, or ignores). Errors name the key and the fix."""
     from thalamus.gateway.config import load_config
 
     cfg = load_config(file)

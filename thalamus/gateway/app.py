@@ -32,12 +32,14 @@ from thalamus.gateway.http.metrics import install_metrics
 from thalamus.gateway.http.rollout import install_rollout
 from thalamus.gateway.http.stats import install_stats
 from thalamus.gateway.http.surface import install_surface
+from thalamus.gateway.learning.adopt import adopt, plan_backends
 from thalamus.gateway.learning.artifacts import LoadedRouter, load_artifact
 from thalamus.gateway.learning.controller import Controllers
 from thalamus.gateway.learning.feedback import FeedbackDesk
 from thalamus.gateway.learning.judge import start_judge
 from thalamus.gateway.learning.loop import LearningLoop
 from thalamus.gateway.learning.pool_state import PoolTracker
+from thalamus.gateway.learning.profile_store import ProfileSync
 from thalamus.gateway.learning.sessions import SessionStore
 from thalamus.gateway.stats.metrics import GatewayMetrics, busiest_keys, multiprocess_dir
 from thalamus.gateway.stats.tracing import provider_from_env, tracer_for
@@ -100,29 +102,19 @@ def _load_router(name: str, artifact: Path) -> Router:
 
 
 def load_routers(config: GatewayConfig, warnings: list[str] | None = None) -> dict[str, LoadedRouter]:
-    """The configured routers, loaded; models without a backend go to ``warnings`` (and the log)."""
+    """Every configured router, with the backends it was not trained on added when it keeps profiles
+    (learning/adopt.py); what does not stop the gateway goes to ``warnings`` (and the log)."""
     loaded: dict[str, LoadedRouter] = {}
     backends = [b.name for b in config.backends]
     for name, rc in config.routers.items():
         router = _load_router(name, rc.artifact)
-        models = list(router.models_)
-        servable = tuple(m for m in models if m in backends)
-        if not servable:
-            raise ConfigError(f"routers.{name}: none of the router's models ({', '.join(models)}) is a backend "
-                              f"(backends: {', '.join(backends)}); name a backend after one of the router's "
-                              "models, or train the router on your backends' names")
-        for key in ("strong", "weak", "baseline"):
-            pair_model = getattr(rc, key)
-            if pair_model is not None and pair_model not in models:
-                raise ConfigError(f"routers.{name}.{key}: {pair_model!r} is not one of the router's models; "
-                                  f"use one of: {', '.join(models)}")
-        missing = [m for m in models if m not in backends]
-        if missing:
-            message = (f"routers.{name}: the router's models {', '.join(missing)} have no backend and are never "
-                       "chosen; add backends with these names to route to them")
-            log.warning("%s", message)
+        plan = plan_backends(name, rc, router, config)  # ConfigError naming the mismatch and the fix
+        adopt(router, plan, config)
+        for warning in plan.warnings:
+            log.warning("%s", warning)
             if warnings is not None:
-                warnings.append(message)
+                warnings.append(warning)
+        servable = tuple(m for m in router.models_ if m in backends)
         loaded[name] = LoadedRouter(name, router, artifact_version(rc.artifact), rc, servable)
     return loaded
 
@@ -168,7 +160,10 @@ async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backend
     for backend in owned.values():
         stack.push_async_callback(backend.aclose)
     pool = app.state.pool = await start_pool(config)
-    learning = LearningLoop(config, pool=pool)
+    profiles = ProfileSync(ledger.engine, routers)  # profile routers' online statistics, shared by replicas
+    await profiles.start()
+    stack.push_async_callback(profiles.close)
+    learning = LearningLoop(config, pool=pool, profiles=profiles)
     stack.push_async_callback(asyncio.to_thread, learning.close, routers)
     controllers = app.state.controllers = Controllers(routers)
     controllers.start(ledger)

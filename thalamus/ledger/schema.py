@@ -128,6 +128,18 @@ teams = sa.Table(
     sa.Column("metadata", sa.Text),  # JSON object
 )
 
+profile_stats = sa.Table(
+    "profile_stats", metadata,
+    sa.Column("router", sa.String(256), primary_key=True),
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("grp", sa.Integer, primary_key=True),
+    sa.Column("weight", sa.Float, nullable=False),
+    sa.Column("total", sa.Float, nullable=False),
+    sa.Column("cost_weight", sa.Float, nullable=False),
+    sa.Column("cost_total", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 key_usage = sa.Table(
     "key_usage", metadata,
     sa.Column("key_id", sa.String(128), primary_key=True),
@@ -235,6 +247,14 @@ _SESSIONS_V12 = ("ALTER TABLE requests ADD COLUMN session_id VARCHAR(64)",
     family VARCHAR(128) NOT NULL, turn INTEGER NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (session_key))""",
                  "CREATE INDEX ix_sessions_updated_at ON sessions (updated_at)")
 
+# online profile statistics of profile routers (gateway/learning/profile_store.py): per router (name@version),
+# model and group, the feedback weight and score sum, the costed calls' weight and USD sum (grp -1: the model's
+# overall residual count and sum)
+_PROFILE_STATS_V13 = ("""CREATE TABLE profile_stats (
+    router VARCHAR(256) NOT NULL, model VARCHAR(256) NOT NULL, grp INTEGER NOT NULL, weight FLOAT NOT NULL,
+    total FLOAT NOT NULL, cost_weight FLOAT NOT NULL, cost_total FLOAT NOT NULL, updated_at FLOAT NOT NULL,
+    PRIMARY KEY (router, model, grp))""",)
+
 _JUDGE_CALLS_V8 = """CREATE TABLE judge_calls (
     id {pk} NOT NULL, request_id VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL, judge VARCHAR(256) NOT NULL,
     outcome VARCHAR(16) NOT NULL, score FLOAT, feedback_id INTEGER, prompt_tokens BIGINT, completion_tokens BIGINT,
@@ -287,6 +307,7 @@ MIGRATIONS: list[Migration] = [
     Migration(11, "key roles, expiry, rotation; teams", {"sqlite": _TEAMS_V11, "postgresql": _TEAMS_V11}),
     Migration(12, "affinity sessions; variant, guard, policy columns",
               {"sqlite": _SESSIONS_V12, "postgresql": _SESSIONS_V12}),
+    Migration(13, "online profile statistics", {"sqlite": _PROFILE_STATS_V13, "postgresql": _PROFILE_STATS_V13}),
 ]
 
 _PG_LOCK_KEY = 0x7448_616C_616D_7573 & 0x7FFF_FFFF_FFFF_FFFF  # "tHalamus": one lock id for every gateway

@@ -222,6 +222,20 @@ class ClusterRouter(Router):
             self.group_sd_ = self._sd().copy()
             self.group_sd_[:, j] = np.sqrt(profile.variance())
 
+    def refresh(self, model: str) -> None:
+        """Re-read one profile into the routing tables after its statistics were set from outside (the
+        gateway's shared profile store): new arrays, not in-place writes, so a decision reading the tables
+        in another thread sees the old column or the new one."""
+        profile = self.profile(model)
+        j = self.models_.index(model)
+        quality, cost, mean_cost = self.group_quality_.copy(), self.group_cost_.copy(), self.mean_cost_.copy()
+        quality[:, j], cost[:, j], mean_cost[j] = profile.mean(), profile.cost(), float(profile.cost().mean())
+        if profile.source != "trained":
+            sd = self._sd().copy()
+            sd[:, j] = np.sqrt(profile.variance())
+            self.group_sd_ = sd
+        self.group_quality_, self.group_cost_, self.mean_cost_ = quality, cost, mean_cost
+
     def remove_model(self, name: str) -> None:
         """Retire a model: its column and profile go; the groups and the other profiles stay."""
         self.profiles()

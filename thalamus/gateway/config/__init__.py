@@ -52,6 +52,27 @@ class VariantConfig(_Strict):
     output_per_m: float | None = Field(default=None, ge=0)
 
 
+class PriorConfig(_Strict):
+    """Where a router that was not trained on a backend starts its profile (router/profiles.py): like a model
+    the router knows (``like: MODEL``) or at a tier of the known models (``tier: top|high|mid|low|bottom``
+    or a quantile in [0, 1]); neither: the known models' pooled mean, with wide uncertainty."""
+
+    like: str | None = None
+    tier: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> PriorConfig:
+        if self.like is not None and self.tier is not None:
+            raise ValueError("set 'like' or 'tier', not both")
+        return self
+
+    def spec(self) -> str | None:
+        """The prior as ``ClusterRouter.add_model`` takes it: ``like:MODEL``, ``tier:NAME`` or None (pooled)."""
+        if self.like is not None:
+            return f"like:{self.like}"
+        return f"tier:{self.tier}" if self.tier is not None else None
+
+
 class BackendConfig(_Strict):
     """One callable model. ``model`` is a litellm model id (``openai/<name>`` + ``api_base`` for
     any OpenAI-compatible server); ``api_key_env`` names the environment variable holding the key.
@@ -93,6 +114,11 @@ class BackendConfig(_Strict):
     system: str | None = None
     variants: dict[str, VariantConfig] = Field(default_factory=dict)
     variant: str | None = None
+    # the profile a router not trained on this backend gives it at start (docs/own-models.md)
+    prior: PriorConfig | None = None
+    # false: a router not trained on this backend never routes to it (a fallback- or passthrough-only model);
+    # a router trained on it still does. The judge backend is never taken on.
+    adopt: bool = True
 
     @model_validator(mode="after")
     def _fill_from_catalog(self) -> BackendConfig:
@@ -197,10 +223,12 @@ class KnobConfig(_Strict):
 
 class ExploreConfig(_Strict):
     """Exploration for off-policy learning (docs/learning.md): ``epsilon`` (share of requests sent to a
-    uniformly drawn eligible model) or ``softmax`` (temperature in utility units). ``seed`` for replays."""
+    uniformly drawn eligible model), ``softmax`` (temperature in utility units) or ``thompson`` (a draw
+    from a profile router's posterior: each model is chosen with its chance of being best; ``value``
+    scales the posterior's standard deviations, 1 = as estimated). ``seed`` for replays."""
 
-    kind: Literal["epsilon", "softmax"]
-    value: float = Field(ge=0)
+    kind: Literal["epsilon", "softmax", "thompson"]
+    value: float = Field(default=1.0, ge=0)
     seed: int | None = None
 
 
@@ -254,6 +282,8 @@ class RouterConfig(_Strict):
     policies: list[PolicyConfig] = Field(default_factory=list)  # named routes, matched before the knob decides
     policy_threshold: float = Field(default=0.2, ge=-1, le=1)  # the calibrated thresholds' floor
     policy_margin: float = Field(default=0.02, ge=0)
+    # profile routers (cluster): online profile statistics are written to / read from the ledger this often
+    profile_sync_ms: int = Field(default=1000, ge=10)
 
     def baseline_model(self) -> str | None:
         return self.baseline or self.strong

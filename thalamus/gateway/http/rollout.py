@@ -71,7 +71,10 @@ async def reload_router(request: Request) -> JSONResponse:
     except (ConfigError, DataError, OSError, ValueError) as exc:
         raise _bad(exc, "artifact") from None
     old = loaded.version
-    service.learning.swap(loaded, router, version, set(service.backends))
+    try:  # a profile router takes on the backends it was not trained on (learning/adopt.py)
+        service.learning.swap(loaded, router, version, set(service.backends))
+    except ConfigError as exc:
+        raise _bad(exc, "artifact") from None
     return JSONResponse({"router": name, "previous_version": old, "version": version, "artifact": str(directory)})
 
 

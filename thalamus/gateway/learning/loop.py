@@ -1,12 +1,15 @@
 """The gateway's side of the learning loop: exploration, what a row records for learning, online updates.
 
 - ``route``: the router's decision (under the router's lock, so an online update never runs while a
-  decision reads the same arrays), then exploration when the router config sets ``explore``.
+  decision reads the same arrays), then exploration when the router config sets ``explore`` (``thompson``:
+  a draw from a profile router's posterior, router/posterior.py).
 - ``record``: the row gets the chosen model's propensity and the full candidate set, each candidate with
   its predicted quality, expected cost and probability ``p`` (deterministic decisions: 1 on the choice);
   with ``ledger.store_embeddings`` also the routing embedding (float16, base64) and the embedder id.
-- ``feedback``: the first feedback of a request served by a router with ``partial_fit`` (linucb,
-  thompson) updates that router in this process with (context, answering model, score, cost). The
+- ``feedback``: the first feedback of a request served by a profile router (cluster) adds the score to the
+  answering model's profile (profile_store.py: shared by the replicas through the ledger); served by a
+  router with ``partial_fit`` (linucb, thompson) it updates that router in this process with (context,
+  answering model, score, cost). The
   context comes from a bounded in-process map of recent decisions, else from the row's stored embedding.
   The state is checkpointed to ``<artifact>/online/`` every ``checkpoint_every`` updates and at shutdown;
   ``load_artifact`` prefers that checkpoint, so a restarted gateway continues where it stopped.
@@ -26,9 +29,11 @@ import numpy as np
 import sqlalchemy as sa
 
 from thalamus.gateway.config import GatewayConfig, RouterConfig
+from thalamus.gateway.learning.adopt import adopt, plan_backends
 from thalamus.gateway.learning.artifacts import LoadedRouter, checkpoint
 from thalamus.gateway.learning.pool_aware import adjust as pool_adjust
 from thalamus.gateway.learning.pool_state import PoolTracker
+from thalamus.gateway.learning.profile_store import ProfileSync
 from thalamus.gateway.learning.rollout import Rollout, mixed, restrict_knob, shadowed
 from thalamus.ledger import Ledger
 from thalamus.ledger.embedding import decode_embedding, encode_embedding
@@ -37,6 +42,7 @@ from thalamus.ledger.schema import feedback, requests
 from thalamus.router.base import OnlineRouter, Router
 from thalamus.router.explore import Explorer, deterministic_probabilities
 from thalamus.router.policy import Decision, Knob
+from thalamus.router.posterior import PosteriorSampler
 
 log = logging.getLogger(__name__)
 JUDGE_SOURCE_PREFIX = "judge:"  # the feedback source of the LLM judge (gateway/learning/judge.py)
@@ -46,10 +52,14 @@ MAX_PENDING = 50_000  # recent decisions whose context is kept for feedback (flo
 class LearningLoop:
     """Per-gateway learning state; built by the service from the config and its loaded routers."""
 
-    def __init__(self, config: GatewayConfig, pool: PoolTracker | None = None, max_pending: int = MAX_PENDING) -> None:
+    def __init__(self, config: GatewayConfig, pool: PoolTracker | None = None, max_pending: int = MAX_PENDING,
+                 profiles: ProfileSync | None = None) -> None:
         self.config = config
-        self.explorers = {name: Explorer(rc.explore.kind, rc.explore.value, rc.explore.seed)
-                          for name, rc in config.routers.items() if rc.explore is not None}
+        self.explorers: dict[str, Explorer | PosteriorSampler] = {
+            name: PosteriorSampler(rc.explore.value, rc.explore.seed) if rc.explore.kind == "thompson"
+            else Explorer(rc.explore.kind, rc.explore.value, rc.explore.seed)
+            for name, rc in config.routers.items() if rc.explore is not None}
+        self.profiles = profiles  # profile routers' online statistics, shared through the ledger
         self.locks: dict[str, threading.Lock] = {name: threading.Lock() for name in config.routers}
         self.pending: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
         self.max_pending = max_pending
@@ -84,7 +94,7 @@ class LearningLoop:
                 decision = router.route(text, knob)
         else:  # read-only routers decide in parallel (the embedder releases the GIL)
             decision = router.route(text, knob)
-        decision = self._explore(loaded.name, self._pooled(decision))
+        decision = self._explore(loaded.name, self._pooled(decision), router)
         candidate = self.rollout.candidates.get(loaded.name)
         if candidate is None:
             return decision
@@ -92,22 +102,29 @@ class LearningLoop:
         other = self._pooled(candidate.router.route(text, restrict_knob(wide, candidate.router.models_)))
         if candidate.mode == "shadow":
             return shadowed(decision, other, candidate)
-        return mixed(decision, self._explore(loaded.name, other), candidate, self.rollout.draw(candidate.share))
+        return mixed(decision, self._explore(loaded.name, other, candidate.router), candidate,
+                     self.rollout.draw(candidate.share))
 
     def _pooled(self, decision: Decision) -> Decision:
         """Switching costs applied before exploration, so propensities describe what was drawn from."""
         return pool_adjust(self.pool, decision) if self.pool is not None else decision
 
-    def _explore(self, name: str, decision: Decision) -> Decision:
+    def _explore(self, name: str, decision: Decision, router: Router) -> Decision:
         explorer = self.explorers.get(name)
+        if isinstance(explorer, PosteriorSampler):
+            return explorer.explore(decision, router)
         return explorer.explore(decision) if explorer is not None else decision
 
     def swap(self, loaded: LoadedRouter, router: Router, version: str, backends: set[str]) -> None:
-        """Serve ``router`` from now on (hot reload, promotion); decisions in flight keep the old one."""
+        """Serve ``router`` from now on (hot reload, promotion); decisions in flight keep the old one. A profile
+        router takes on the backends it was not trained on first, as at start-up."""
+        adopt(router, plan_backends(loaded.name, loaded.config, router, self.config), self.config)
         with self.locks[loaded.name]:
             loaded.router, loaded.version = router, version
             loaded.servable = tuple(m for m in router.models_ if m in backends)
             self.updates[loaded.name] = 0
+            if self.profiles is not None:
+                self.profiles.rebind(loaded)
         with self._pending_lock:  # contexts of the old artifact cannot update the new one
             for key in [k for k, (name, _) in self.pending.items() if name == loaded.name]:
                 del self.pending[key]
@@ -129,11 +146,16 @@ class LearningLoop:
         if self.config.ledger.store_embeddings:
             row.embedding = encode_embedding(features)
             row.embedder_id = getattr(loaded.router, "embedder_id_", None)
-        if self._learns(loaded.name, loaded.router) and log.get("rollout") != "canary":
+        learns = self._learns(loaded.name, loaded.router) or self._profiled(loaded.name)
+        if learns and log.get("rollout") != "canary":
             with self._pending_lock:
                 self.pending[row.id] = (loaded.name, np.asarray(features, dtype=np.float32))
                 while len(self.pending) > self.max_pending:
                     self.pending.popitem(last=False)
+
+    def _profiled(self, name: str) -> bool:
+        """True when the router keeps profiles that feedback updates (profile_store.py)."""
+        return self.profiles is not None and name in self.profiles.stores
 
     def _learns(self, name: str, router: Router) -> bool:
         rc: RouterConfig | None = self.config.routers.get(name)
@@ -154,9 +176,16 @@ class LearningLoop:
         loaded = routers[row["router"]]
         features = kept[1] if kept is not None else self._stored_context(loaded.router, row)
         router = loaded.router
-        if features is None or not self._learns(loaded.name, router) or not isinstance(router, OnlineRouter):
+        if features is None or row["chosen_model"] not in router.models_ or row["status"] != 200:
             return False
-        if row["chosen_model"] not in loaded.router.models_ or row["status"] != 200:
+        store = self.profiles.stores.get(loaded.name) if self.profiles is not None else None
+        if store is not None and store.key == f"{loaded.name}@{loaded.version}":  # a profile router
+            soft = store.router.group_probabilities(np.asarray(features, dtype=np.float64)[None, :])[0]
+            hard = np.eye(len(soft))[int(np.argmax(soft))]  # as trained profiles are: means over hard groups
+            store.observe(row["chosen_model"], hard, float(score),
+                          float(row["cost_usd"]) if row["cost_usd"] is not None else None)
+            return True
+        if not self._learns(loaded.name, router) or not isinstance(router, OnlineRouter):
             return False
         cost = float(row["cost_usd"]) if row["cost_usd"] is not None else 0.0
         with self.locks[loaded.name]:
