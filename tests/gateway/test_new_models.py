@@ -183,7 +183,7 @@ def test_config_check_names_the_mismatch_and_the_fix(known_only: Path, dataset: 
     api = "http://127.0.0.1:9/v1"
     cases = {
         "only-new": ({"artifact": str(knn_like)}, [backend("strong", "strong", api)],
-                     ["none of the router's models ['mid', 'weak'] is a backend", "cluster"]),
+                     ["none of the router's models (mid, weak) is a backend", "cluster"]),
         "bad-like": ({"artifact": str(known_only)}, [backend("strong", "strong", api, prior={"like": "gpt-9"})],
                      ["backends[0].prior.like", "gpt-9", "mid, weak"]),
         "thompson": ({"artifact": str(knn_like), "explore": {"kind": "thompson"}}, [backend("mid", "mid", api)],

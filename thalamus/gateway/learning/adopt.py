@@ -52,10 +52,10 @@ def plan_backends(name: str, rc: RouterConfig, router: Router, config: GatewayCo
         plan.ignored = [b.name for b in others]
     if not plan.served and not plan.added:
         raise ConfigError(
-            f"routers.{name}: none of the router's models {own} is a backend, and a {router.name!r} router "
-            f"cannot serve models it was not trained on (backends: {sorted(backends)}). Fix: name a backend "
-            "after one of the router's models, or train a 'cluster' router (`thalamus train cluster`), which "
-            "takes on new backends from their profiles (docs/own-models.md)")
+            f"routers.{name}: none of the router's models ({', '.join(own)}) is a backend "
+            f"(backends: {', '.join(backends)}), and a {router.name!r} router cannot serve models it was not "
+            "trained on. Fix: name a backend after one of the router's models, or train a 'cluster' router "
+            "(`thalamus train cluster`), which takes on new backends from their profiles (docs/own-models.md)")
     for i, b in enumerate(config.backends):
         if b.prior is not None and b.prior.like is not None and b.name in [a.name for a in plan.added] \
                 and b.prior.like not in own:
@@ -64,12 +64,14 @@ def plan_backends(name: str, rc: RouterConfig, router: Router, config: GatewayCo
     for key in ("strong", "weak", "baseline"):
         pair_model = getattr(rc, key)
         if pair_model is not None and pair_model not in own and pair_model not in [a.name for a in plan.added]:
-            raise ConfigError(f"routers.{name}.{key}: {pair_model!r} is not one of the router's models")
+            raise ConfigError(f"routers.{name}.{key}: {pair_model!r} is not one of the router's models; "
+                              f"use one of: {', '.join(own)}")
     if rc.explore is not None and rc.explore.kind == "thompson" and not profiles:
         raise ConfigError(f"routers.{name}.explore: kind 'thompson' samples a profile router's posterior; a "
                           f"{router.name!r} router has none. Fix: use 'epsilon' or 'softmax', or a cluster router")
     if plan.missing:
-        plan.warnings.append(f"router {name}: models without a backend are never chosen: {plan.missing}")
+        plan.warnings.append(f"routers.{name}: the router's models {', '.join(plan.missing)} have no backend and "
+                             "are never chosen; add backends with these names to route to them")
     if plan.ignored:
         plan.warnings.append(
             f"router {name} ({router.name}) ignores backends it was not trained on: {plan.ignored}; a cluster "
