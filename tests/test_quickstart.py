@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -145,7 +146,7 @@ def _send(port: int, n: int) -> None:
         assert answer.choices[0].message.content
 
 
-def _judged(port: int, n: int, seconds: float = 60) -> dict[str, object]:
+def _judged(port: int, n: int, seconds: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + seconds
     while True:
         body = httpx.get(f"http://127.0.0.1:{port}/api/judge", timeout=5).json()
