@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from gwhelpers import GatewayFactory, ledger_rows
 from typer.testing import CliRunner
 
@@ -14,6 +15,7 @@ from thalamus.cli import build_app
 from thalamus.datasets.schema import RoutingDataset
 from thalamus.errors import ConfigError
 from thalamus.gateway.config import config_from_dict, load_config
+from thalamus.gateway.replay.server import create_replay_app, parse_aliases
 from thalamus.gateway.replay.threaded import ThreadedServer
 from thalamus.gateway.wire.protocol import estimate_prompt_tokens, estimate_tokens
 
@@ -128,3 +130,18 @@ def test_openai_compatible_provider_relays_and_falls_back(make_gateway: GatewayF
     assert r.status_code == 502 and "short-context (400" in r.json()["error"]["message"]
     assert "strong (503" in r.json()["error"]["message"]
     assert len(ledger_rows(gw.ledger_path, 3)) == 3  # type: ignore[attr-defined]
+
+
+def test_replay_aliases_answer_as_the_recorded_model(dataset: RoutingDataset) -> None:
+    """``replay-server --as NAME=RECORDED``: a team's model name gets the recorded model's answers."""
+    app = create_replay_app(dataset, aliases=parse_aliases(["team-model = mid"]))
+    with TestClient(app) as client:
+        body = client.post("/v1/chat/completions", json={
+            "model": "team-model", "messages": [{"role": "user", "content": dataset.texts[11]}]}).json()
+        listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert body["choices"][0]["message"]["content"] == "mid says the answer to question 11 is 22."
+    assert body["model"] == "team-model" and listed == [*dataset.models, "team-model"]
+    with pytest.raises(ValueError, match="does not record: nope; its models are: "):
+        create_replay_app(dataset, aliases={"gpt-4o": "nope"})
+    with pytest.raises(ValueError, match="write NAME=RECORDED_MODEL"):
+        parse_aliases(["gpt-4o"])

@@ -138,15 +138,22 @@ def replay_cmd(
     host: str = "127.0.0.1",
     port: int = 8001,
     delay_ms: Annotated[float, typer.Option("--delay-ms", help="Delay before every answer.")] = 0.0,
+    as_: Annotated[list[str] | None, typer.Option(
+        "--as", help="NAME=RECORDED: answer requests to NAME with RECORDED's answers (repeatable), "
+                     "e.g. --as gpt-4o=gpt-4-1106-preview.")] = None,
 ) -> None:
     """Serve recorded responses as an OpenAI-compatible upstream."""
     import uvicorn
 
     from thalamus.datasets.registry import load_dataset
-    from thalamus.gateway.replay.server import create_replay_app
+    from thalamus.gateway.replay.server import create_replay_app, parse_aliases
 
-    uvicorn.run(create_replay_app(load_dataset(data), delay_ms=delay_ms), host=host, port=port,
-                log_level="warning", access_log=False)
+    try:
+        aliases = parse_aliases(as_ or [])
+        app = create_replay_app(load_dataset(data), delay_ms=delay_ms, aliases=aliases)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--as") from exc
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 def demo_cmd(

@@ -10,6 +10,8 @@ token count when the dataset has one, else estimated from the answer text the sa
 Fault injection, so reliability tests need no mocks: a model name suffix ``::FAULT`` or an
 ``x-replay-fault`` header; the vocabulary (error statuses, hangs, dropped connections, bad bodies,
 error events, streams that die, stall or carry huge lines) is in :mod:`thalamus.gateway.replay.faults`.
+``aliases`` (``--as NAME=RECORDED``) present a recorded model under another name, so a config written for a
+team's own models (gpt-4o, ...) runs offline: a request to NAME gets RECORDED's answers.
 A model named ``judge`` (``judges`` of ``create_replay_app``) grades the recorded answer a prompt quotes
 with its recorded quality (:mod:`thalamus.gateway.replay.judge`): the LLM judge's offline stand-in.
 Requests with ``tools`` get a tool call to the chosen (or first) tool; a
@@ -58,13 +60,15 @@ class ReplayAnswer:
 class ReplayBook:
     """Recorded answers by (prompt hash, model)."""
 
-    def __init__(self, dataset: RoutingDataset | None = None, judges: tuple[str, ...] = DEFAULT_JUDGES) -> None:
+    def __init__(self, dataset: RoutingDataset | None = None, judges: tuple[str, ...] = DEFAULT_JUDGES,
+                 aliases: dict[str, str] | None = None) -> None:
         self.rows: dict[str, int] = {}
         self.dataset = dataset
         self.columns: dict[str, int] = {}
         if dataset is not None:
             self.rows = {stable_hash(t): i for i, t in enumerate(dataset.texts)}
             self.columns = {m: j for j, m in enumerate(dataset.models)}
+        self.columns.update(alias_columns(aliases or {}, self.columns))
         self.judges = frozenset(judges) - set(self.columns)  # a dataset's own model answers as recorded
         self.judge = ReplayJudge(dataset) if self.judges else None
 
@@ -83,6 +87,26 @@ class ReplayBook:
                 return ReplayAnswer(recorded, n, True)
         synthetic = f"Replay answer {stable_hash(model + chr(0) + text)[:10]} from {model}."
         return ReplayAnswer(synthetic, estimate_tokens(synthetic), False)
+
+
+def alias_columns(aliases: dict[str, str], columns: dict[str, int]) -> dict[str, int]:
+    """The recorded column each alias answers from; an alias of an unknown model is an error naming it."""
+    unknown = sorted(recorded for recorded in aliases.values() if recorded not in columns)
+    if unknown:
+        raise ValueError(f"replay aliases name models the dataset does not record: {', '.join(unknown)}; "
+                         f"its models are: {', '.join(columns) or 'none'}")
+    return {name: columns[recorded] for name, recorded in aliases.items()}
+
+
+def parse_aliases(specs: list[str]) -> dict[str, str]:
+    """``["gpt-4o=gpt-4-1106-preview", ...]`` -> ``{"gpt-4o": "gpt-4-1106-preview", ...}``."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, recorded = spec.partition("=")
+        if not sep or not name.strip() or not recorded.strip():
+            raise ValueError(f"replay alias {spec!r}: write NAME=RECORDED_MODEL, e.g. gpt-4o=gpt-4-1106-preview")
+        out[name.strip()] = recorded.strip()
+    return out
 
 
 def _parse_fault(model: str, header: str | None) -> tuple[str, str | None, int | None]:
@@ -206,16 +230,16 @@ async def _stream(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
 
 
 def create_replay_app(dataset: RoutingDataset | None = None, delay_ms: float = 0.0,
-                      judges: tuple[str, ...] = DEFAULT_JUDGES) -> FastAPI:
+                      judges: tuple[str, ...] = DEFAULT_JUDGES, aliases: dict[str, str] | None = None) -> FastAPI:
     """The replay server as an ASGI app; ``app.state.replay`` exposes its request log. ``judges``: model
-    names that grade answers (replay_judge.py)."""
+    names that grade answers (replay_judge.py); ``aliases``: served name -> recorded model."""
     app = FastAPI(title="thalamus replay upstream")
-    state = ReplayState(ReplayBook(dataset, judges), delay_ms)
+    state = ReplayState(ReplayBook(dataset, judges, aliases), delay_ms)
     app.state.replay = state
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        names = dataset.models if dataset is not None else []
+        names = [*(dataset.models if dataset is not None else []), *(aliases or {})]
         return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "replay"} for m in names]}
 
     @app.post("/v1/chat/completions")
