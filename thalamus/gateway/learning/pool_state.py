@@ -11,7 +11,8 @@ server's LRU pool will do. A poll that started before such a mark does not undo 
 
 With ``load_aware``, each poll also reads the server's ``{root}/metrics`` (vLLM's or serve-local's request
 gauges, parsed by thalamus/engine_metrics.py) with the same timeout and the same keep-the-last-state rule,
-and a routed request counts as one more waiting request until the next poll.
+and a routed request counts as one more waiting request for ``service_s`` or until a poll that started
+after it was sent (so a burst does not herd onto the engine that looked idle at the last poll).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -57,6 +58,7 @@ class ServerState:
     last_error: str | None = None
     polled_at: float | None = None  # wall-clock time of the last successful poll
     load: dict[str, EngineLoad] = field(default_factory=dict)  # load_aware: per model, from {root}/metrics
+    sent: dict[str, list[float]] = field(default_factory=dict)  # monotonic times of routed requests, per model
     load_failures: int = 0
     load_error: str | None = None
 
@@ -131,10 +133,14 @@ class PoolTracker:
         member = self.members.get(backend)
         if member is None or not self.config.load_aware:
             return None
-        load = self.servers[member[0]].load.get(member[1])
-        if load is None:
-            return None
-        return load.in_flight * self.config.service_s_by_backend.get(backend, self.config.service_s)
+        server, service = self.servers[member[0]], self.config.service_s_by_backend.get(backend, self.config.service_s)
+        with self._lock:
+            load = server.load.get(member[1])
+            if load is None:
+                return None
+            since = time.monotonic() - service
+            sent = sum(1 for at in server.sent.get(member[1], ()) if at > since)
+        return (load.in_flight + sent) * service
 
     def _state(self, backend: str) -> ModelState | None:
         member = self.members.get(backend)
@@ -160,9 +166,8 @@ class PoolTracker:
         now = time.monotonic()
         with self._lock:
             server = self.servers[member[0]]
-            load = server.load.get(member[1])
-            if load is not None:  # queued behind the others until the next poll says otherwise
-                server.load[member[1]] = replace(load, waiting=load.waiting + 1)
+            if self.config.load_aware:  # counted as queued until a later poll sees it (or service_s passes)
+                server.sent.setdefault(member[1], []).append(now)
             state = server.models.get(member[1])
             if state is None:
                 return
@@ -212,6 +217,7 @@ class PoolTracker:
 
     async def _poll_load(self, server: ServerState) -> None:
         assert self._client is not None
+        started = time.monotonic()
         try:
             response = await self._client.get(metrics_url(server.url))
             response.raise_for_status()
@@ -226,6 +232,7 @@ class PoolTracker:
             return
         with self._lock:
             server.load, server.load_error = load, None
+            server.sent = {m: [at for at in times if at > started] for m, times in server.sent.items()}
 
     async def _poll(self, server: ServerState) -> None:
         assert self._client is not None
