@@ -11,8 +11,9 @@ server's LRU pool will do. A poll that started before such a mark does not undo 
 
 With ``load_aware``, each poll also reads the server's ``{root}/metrics`` (vLLM's or serve-local's request
 gauges, parsed by thalamus/engine_metrics.py) with the same timeout and the same keep-the-last-state rule,
-and a routed request counts as one more waiting request for ``service_s`` or until a poll that started
-after it was sent (so a burst does not herd onto the engine that looked idle at the last poll).
+and the load is the polled one: the gateway has no completion signal to count its own requests between
+polls (counting sends for a while piled sequential requests up on the idle engine in
+benchmarks/load_routing.py), so a burst within one ``poll_interval_s`` may still herd onto one engine.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ class ServerState:
     last_error: str | None = None
     polled_at: float | None = None  # wall-clock time of the last successful poll
     load: dict[str, EngineLoad] = field(default_factory=dict)  # load_aware: per model, from {root}/metrics
-    sent: dict[str, list[float]] = field(default_factory=dict)  # monotonic times of routed requests, per model
     load_failures: int = 0
     load_error: str | None = None
 
@@ -133,14 +133,10 @@ class PoolTracker:
         member = self.members.get(backend)
         if member is None or not self.config.load_aware:
             return None
-        server, service = self.servers[member[0]], self.config.service_s_by_backend.get(backend, self.config.service_s)
-        with self._lock:
-            load = server.load.get(member[1])
-            if load is None:
-                return None
-            since = time.monotonic() - service
-            sent = sum(1 for at in server.sent.get(member[1], ()) if at > since)
-        return (load.in_flight + sent) * service
+        load = self.servers[member[0]].load.get(member[1])
+        if load is None:
+            return None
+        return load.in_flight * self.config.service_s_by_backend.get(backend, self.config.service_s)
 
     def _state(self, backend: str) -> ModelState | None:
         member = self.members.get(backend)
@@ -166,8 +162,6 @@ class PoolTracker:
         now = time.monotonic()
         with self._lock:
             server = self.servers[member[0]]
-            if self.config.load_aware:  # counted as queued until a later poll sees it (or service_s passes)
-                server.sent.setdefault(member[1], []).append(now)
             state = server.models.get(member[1])
             if state is None:
                 return
@@ -217,7 +211,6 @@ class PoolTracker:
 
     async def _poll_load(self, server: ServerState) -> None:
         assert self._client is not None
-        started = time.monotonic()
         try:
             response = await self._client.get(metrics_url(server.url))
             response.raise_for_status()
@@ -232,7 +225,6 @@ class PoolTracker:
             return
         with self._lock:
             server.load, server.load_error = load, None
-            server.sent = {m: [at for at in times if at > started] for m, times in server.sent.items()}
 
     async def _poll(self, server: ServerState) -> None:
         assert self._client is not None
