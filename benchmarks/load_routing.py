@@ -180,7 +180,7 @@ def summarise(label: str, run: dict[str, Any], quality: np.ndarray) -> dict[str,
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Load-aware routing: p95 latency and routed quality, one engine busy", "",
              f"{report['when']}; load average {report['load_start']} at the start, {report['load_end']} at the "
-             "end, on a shared 2-core machine under high load from other jobs (absolute times are noisy; both "
+             "end, on a shared 2-core machine under high load from other jobs (absolute times are noisy; all "
              f"passes ran back to back). Command: `{report['command']}`", "",
              f"{report['requests']} RouterBench test prompts (shuffled, cut to {PROMPT_CHARS} characters), one at "
              "a time through the real gateway (kNN router, lambda 0) to two `thalamus serve-local` processes "
