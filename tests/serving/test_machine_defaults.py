@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from thalamus.engine_metrics import parse_load
 from thalamus.errors import ConfigError
 from thalamus.serving.config import ServingConfig
-from thalamus.serving.load_probe import parse_load
 from thalamus.serving.machine import cgroup_cpu_limit, cpu_flags, machine_dtype, resolve_dtype, usable_cores
 from thalamus.serving.metrics import ServingMetrics
 from thalamus.serving.vllm_engine import VllmEngines, kv_cache_gib, vllm_command

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from servehelpers import ask, serve_app
 
+from thalamus.engine_metrics import parse_load
 from thalamus.serving.app import create_app
 from thalamus.serving.config import ServingConfig
-from thalamus.serving.load_probe import parse_load
 from thalamus.serving.pool import estimate_bytes
 from thalamus.serving.vllm_engine import VllmEngines
 

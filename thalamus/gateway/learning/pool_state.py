@@ -8,6 +8,12 @@ breaks because of it. Between polls the tracker updates its own view when it sen
 that is not resident: that model is marked resident and, when the server's budget and the models' bytes
 are known, the least recently chosen others are marked evicted until the marked set fits, as the
 server's LRU pool will do. A poll that started before such a mark does not undo it.
+
+With ``load_aware``, each poll also reads the server's ``{root}/metrics`` (vLLM's or serve-local's request
+gauges, parsed by thalamus/engine_metrics.py) with the same timeout and the same keep-the-last-state rule,
+and the load is the polled one: the gateway has no completion signal to count its own requests between
+polls (counting sends for a while piled sequential requests up on the idle engine in
+benchmarks/load_routing.py), so a burst within one ``poll_interval_s`` may still herd onto one engine.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from thalamus.engine_metrics import EngineLoad, parse_load
 from thalamus.gateway.config import BackendConfig
 from thalamus.gateway.config.pool import PoolRoutingConfig
 
@@ -51,10 +58,18 @@ class ServerState:
     failures: int = 0
     last_error: str | None = None
     polled_at: float | None = None  # wall-clock time of the last successful poll
+    load: dict[str, EngineLoad] = field(default_factory=dict)  # load_aware: per model, from {root}/metrics
+    load_failures: int = 0
+    load_error: str | None = None
 
 
 def models_url(api_base: str) -> str:
     return api_base.rstrip("/") + "/models"
+
+
+def metrics_url(api_base: str) -> str:
+    """vLLM and serve-local publish /metrics at the server's root, beside /v1."""
+    return api_base.rstrip("/").removesuffix("/v1") + "/metrics"
 
 
 def tracked_backends(config: PoolRoutingConfig, backends: list[BackendConfig]) -> dict[str, tuple[str, str]]:
@@ -112,6 +127,17 @@ class PoolTracker:
         measured = state.load_s_mean if self.config.estimate == "mean" else state.load_s_last
         return measured if measured is not None else self.config.default_load_s
 
+    def expected_wait_s(self, backend: str) -> float | None:
+        """Seconds a request to ``backend`` is expected to queue behind its engine's running and waiting
+        requests (``load_aware``); None when not load-aware, not tracked, or its load was never read."""
+        member = self.members.get(backend)
+        if member is None or not self.config.load_aware:
+            return None
+        load = self.servers[member[0]].load.get(member[1])
+        if load is None:
+            return None
+        return load.in_flight * self.config.service_s_by_backend.get(backend, self.config.service_s)
+
     def _state(self, backend: str) -> ModelState | None:
         member = self.members.get(backend)
         if member is None:
@@ -122,7 +148,9 @@ class PoolTracker:
         """Every tracked server's state, JSON-ready (for logs, tests and benchmarks)."""
         with self._lock:
             return {url: {"polls": s.polls, "failures": s.failures, "last_error": s.last_error,
-                          "budget": s.budget, "loaded": sorted(m for m, st in s.models.items() if st.loaded)}
+                          "budget": s.budget, "loaded": sorted(m for m, st in s.models.items() if st.loaded),
+                          "load": {m: ld.in_flight for m, ld in s.load.items()}, "load_failures": s.load_failures,
+                          "load_error": s.load_error}
                     for url, s in self.servers.items()}
 
     # -- the gateway's own updates --------------------------------------------------------
@@ -178,7 +206,25 @@ class PoolTracker:
 
     async def poll_once(self) -> None:
         """Read every server once, concurrently; failures are counted and keep the last known state."""
-        await asyncio.gather(*(self._poll(server) for server in self.servers.values()))
+        loads = [self._poll_load(server) for server in self.servers.values()] if self.config.load_aware else []
+        await asyncio.gather(*(self._poll(server) for server in self.servers.values()), *loads)
+
+    async def _poll_load(self, server: ServerState) -> None:
+        assert self._client is not None
+        try:
+            response = await self._client.get(metrics_url(server.url))
+            response.raise_for_status()
+            load = parse_load(response.text)
+        except (httpx.HTTPError, ValueError) as exc:
+            with self._lock:
+                first = server.load_error is None
+                server.load_failures += 1
+                server.load_error = f"{type(exc).__name__}: {exc}"[:300]
+            if first:
+                log.warning("load poll of %s failed (keeping the last known load): %s", metrics_url(server.url), exc)
+            return
+        with self._lock:
+            server.load, server.load_error = load, None
 
     async def _poll(self, server: ServerState) -> None:
         assert self._client is not None

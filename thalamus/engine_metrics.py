@@ -5,7 +5,8 @@ full the KV cache is. vLLM publishes ``vllm:num_requests_running``, ``vllm:num_r
 ``vllm:kv_cache_usage_perc`` (a 0-1 fraction) labelled by ``model_name``; serve-local publishes
 ``thalamus_serving_running_requests`` and ``thalamus_serving_queued_requests`` (queue=batch|memory)
 labelled by ``model``. :func:`parse_load` reads either; the gateway's polling and pricing of the wait
-use these records.
+(gateway/learning/pool_state.py, pool_aware.py) use these records. It sits below both the gateway and
+the local server (which may not import each other) so that both read the same names.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from thalamus.serving.metrics import PREFIX
-
 VLLM_RUNNING = "vllm:num_requests_running"
 VLLM_WAITING = "vllm:num_requests_waiting"
 VLLM_KV = "vllm:kv_cache_usage_perc"
-TORCH_RUNNING = f"{PREFIX}_running_requests"
-TORCH_QUEUED = f"{PREFIX}_queued_requests"
+TORCH_PREFIX = "thalamus_serving"  # serving/metrics.py PREFIX (tests/serving render its registry through this parser)
+TORCH_RUNNING = f"{TORCH_PREFIX}_running_requests"
+TORCH_QUEUED = f"{TORCH_PREFIX}_queued_requests"
 
 
 @dataclass(frozen=True)
