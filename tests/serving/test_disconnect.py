@@ -55,7 +55,7 @@ def test_non_stream_client_that_leaves_cancels_its_job(tiny_dir: Path) -> None:
         assert 1 <= generated < MAX_TOKENS / 2, generated  # stopped early, not decoded for nobody
         assert cancelled_after < 3.0
         assert metric("thalamus_serving_requests_total", status="499") == 1
-        assert metric("thalamus_serving_finished_total", reason="length") == 2  # only the warm-up and the timing ran out
+        assert metric("thalamus_serving_finished_total", reason="length") == 2  # the warm-up and the timing run
         assert _wait(lambda: app.state.serving.pool.loaded[MODEL].in_use == 0), "the lease is still held"
 
         reply = httpx.post(f"{url}{CHAT}", json={**body, "max_tokens": 3}, timeout=60)
