@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 VLLM_RUNNING = "vllm:num_requests_running"
 VLLM_WAITING = "vllm:num_requests_waiting"
 VLLM_KV = "vllm:kv_cache_usage_perc"
-TORCH_PREFIX = "thalamus_serving"  # serving/metrics.py PREFIX (tests/serving render its registry through this parser)
+TORCH_PREFIX = "thalamus_serving"  # the prefix of serve-local's metric names (serving/metrics.py uses it)
 TORCH_RUNNING = f"{TORCH_PREFIX}_running_requests"
 TORCH_QUEUED = f"{TORCH_PREFIX}_queued_requests"
 

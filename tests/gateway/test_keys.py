@@ -153,7 +153,7 @@ def test_budgets_refuse_the_request_that_would_exceed(make_gateway: GatewayFacto
     gw = make_gateway(auth={**AUTH, "reserve_completion_tokens": usage.completion_tokens})
     cost = _cost(usage)
     for field, label in (("budget_day_usd", "daily"), ("budget_month_usd", "monthly")):
-        secret = make_key(gw, id=f"b-{label}", **{field: 2.5 * cost})
+        secret = make_key(gw, id=f"b-{label}", **{field: 2 * cost + 1e-12})  # the 2nd fits exactly
         for _ in range(2):  # spent 0 and 1 request's cost: each still fits with its estimate (one more)
             assert ask(gw, secret).http_response.status_code == 200
         with pytest.raises(openai.RateLimitError) as refused:

@@ -22,9 +22,10 @@ def _table(result: OnboardResult, groups: list[str]) -> Table:
                   f"artifact {result.directory} (version {result.version})")
     for col in ("group", "quality", "sd", "probes (weight)", "USD/call"):
         table.add_column(col)
+    from thalamus.router.profiles import ModelProfile
+
     prof = result.profile
-    cost = [(p + s) / (1 + w) for p, s, w in zip(prof["prior_cost"], prof["cost_sum"], prof["cost_weight"],
-                                                  strict=True)]
+    cost = ModelProfile.from_dict(prof, "onboard result").cost()  # the profile's own cost rule
     for k, group in enumerate(groups):
         table.add_row(group or "(none)", f"{prof['mean'][k]:.3f}", f"{prof['sd'][k]:.3f}",
                       f"{prof['obs_weight'][k]:.1f}", f"{cost[k]:.2e}")

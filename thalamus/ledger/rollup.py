@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-# frozen copies (migration 5): stats_sql.LATENCY_BOUNDS_MS must stay equal to these (tested)
+# frozen copies (migration 5): gateway.stats.sql.LATENCY_BOUNDS_MS must stay equal to these (tested)
 LATENCY_BOUNDS_V5: tuple[float, ...] = (
     0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750,
     1000, 1500, 2000, 3000, 5000, 7500, 10_000, 15_000, 20_000, 30_000, 60_000, 120_000)

@@ -31,8 +31,6 @@ from thalamus.router.base import Features, Feedback, Router
 from thalamus.router.embedder_registry import DEFAULT_EMBEDDER
 from thalamus.router.policy import Decision, Knob, choose, decide
 
-# (prompt text or its feature vector, model name or index, observed quality, observed cost)
-
 
 class LinearBanditRouter(Router):
     """Shared machinery of the linear bandits: context map, per-arm ridge posteriors, updates."""

@@ -152,7 +152,8 @@ class ClusterRouter(Router):
         """What the training data says about the groups (difficulty, spread between models)."""
         self.check_fitted()
         known = [j for j, m in enumerate(self.models_) if self.profile(m).source == "trained"]
-        return GroupPrior(self.group_quality_[:, known], self.noise_var_, self.resid_var_, self.offset_var_)
+        stats = self._stats_prior()  # format-1 artifacts have no fitted variances: its defaults stand in
+        return GroupPrior(self.group_quality_[:, known], stats.noise_var, stats.resid_var, stats.offset_var)
 
     def profile(self, model: str) -> ModelProfile:
         """The profile of one of the router's models (trained ones are built from the tables on demand)."""
@@ -212,15 +213,8 @@ class ClusterRouter(Router):
 
     def observe(self, model: str, probs: np.ndarray, scores: np.ndarray, costs: np.ndarray | None = None) -> None:
         """Graded answers of ``model``: ``probs`` (n, groups) from ``group_probabilities``, ``scores`` (n,)."""
-        profile = self.profile(model)
-        profile.observe(probs, scores, costs)
-        j = self.models_.index(model)
-        self.group_quality_[:, j] = profile.mean()
-        self.group_cost_[:, j] = profile.cost()
-        self.mean_cost_[j] = float(profile.cost().mean())
-        if profile.source != "trained":
-            self.group_sd_ = self._sd().copy()
-            self.group_sd_[:, j] = np.sqrt(profile.variance())
+        self.profile(model).observe(probs, scores, costs)
+        self.refresh(model)
 
     def refresh(self, model: str) -> None:
         """Re-read one profile into the routing tables after its statistics were set from outside (the

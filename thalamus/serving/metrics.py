@@ -13,7 +13,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-PREFIX = "thalamus_serving"
+from thalamus.engine_metrics import TORCH_PREFIX
+
+PREFIX = TORCH_PREFIX  # one spelling, shared with the gateway's parser of engine metrics
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _RATES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 _BATCH = (1, 2, 4, 8, 16, 32, 64)

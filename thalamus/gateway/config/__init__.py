@@ -184,10 +184,6 @@ class BackendConfig(_Strict):
         passthrough, the judge and the counterfactual baseline all call it). Unknown prices count as 0."""
         return (prompt_tokens * (self.input_per_m or 0.0) + completion_tokens * (self.output_per_m or 0.0)) / 1e6
 
-    def prices(self) -> dict[str, float | None]:
-        """The prices the rule used, as a ledger row records them."""
-        return {"input_per_m": self.input_per_m, "output_per_m": self.output_per_m}
-
     @property
     def connect_s(self) -> float:
         """Seconds to open the connection (TCP and TLS)."""

@@ -33,6 +33,8 @@ def template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
+JUDGE_SOURCE_PREFIX = "judge:"  # the source of the LLM judge's feedback rows: "judge:<backend>"
+
 class JudgeConfig(BaseModel):
     """An LLM-as-judge feedback source. ``backend`` is any configured backend (the replay upstream in
     tests); ``sample`` is the share of answered requests judged; at most ``queue_size`` wait and

@@ -92,7 +92,8 @@ class GuardStage:
                 view = self._redacted(view, check)
             elif cfg.action == "restrict":
                 allowed = set(cfg.models or ())
-                call.restrict = tuple(m for m in (call.restrict or cfg.models or ()) if m in allowed)
+                narrowed = call.restrict if call.restrict is not None else tuple(cfg.models or ())
+                call.restrict = tuple(m for m in narrowed if m in allowed)  # each restrict entry only narrows
         call.row.guard["ms"] = (time.perf_counter() - t0) * 1000
         return view
 

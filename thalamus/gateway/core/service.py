@@ -42,7 +42,7 @@ from thalamus.gateway.learning.loop import LearningLoop
 from thalamus.gateway.learning.sessions import SessionStore
 from thalamus.gateway.stats.access_log import log_access
 from thalamus.gateway.stats.metrics import GatewayMetrics
-from thalamus.gateway.stats.tracing import RequestTrace, tracer_for
+from thalamus.gateway.stats.tracing import RequestTrace
 from thalamus.gateway.tenancy.auth import KeyChecker
 from thalamus.gateway.tenancy.controls import TeamControls
 from thalamus.gateway.upstream.base import Backend
@@ -66,7 +66,7 @@ class GatewayService:
         self.guard = GuardStage(config.guard)
         self.planner = Planner(config, routers, backends, controls, learning, self.affinity)
         self.attempts = Attempts(backends, config.fallback)
-        self.tracer = tracer if tracer is not None else tracer_for(None)  # None: tracing off, no spans
+        self.tracer = tracer  # None: tracing off, no spans (the app builds it: app.start_tracing)
         # request ids need uniqueness, not secrecy: a seeded PRNG avoids an os.urandom call per request
         self._ids = random.Random(uuid.uuid4().int)
 

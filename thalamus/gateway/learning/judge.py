@@ -24,10 +24,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from thalamus.gateway.config.judge import JudgeConfig
+from thalamus.gateway.config.judge import JUDGE_SOURCE_PREFIX, JudgeConfig
 from thalamus.gateway.learning.feedback import FeedbackDesk
 from thalamus.gateway.learning.judge_score import judge_messages, parse_score
-from thalamus.gateway.learning.loop import JUDGE_SOURCE_PREFIX
 from thalamus.gateway.upstream.base import Backend
 from thalamus.gateway.upstream.checks import UpstreamError
 from thalamus.gateway.wire import protocol as p

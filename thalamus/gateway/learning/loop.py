@@ -29,6 +29,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from thalamus.gateway.config import GatewayConfig, RouterConfig
+from thalamus.gateway.config.judge import JUDGE_SOURCE_PREFIX
 from thalamus.gateway.learning.adopt import adopt, plan_backends
 from thalamus.gateway.learning.artifacts import LoadedRouter, checkpoint
 from thalamus.gateway.learning.pool_aware import adjust as pool_adjust
@@ -45,7 +46,6 @@ from thalamus.router.policy import Decision, Knob
 from thalamus.router.posterior import PosteriorSampler
 
 log = logging.getLogger(__name__)
-JUDGE_SOURCE_PREFIX = "judge:"  # the feedback source of the LLM judge (gateway/learning/judge.py)
 MAX_PENDING = 50_000  # recent decisions whose context is kept for feedback (float32 embeddings: ~77 MB at 384-d)
 
 

@@ -4,7 +4,7 @@ Feedback on a request served by a profile router adds the score (and the request
 prices) to the served model's profile, weighted by the prompt's group (router/profiles.py: ``obs_weight``,
 ``obs_sum``, ``cost_weight``, ``cost_sum`` per group, and the model's overall residual). A profile here is
 the artifact's statistics plus what feedback added since the artifact was loaded; the additions live in the
-``profile_stats`` table (ledger migration 11), one row per router (``name@version``: another artifact starts
+``profile_stats`` table (ledger migration 13), one row per router (``name@version``: another artifact starts
 afresh), model and group (group -1: the overall residual count
 and sum). As with the key usage counters (tenancy/usage.py), the request path only touches memory: this
 replica's additions are applied at once, and every ``profile_sync_ms`` they are written with atomic

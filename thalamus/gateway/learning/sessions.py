@@ -1,6 +1,6 @@
 """Where conversation affinity keeps which model answered each conversation's latest turn.
 
-The ledger database's ``sessions`` table (migration 11) is the shared truth, so a conversation whose
+The ledger database's ``sessions`` table (migration 12) is the shared truth, so a conversation whose
 turns land on different replicas keeps its model; a small LRU cache in this process answers most lookups.
 A cached entry is trusted only when it can be current: a history key names one prefix of one
 conversation (a later turn has another key), and an explicit id's entry is trusted when it recorded the

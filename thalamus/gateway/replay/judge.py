@@ -1,7 +1,7 @@
 """The replay upstream as an LLM judge: grades an answer with the dataset's recorded quality.
 
 A request to a judge model (``judge`` unless the replay app is told other names) is a grading prompt
-that quotes a question and an answer (gateway/judge_score.py's template: ``<question>`` and ``<answer>``
+that quotes a question and an answer (learning/judge_score.py's template: ``<question>`` and ``<answer>``
 tags). The replay finds the dataset prompt the question is (by its text, as the replay found it when it
 answered) and, among that prompt's recorded responses, the model(s) whose answer is the quoted one, and
 answers ``Score: N/10`` with N = 1 + 9 * quality of that (prompt, model) cell, so a gateway's judge (scale

@@ -66,7 +66,8 @@ class ReplayBook:
         self.dataset = dataset
         self.columns: dict[str, int] = {}
         if dataset is not None:
-            self.rows = {stable_hash(t): i for i, t in enumerate(dataset.texts)}
+            for i, t in enumerate(dataset.texts):  # a repeated prompt is its first row, as the replay judge reads it
+                self.rows.setdefault(stable_hash(t), i)
             self.columns = {m: j for j, m in enumerate(dataset.models)}
         self.columns.update(alias_columns(aliases or {}, self.columns))
         self.judges = frozenset(judges) - set(self.columns)  # a dataset's own model answers as recorded
@@ -232,7 +233,7 @@ async def _stream(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
 def create_replay_app(dataset: RoutingDataset | None = None, delay_ms: float = 0.0,
                       judges: tuple[str, ...] = DEFAULT_JUDGES, aliases: dict[str, str] | None = None) -> FastAPI:
     """The replay server as an ASGI app; ``app.state.replay`` exposes its request log. ``judges``: model
-    names that grade answers (replay_judge.py); ``aliases``: served name -> recorded model."""
+    names that grade answers (replay/judge.py); ``aliases``: served name -> recorded model."""
     app = FastAPI(title="thalamus replay upstream")
     state = ReplayState(ReplayBook(dataset, judges, aliases), delay_ms)
     app.state.replay = state

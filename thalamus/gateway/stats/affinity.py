@@ -1,7 +1,7 @@
 """Conversation affinity on the dashboard: how often a conversation's turn kept or switched its model.
 
 The switch rate is switched / (kept + switched) over the turns that continue a known conversation
-(``affinity`` column, migration 11; first turns are ``new`` and count in ``conversations``). Read from the
+(``affinity`` column, migration 12; first turns are ``new`` and count in ``conversations``). Read from the
 raw rows of the range (the hourly rollups predate the column); the filters are the dashboard's.
 """
 

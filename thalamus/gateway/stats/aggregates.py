@@ -2,7 +2,7 @@
 
 Every function takes an ``Engine`` and ``Filters`` and returns plain JSON data. The database does the
 summing and counting (no rows are pulled into Python to aggregate), with the same statements on SQLite
-and PostgreSQL (``stats_sql`` hides the two places they differ). Spend is ``cost_usd``; the
+and PostgreSQL (``stats.sql`` hides the two places they differ). Spend is ``cost_usd``; the
 counterfactual is ``baseline_cost_usd``, priced per row at write time (``counterfactual``); quality is the
 feedback score, joined by request id, counted once per feedback entry.
 """

@@ -19,10 +19,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from thalamus.gateway.config.judge import JUDGE_SOURCE_PREFIX as JUDGE_PREFIX
 from thalamus.gateway.stats.sql import Filters, floor_div
 from thalamus.ledger import feedback, requests
 
-JUDGE_PREFIX = "judge:"  # the LLM judge's feedback source (learning/judge.py), matched here in SQL
 MAX_ERROR_ROWS = 50
 _CLASSES = {400: "bad_request", 401: "authentication_error", 403: "permission_denied", 404: "not_found",
             408: "request_timeout", 409: "conflict", 413: "request_too_large", 422: "unprocessable_entity",

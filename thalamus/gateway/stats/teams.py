@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from thalamus.gateway.config.judge import JUDGE_SOURCE_PREFIX as JUDGE_PREFIX
 from thalamus.gateway.stats.aggregates import score_summary
-from thalamus.gateway.stats.breakdown import JUDGE_PREFIX
 from thalamus.gateway.stats.sql import Filters, is_error, total
 from thalamus.ledger import feedback, requests
 from thalamus.ledger.schema import api_keys

@@ -1,4 +1,5 @@
-"""What every backend is to the pipeline: the ``Backend`` protocol and the upstream error it raises.
+"""What every backend is to the pipeline: the ``Backend`` protocol (the error it raises, ``UpstreamError``,
+lives in upstream/checks.py).
 
 A Backend takes the client's request body (a dict, forwarded untouched apart from ``model``)
 and returns the upstream's response body, or an async iterator of stream chunks. Chat completions are
