@@ -157,7 +157,10 @@ def test_the_gateway_routes_away_from_a_busy_engine_only_when_load_aware(engines
     with ThreadedServer(aware_app) as aware, \
             ThreadedServer(create_gateway(config_from_dict(gateway_config(engines, False, "plain")))) as plain:
         assert ask(aware.url, PROMPTS[0])[0] == BUSY  # idle engines: the router's choice stands
-        threads = engines.background(BUSY, streams=4)
+        # 8 streams on 2 slots: the two running requests start and end together (same length), so in flight
+        # dips by 2 until their clients send again; with 4 streams a poll in that dip saw 2 (a 0.02 penalty,
+        # the router's whole margin) and the busy engine kept the request
+        threads = engines.background(BUSY, streams=8)
         try:
             wait_until(lambda: engines.in_flight(BUSY) >= 3, f"{BUSY} to run and queue the background requests")
             wait_until(lambda: aware_app.state.pool.snapshot()[f"{engines.urls[BUSY]}/v1"]["load"].get(BUSY, 0) >= 3,

@@ -42,6 +42,7 @@ from thalamus.gateway.wire import protocol as p
 from thalamus.ledger.row import LedgerRow
 
 log = logging.getLogger("thalamus.gateway.tenancy.controls")
+RE_READS = 8  # bound on re-reading the key table while admin changes keep landing (see _read_keys)
 RECENT_ROWS = 32  # a key's answers whose largest completion sizes the reservation of a request without max_tokens
 
 
@@ -59,6 +60,7 @@ class TeamControls:
         self._static = {k.id: (k.role, k.team) for k in auth.keys}
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, KeyRecord] = {}
+        self._changes = 0  # admin changes made on this replica (created, revoked, reloaded): see _read_keys
         self.teams = TeamStore(engine)
         self._teams: dict[str, TeamRecord] = {}
         self.default_completion = auth.reserve_completion_tokens
@@ -97,8 +99,7 @@ class TeamControls:
         taken, now = self.usage.take_pending(), time.time()
         try:
             totals = await asyncio.to_thread(self.usage.sync, taken, now)
-            keys = await asyncio.to_thread(self.store.load_active)
-            self._teams = await asyncio.to_thread(self.teams.load)
+            keys = await self._read_keys()
         except Exception as exc:  # the database is away: keep enforcing on what this replica knows
             self.usage.give_back(taken)
             log.warning("key sync failed (limits hold per replica until it succeeds): %s", type(exc).__name__)
@@ -109,9 +110,20 @@ class TeamControls:
     async def reload(self) -> None:
         """Re-read the key and team tables (after an admin change on this replica), counters untouched: a
         second ``sync`` racing the background one would hide its batch in flight from the limits."""
-        keys = await asyncio.to_thread(self.store.load_active)
-        self._teams = await asyncio.to_thread(self.teams.load)
-        self.install(keys)
+        self._changes += 1
+        self.install(await self._read_keys())
+
+    async def _read_keys(self) -> dict[str, KeyRecord]:
+        """The key table, read again while an admin change on this replica lands during the read: a snapshot
+        taken before a key was created (or revoked) here would otherwise undo that change until the next
+        sync (a new key answered 401, a revoked one kept working). Reads the team table too."""
+        for _ in range(RE_READS):
+            mark = self._changes
+            keys = await asyncio.to_thread(self.store.load_active)
+            self._teams = await asyncio.to_thread(self.teams.load)
+            if mark == self._changes:
+                break
+        return keys
 
     def install(self, by_hash: dict[str, KeyRecord]) -> None:
         self._by_hash = by_hash
@@ -153,10 +165,12 @@ class TeamControls:
 
     def created(self, record: KeyRecord, secret: str) -> None:
         """A key made on this replica works here at once (other replicas: after their next sync)."""
+        self._changes += 1
         self._by_hash = {**self._by_hash, hash_secret(secret): record}
         self._by_id = {**self._by_id, record.id: record}
 
     def revoked(self, key_id: str) -> None:
+        self._changes += 1
         self.install({h: r for h, r in self._by_hash.items() if r.id != key_id})
 
     # -- checks ---------------------------------------------------------------------------
