@@ -76,7 +76,7 @@ def test_a_key_created_during_a_sync_read_works_after_the_sync(tmp_path: Path) -
 
 def test_a_key_revoked_during_a_sync_read_stays_revoked(tmp_path: Path) -> None:
     tc = controls(tmp_path)
-    record, secret = tc.store.create(KeyRecord(id="old"))
+    _, secret = tc.store.create(KeyRecord(id="old"))
 
     async def main() -> None:
         await tc.start()

@@ -31,6 +31,8 @@ from thalamus.ledger.schema import profile_stats
 from thalamus.router.posterior import ProfileRouter
 
 log = logging.getLogger(__name__)
+MAX_INTERVAL_S = 60.0  # the longest a replica's additions wait to reach the database
+IDLE_INTERVAL_S = 1.0  # how soon a loop without profile routers sees one bound by a reload
 OVERALL = -1  # the group index of a model's overall residual (count, sum of score - prior mean)
 
 Slot = tuple[str, int]  # (model, group)
@@ -159,17 +161,17 @@ class ProfileSync:
             store.set_synced(totals)
 
     async def start(self) -> None:
-        """Load the totals (a restart continues where the replicas are), then sync every interval."""
-        if not self.stores:
-            return
-        self.interval_s = min(self.interval_s, 60.0)
+        """Load the totals (a restart continues where the replicas are), then sync every interval. The loop
+        runs without profile routers too: a hot reload or promotion may bind one later."""
+        self.interval_s = min(self.interval_s, MAX_INTERVAL_S)
         await asyncio.to_thread(self.sync_once)
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(self._run(), name="thalamus-profile-sync")
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
-            await asyncio.to_thread(self.sync_once)
+            await asyncio.sleep(self.interval_s if self.stores else IDLE_INTERVAL_S)
+            if self.stores:
+                await asyncio.to_thread(self.sync_once)
 
     async def close(self) -> None:
         """Stop the loop and write what is left."""
