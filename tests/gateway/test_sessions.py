@@ -115,3 +115,31 @@ def test_a_failing_database_routes_the_turn_as_new(tmp_path: object) -> None:
     except sa.exc.OperationalError:
         pass
     assert "k" in store._pending
+
+
+def test_a_turn_recorded_during_a_flush_is_neither_lost_nor_hidden(tmp_path: object) -> None:
+    """The flusher writes in a worker thread while the event loop records turns: an entry put during the
+    write is written by the next flush (the old swap could drop it), and a lookup during the write still
+    finds the entry being written (the cache may have evicted it)."""
+    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.sqlite")
+    store = SessionStore(AffinityConfig(cache_entries=1), ledger.engine)
+    seen: list[object] = []
+
+    def during_write(*_: object) -> None:
+        if not seen:
+            store._cache.clear()
+            seen.append(asyncio.run(store.get("a")))  # the entry in flight, not a miss
+            store.put(entry("a", "weak", turn=1))  # a newer turn of the same session
+            store.put(entry("b"))
+
+    sa.event.listen(ledger.engine, "before_cursor_execute", during_write)
+    store.put(entry("a"))
+    assert store.flush() == 1
+    sa.event.remove(ledger.engine, "before_cursor_execute", during_write)
+    assert getattr(seen[0], "model", None) == "strong"
+    assert sorted(store._pending) == ["a", "b"]  # the newer "a" and "b" wait for the next flush
+    assert store.flush() == 2 and not store._pending
+    other = SessionStore(AffinityConfig(), ledger.engine)
+    assert asyncio.run(other.get("a")).model == "weak"  # type: ignore[union-attr]
+    assert asyncio.run(other.get("b")) is not None
+    ledger.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ class SessionStore:
         self.config, self.engine = config, engine
         self._cache: OrderedDict[str, SessionEntry] = OrderedDict()
         self._pending: dict[str, SessionEntry] = {}
+        self._pending_lock = threading.Lock()  # put (event loop) and flush (a worker thread)
         self._task: asyncio.Task[None] | None = None
         self._pruned = time.time()
         self.reads = self.cache_hits = self.flushes = 0
@@ -92,7 +94,8 @@ class SessionStore:
     def put(self, entry: SessionEntry) -> None:
         """Record ``entry`` now in the cache, in the table at the next flush."""
         self._remember(entry)
-        self._pending[entry.session_key] = entry
+        with self._pending_lock:
+            self._pending[entry.session_key] = entry
 
     def _remember(self, entry: SessionEntry) -> None:
         self._cache[entry.session_key] = entry
@@ -110,15 +113,16 @@ class SessionStore:
 
     def flush(self) -> int:
         """Write the pending entries (synchronous; the flusher runs it in a thread); prune when due."""
-        batch, self._pending = list(self._pending.values()), {}
+        with self._pending_lock:
+            batch = list(self._pending.values())
         if batch:
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(self._upsert(), [asdict(e) for e in batch])
-            except Exception:  # kept for the next flush, unless a newer turn replaced it meanwhile
+            # pending until written (a lookup meanwhile still finds it); a failure keeps them for the next flush
+            with self.engine.begin() as conn:
+                conn.execute(self._upsert(), [asdict(e) for e in batch])
+            with self._pending_lock:  # unless a newer turn replaced an entry during the write
                 for entry in batch:
-                    self._pending.setdefault(entry.session_key, entry)
-                raise
+                    if self._pending.get(entry.session_key) is entry:
+                        del self._pending[entry.session_key]
             self.flushes += 1
         if time.time() - self._pruned >= self.config.prune_every_s:
             self.prune()
