@@ -132,3 +132,20 @@ def test_a_good_config_passes_both(good: dict[str, Any], tmp_path: Path) -> None
     result = CliRunner().invoke(build_app(), ["config", "check", str(write(tmp_path, good))])
     assert result.exit_code == 0 and "ok" in result.output, result.output
     json.dumps(good)  # the fixture stays plain data
+
+
+def test_yaml_as_the_docs_write_it_for_priors_and_exploration(tmp_path: Path) -> None:
+    """``prior: {tier: 0.9}`` (a YAML number) is a quantile prior as documented; ``explore`` without a value is
+    thompson's posterior as estimated, and an error for epsilon and softmax (a default of 1.0 would explore
+    every request)."""
+    path = tmp_path / "own.yaml"
+    path.write_text("backends:\n  - {name: a, model: openai/m, input_per_m: 0, output_per_m: 0, prior: {tier: 0.9}}\n"
+                    "  - {name: b, model: openai/n, input_per_m: 0, output_per_m: 0, prior: {tier: top}}\n")
+    assert [b.prior.spec() for b in load_config(path).backends if b.prior] == ["tier:0.9", "tier:top"]
+    router = {"artifact": str(tmp_path)}
+    backends = [{"name": "a", "model": "openai/m", "input_per_m": 0, "output_per_m": 0}]
+    config = config_from_dict({"backends": backends, "routers": {"r": router | {"explore": {"kind": "thompson"}}}})
+    assert config.routers["r"].explore is not None and config.routers["r"].explore.value == 1.0
+    for kind in ("epsilon", "softmax"):
+        with pytest.raises(ConfigError, match=f"explore kind '{kind}' needs a 'value'"):
+            config_from_dict({"backends": backends, "routers": {"r": router | {"explore": {"kind": kind}}}})

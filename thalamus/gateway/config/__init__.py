@@ -58,7 +58,12 @@ class PriorConfig(_Strict):
     or a quantile in [0, 1]); neither: the known models' pooled mean, with wide uncertainty."""
 
     like: str | None = None
-    tier: str | None = None
+    tier: str | None = None  # a name, or a quantile: YAML's unquoted 0.9 is a number, taken as "0.9"
+
+    @field_validator("tier", mode="before")
+    @classmethod
+    def _quantile(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _one(self) -> PriorConfig:
@@ -224,8 +229,21 @@ class ExploreConfig(_Strict):
     scales the posterior's standard deviations, 1 = as estimated). ``seed`` for replays."""
 
     kind: Literal["epsilon", "softmax", "thompson"]
-    value: float = Field(default=1.0, ge=0)
+    value: float = Field(ge=0)  # thompson's default (1.0) is filled in by _value
     seed: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _value(cls, data: Any) -> Any:
+        """``thompson`` defaults to the posterior as estimated (1.0); ``epsilon`` and ``softmax`` have no
+        safe default (1.0 would send every request to a random model), so they name their value."""
+        if isinstance(data, dict) and data.get("value") is None:
+            if data.get("kind") == "thompson":
+                return {**data, "value": 1.0}
+            if data.get("kind") in ("epsilon", "softmax"):
+                raise ValueError(f"explore kind {data['kind']!r} needs a 'value' (epsilon: the share of "
+                                 "requests explored, e.g. 0.1; softmax: a temperature, e.g. 0.05)")
+        return data
 
 
 class ControllerConfig(_Strict):
