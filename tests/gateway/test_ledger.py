@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -91,6 +92,30 @@ def test_a_row_is_awaited_alone_not_behind_the_queue(tmp_path: Path) -> None:
     assert got and ledger.request_owner("mine") == (True, None)
     assert stored_when_woken < 401  # woken before the rows behind it were all written
     assert not unknown and ledger.count() == 401
+
+
+def test_a_waiter_that_leaves_does_not_unhook_another(tmp_path: Path) -> None:
+    """Two feedback calls on one fresh request wait for the same row; the first gives up (it found the row
+    another way and cancels its wait): the second is still woken when the row is written, not left to time out
+    and answer "no such request"."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+
+    async def run() -> bool:
+        writer = LedgerWriter(ledger, flush_ms=1, batch_rows=8)
+        first = asyncio.create_task(writer.handled("shared", timeout=30))
+        second = asyncio.create_task(writer.handled("shared", timeout=5))
+        await asyncio.sleep(0.01)  # both registered
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        writer.start()
+        writer.submit(LedgerRow(id="shared", created_at=time.time(), status=200))
+        woken = await second
+        await writer.close()
+        return woken
+
+    assert asyncio.run(run())
+    ledger.close()
 
 
 def test_200_concurrent_requests_leave_200_rows(make_gateway: GatewayFactory, dataset: RoutingDataset) -> None:

@@ -108,7 +108,7 @@ class LedgerWriter:
         self._flusher: asyncio.Task[None] | None = None
         self._spilled = False           # rows wait in the journal (or memory) for the database
         self._held: list[Stored] = []   # rows neither the database nor the journal took
-        self._waiters: dict[str, asyncio.Event] = {}  # request id -> set once its row is handled
+        self._waiters: dict[str, list[asyncio.Event]] = {}  # request id -> its waiters, set once its row is handled
         self._confirmed = 0             # journal sequence numbers <= this are stored
         self._replay_wait = RETRY_DELAYS_S[0]
         self._next_replay = 0.0
@@ -146,15 +146,19 @@ class LedgerWriter:
     async def handled(self, request_id: str, timeout: float) -> bool:
         """Wait, at most ``timeout`` seconds, until the row of ``request_id`` has been handled (stored, or
         spilled to the journal): a caller waits for its own row, not for the whole queue behind it."""
-        event = self._waiters.setdefault(request_id, asyncio.Event())
+        event = asyncio.Event()  # one per waiter: a waiter that leaves takes nothing from another
+        self._waiters.setdefault(request_id, []).append(event)
         try:
             await asyncio.wait_for(event.wait(), timeout)
             return True
         except TimeoutError:
             return False
         finally:
-            if self._waiters.get(request_id) is event and not event.is_set():
-                del self._waiters[request_id]  # an id that never comes (a bad feedback id) leaves nothing
+            waiting = self._waiters.get(request_id)
+            if waiting is not None and event in waiting:
+                waiting.remove(event)
+                if not waiting:
+                    del self._waiters[request_id]  # an id that never comes (a bad feedback id) leaves nothing
 
     async def close(self) -> None:
         """Drain the queue, try the journal once more, then stop the writer task."""
@@ -281,8 +285,7 @@ class LedgerWriter:
         if not self._waiters:
             return
         for _, stored in batch:
-            event = self._waiters.pop(str(stored.get("id")), None)
-            if event is not None:
+            for event in self._waiters.pop(str(stored.get("id")), []):
                 event.set()
 
     async def _handle(self, batch: list[Item]) -> None:
