@@ -104,6 +104,8 @@ def test_client_mistakes_are_4xx_with_a_row(make_gateway: GatewayFactory) -> Non
     for args, param in (({"model": "mid"}, "input"), ({"model": "mid", "input": "x", "previous_response_id": "r1"},
                                                        "previous_response_id"),
                         ({"model": "mid", "input": [{"type": "web_search_call"}]}, "input[0].type"),
+                        # provider state alone (was an IndexError, a 500): nothing for a model to answer
+                        ({"model": "mid", "input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input"),
                         ({"model": "mid", "input": "x", "tools": [{"type": "web_search"}]}, "tools[0]")):
         with pytest.raises(openai.BadRequestError) as bad:
             sdk(gw).responses.create(**args)

@@ -132,8 +132,11 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     if isinstance(given, str) and given:
         messages.append({"role": "user", "content": given})
     elif isinstance(given, list) and given:
+        before = len(messages)
         for i, item in enumerate(given):
             _item(item, i, messages)
+        if len(messages) == before:  # reasoning items only: nothing for a model to answer
+            raise _bad("'input' needs at least one message or tool item besides reasoning items", "input")
     else:
         raise _bad("'input' is required: a non-empty string or array of input items", "input")
     chat: dict[str, Any] = {"model": body["model"], "messages": messages}
