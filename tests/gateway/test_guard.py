@@ -11,7 +11,7 @@ from typing import Any
 
 import openai
 import pytest
-from gwhelpers import base_config, row_for
+from gwhelpers import MODELS, backend, base_config, row_for
 
 from thalamus.errors import ConfigError
 from thalamus.gateway.app import create_app
@@ -124,6 +124,27 @@ def test_pii_is_redacted_before_routing_and_forwarding(guarded: ThreadedServer, 
     # the Responses API: the chat form forwarded is redacted the same way
     sdk(guarded).responses.create(model="router:best", input="Reach me at +44 20 7946 0958 please.")
     assert "7946" not in json.dumps(last_upstream(replay)["messages"])
+
+
+def test_pii_is_redacted_in_a_responses_body_forwarded_as_is(replay: ThreadedServer, artifact: Path,
+                                                               tmp_path: Path) -> None:
+    """A ``responses: true`` backend gets the Responses body itself, not the chat form: its ``instructions``
+    and ``input`` items are redacted too."""
+    config = base_config(replay.url, artifact, tmp_path / "ledger.sqlite",
+                         guard={"checks": [{"check": "pii", "action": "redact"}]})
+    config["backends"] = [backend(m, m, replay.url + "/v1", provider="openai-compatible", responses=True)
+                          for m in MODELS]
+    with ThreadedServer(create_app(config_from_dict(config))) as gw:
+        sdk(gw).responses.create(model="router:best", instructions="Copy jane.doe@example.com on replies.",
+                                 input=[{"role": "user", "content": "My card is " + CARD},
+                                        {"role": "user", "content": [{"type": "input_text",
+                                                                      "text": "or mail j.roe@example.org"}]}])
+    seen = last_upstream(replay)
+    sent = json.dumps(seen)
+    assert "messages" not in seen and isinstance(seen["input"], list)  # forwarded in its own shape
+    assert "jane.doe" not in sent and "4111" not in sent and "j.roe" not in sent
+    assert seen["instructions"] == "Copy [REDACTED:email] on replies."
+    assert "[REDACTED:payment_card]" in json.dumps(seen["input"]) and "[REDACTED:email]" in json.dumps(seen["input"])
 
 
 def test_injection_restricts_and_a_plugin_logs(guarded: ThreadedServer) -> None:

@@ -160,6 +160,8 @@ async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backend
     for backend in owned.values():
         stack.push_async_callback(backend.aclose)
     pool = app.state.pool = await start_pool(config)
+    if pool is not None:  # its poller runs from here: closed even when a later start fails
+        stack.push_async_callback(pool.close)
     profiles = ProfileSync(ledger.engine, routers)  # profile routers' online statistics, shared by replicas
     await profiles.start()
     stack.push_async_callback(profiles.close)
@@ -171,8 +173,6 @@ async def build(app: FastAPI, config: GatewayConfig, settings: Settings, backend
     controls = TeamControls(config.auth, ledger.engine)  # virtual keys, budgets, rate limits
     await controls.start()
     stack.push_async_callback(controls.close)
-    if pool is not None:
-        stack.push_async_callback(pool.close)
     metrics = app.state.metrics = GatewayMetrics(writer, seed_keys=await asyncio.to_thread(busiest_keys, ledger))
     desk = app.state.feedback = FeedbackDesk(ledger, writer, learning, routers, metrics)
     # in multiprocess mode metric values live in the shared files, not in the app's registry

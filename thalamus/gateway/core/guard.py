@@ -114,7 +114,7 @@ class GuardStage:
             return dict(m, content=content(m["content"])) if isinstance(m, Mapping) and "content" in m else m
 
         messages = [message(m) for m in view.messages]
-        forward = dict(view.forward, messages=[message(m) for m in view.forward.get("messages") or []])
+        forward = dict(view.forward, messages=messages)  # the forwarded chat form holds the view's messages
         native = view.native
         if native is not None:
             native = dict(native)

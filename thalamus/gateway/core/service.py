@@ -207,8 +207,8 @@ class GatewayService:
         row.chosen_model, row.cost_usd = name, cfg.cost(row.prompt_tokens, row.completion_tokens)
         row.price_input_per_m, row.price_output_per_m = cfg.input_per_m, cfg.output_per_m
         row.variant = cfg.variant
-        if judged:
-            call.answer, call.messages = text, [dict(m) for m in view.messages]
+        if judged and self.judge is not None:  # the view is frozen: its messages are kept, not copied
+            call.answer, call.messages = text, list(view.messages)
 
     def headers(self, call: Call, name: str) -> dict[str, str]:
         headers = {"x-thalamus-request-id": call.row.id, "x-thalamus-model": name,
