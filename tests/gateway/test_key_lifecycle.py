@@ -46,7 +46,8 @@ def test_update_changes_scope_and_limits_and_keeps_the_secret(make_gateway: Gate
     assert call(gw, secret, "strong").status_code == 200  # the same secret, the new scope at once
     bad = httpx.patch(gw.url + "/admin/keys/u", headers=ADMIN_H, json={"key_hash": "x"}, timeout=10)
     assert bad.status_code == 400 and "cannot be updated" in bad.json()["error"]["message"]
-    assert httpx.patch(gw.url + "/admin/keys/nope", headers=ADMIN_H, json={"rpm": 1}).status_code == 404
+    missing = httpx.patch(gw.url + "/admin/keys/nope", headers=ADMIN_H, json={"rpm": 1})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "key_not_found"
     assert httpx.patch(gw.url + "/admin/keys/u", json={"rpm": 1}).status_code == 401
 
 

@@ -6,7 +6,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from thalamus.gateway.learning.artifacts import LoadedRouter
 from thalamus.gateway.learning.sessions import SessionEntry
@@ -52,8 +51,8 @@ class Call:
     row: LedgerRow
     started: float = field(default_factory=time.perf_counter)
     decision: Decision | None = None
-    answer: str | None = None  # the answer's text and the request's messages, for the LLM judge
-    messages: list[dict[str, Any]] | None = None
+    answer: str | None = None  # the answer's text and the request's routing text, for the LLM judge
+    question: str | None = None
     trace: RequestTrace | None = None  # the request's span, ended at finish (stats/tracing.py)
     restrict: tuple[str, ...] | None = None  # the guard stage's restriction of the models that may answer
     session_header: str | None = None  # the conversation id header (affinity.header), as the client sent it

@@ -105,7 +105,7 @@ class GatewayService:
             call.trace.end(row, team)
         await self.writer.record(row)
         if self.judge is not None and row.status == 200 and call.answer and row.cache != "hit":
-            self.judge.offer(row.id, call.messages or [], call.answer)  # never waits: a full queue drops
+            self.judge.offer(row.id, call.question or "", call.answer)  # never waits: a full queue drops
 
     def team(self, key_id: str | None) -> str | None:
         """The team of a virtual key (None for static keys, no key, or a key without one)."""
@@ -207,8 +207,8 @@ class GatewayService:
         row.chosen_model, row.cost_usd = name, cfg.cost(row.prompt_tokens, row.completion_tokens)
         row.price_input_per_m, row.price_output_per_m = cfg.input_per_m, cfg.output_per_m
         row.variant = cfg.variant
-        if judged and self.judge is not None:  # the view is frozen: its messages are kept, not copied
-            call.answer, call.messages = text, list(view.messages)
+        if judged and self.judge is not None:
+            call.answer, call.question = text, view.routing_text
 
     def headers(self, call: Call, name: str) -> dict[str, str]:
         headers = {"x-thalamus-request-id": call.row.id, "x-thalamus-model": name,

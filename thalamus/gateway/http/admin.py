@@ -23,7 +23,7 @@ from thalamus.gateway.core.service import GatewayService
 from thalamus.gateway.http.deps import Reader
 from thalamus.gateway.http.stats import _time as parse_time
 from thalamus.gateway.tenancy.auth import bearer_token
-from thalamus.gateway.tenancy.keys import KeyRecord, record_from
+from thalamus.gateway.tenancy.keys import KeyNotFound, KeyRecord, record_from
 from thalamus.gateway.tenancy.teams import team_from
 from thalamus.gateway.tenancy.usage import Periods
 from thalamus.gateway.wire.protocol import RequestError, parse_json_body
@@ -49,11 +49,9 @@ def _require_admin(request: Request) -> GatewayService:
 
 async def create_key(request: Request) -> JSONResponse:
     service = _require_admin(request)
-    raw = await request.body()
-    if len(raw) > ADMIN_BODY_BYTES:
-        raise RequestError(413, f"admin request body over {ADMIN_BODY_BYTES} bytes", code="request_too_large")
+    fields = await _fields(request)
     try:
-        record = record_from(parse_json_body(raw) if raw else {})
+        record = record_from(fields)
         stored, secret = await asyncio.to_thread(service.controls.store.create, record,
                                                  service.controls.static_ids)
     except ConfigError as exc:
@@ -129,10 +127,7 @@ async def _fields(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if len(raw) > ADMIN_BODY_BYTES:
         raise RequestError(413, f"admin request body over {ADMIN_BODY_BYTES} bytes", code="request_too_large")
-    body = parse_json_body(raw) if raw else {}
-    if not isinstance(body, dict):
-        raise RequestError(400, "the body must be a JSON object of key fields", code="invalid_key")
-    return body
+    return parse_json_body(raw) if raw else {}  # a JSON object, else a 400 (wire/protocol.py)
 
 
 async def update_key(request: Request) -> JSONResponse:
@@ -141,8 +136,10 @@ async def update_key(request: Request) -> JSONResponse:
     fields = await _fields(request)
     try:
         record = await asyncio.to_thread(service.controls.store.update, request.path_params["key_id"], fields)
+    except KeyNotFound as exc:
+        raise RequestError(404, str(exc), param="key_id", code="key_not_found") from None
     except ConfigError as exc:
-        raise RequestError(400 if "no active" not in str(exc) else 404, str(exc), code="invalid_key") from None
+        raise RequestError(400, str(exc), code="invalid_key") from None
     await service.controls.reload()  # this replica enforces the new limits at once
     return JSONResponse({"object": "api_key", **record.public()})
 
@@ -156,7 +153,7 @@ async def rotate_key(request: Request) -> JSONResponse:
     try:
         record, secret = await asyncio.to_thread(service.controls.store.rotate, request.path_params["key_id"],
                                                  float(grace))
-    except ConfigError as exc:
+    except KeyNotFound as exc:
         raise RequestError(404, str(exc), param="key_id", code="key_not_found") from None
     await service.controls.reload()
     return JSONResponse({"object": "api_key", **record.public(), "key": secret, "grace_s": grace})

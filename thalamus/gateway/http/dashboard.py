@@ -71,19 +71,10 @@ def _script_json(data: Any) -> str:
     return json.dumps(data, allow_nan=False).replace("<", "\\u003c")
 
 
-def viewer_role(request: Request) -> str | None:
-    """The caller's role as far as the server knows it when it sends the page: ``"admin"`` while auth is off
-    (everyone reads everything) and on the standalone dashboard; None with auth on, where the key exists only
-    in the reader's browser. The page does not rely on it: it asks ``/api/stats/teams`` with the key it holds
-    and shows the view across teams (``#teams``) only when that answers 200 (the admin; 403 for other roles)."""
-    service = getattr(request.app.state, "service", None)
-    return "admin" if service is None or not service.keys.enabled else None
-
-
 async def dashboard_page(request: Request) -> HTMLResponse:
     service = getattr(request.app.state, "service", None)
     auth = bool(service is not None and service.keys.enabled)
-    config = {"auth": auth, "refresh_s": 30, "role": viewer_role(request)}
+    config = {"auth": auth, "refresh_s": 30}
     return HTMLResponse(_page(auth=auth, config_json=_script_json(config)))
 
 

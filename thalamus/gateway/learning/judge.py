@@ -90,8 +90,9 @@ class Judge:
         self._workers = [asyncio.create_task(self._work(), name=f"judge-{i}") for i in range(self.config.concurrency)]
 
     # -- the request path's side: never waits, never raises ---------------------------------
-    def offer(self, request_id: str, messages: list[dict[str, Any]], answer: str) -> bool:
-        """Queue an answered request for judging when the draw keeps it; True if queued."""
+    def offer(self, request_id: str, question: str, answer: str) -> bool:
+        """Queue an answered request (its routing text and answer) for judging when the draw keeps it; True
+        if queued."""
         self.counts["offered"] += 1
         share = self.config.sample
         if share <= 0 or (share < 1 and self._rng.random() >= share):
@@ -101,7 +102,7 @@ class Judge:
             self._count("dropped_shutdown")
             return False
         try:
-            self.queue.put_nowait(Judgement(request_id, p.routing_text(messages), answer))
+            self.queue.put_nowait(Judgement(request_id, question, answer))
         except asyncio.QueueFull:
             self._count("dropped_full")
             return False

@@ -28,6 +28,10 @@ SECRET_PREFIX = "sk-thl-"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 
+class KeyNotFound(ConfigError):
+    """No active virtual key of that id (the admin API answers 404)."""
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -54,10 +58,6 @@ class KeyRecord:
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
-
-    @property
-    def limited(self) -> bool:
-        return any(v is not None for v in (self.budget_day_usd, self.budget_month_usd, self.rpm, self.tpm))
 
     def public(self) -> dict[str, Any]:
         """What listings show: everything but the hash (the secret is never stored)."""
@@ -219,7 +219,7 @@ class KeyStore:
             row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id,
                                                          api_keys.c.revoked_at.is_(None))).first()
         if row is None:
-            raise ConfigError(f"no active virtual key {key_id!r} (thalamus keys list shows them)")
+            raise KeyNotFound(f"no active virtual key {key_id!r} (thalamus keys list shows them)")
         return _from_row(row)
 
     def team_ids(self, team: str) -> frozenset[str]:

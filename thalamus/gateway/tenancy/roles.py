@@ -21,7 +21,6 @@ from typing import Literal
 from thalamus.gateway.wire.protocol import RequestError
 
 Role = Literal["admin", "team_admin", "key"]
-ROLES: tuple[Role, ...] = ("admin", "team_admin", "key")
 KEY_ROLES = ("key", "team_admin")  # what a key (static or virtual) may be given; admin is the admin key only
 
 
