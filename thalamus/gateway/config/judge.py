@@ -35,6 +35,12 @@ def template_fields(template: str) -> set[str]:
 
 JUDGE_SOURCE_PREFIX = "judge:"  # the source of the LLM judge's feedback rows: "judge:<backend>"
 
+
+def is_judge_source(source: str | None) -> bool:
+    """Whether a feedback row's ``source`` is the LLM judge's; any other source is a client's (the SQL form of
+    the same rule: stats/sql.py ``judged``)."""
+    return source is not None and source.startswith(JUDGE_SOURCE_PREFIX)
+
 class JudgeConfig(BaseModel):
     """An LLM-as-judge feedback source. ``backend`` is any configured backend (the replay upstream in
     tests); ``sample`` is the share of answered requests judged; at most ``queue_size`` wait and

@@ -29,13 +29,14 @@ import numpy as np
 import sqlalchemy as sa
 
 from thalamus.gateway.config import GatewayConfig, RouterConfig
-from thalamus.gateway.config.judge import JUDGE_SOURCE_PREFIX
+from thalamus.gateway.config.judge import is_judge_source
 from thalamus.gateway.learning.adopt import adopt, plan_backends
 from thalamus.gateway.learning.artifacts import LoadedRouter, checkpoint
 from thalamus.gateway.learning.pool_aware import adjust as pool_adjust
 from thalamus.gateway.learning.pool_state import PoolTracker
 from thalamus.gateway.learning.profile_store import ProfileSync
 from thalamus.gateway.learning.rollout import Rollout, mixed, restrict_knob, shadowed
+from thalamus.gateway.stats.sql import judged
 from thalamus.ledger import Ledger
 from thalamus.ledger.embedding import decode_embedding, encode_embedding
 from thalamus.ledger.row import LedgerRow
@@ -166,7 +167,7 @@ class LearningLoop:
                  source: str | None = None) -> bool:
         """Update the router that served ``request_id`` with ``score`` (first learnable feedback only); True
         if it did. Synchronous (database read, a rank-one update): the API runs it in a worker thread."""
-        if not self.learn_from_judge and is_judge(source):
+        if not self.learn_from_judge and is_judge_source(source):
             return False  # stored for evaluation, not learned: the context stays for a client's score
         with self._pending_lock:
             kept = self.pending.pop(request_id, None)
@@ -216,17 +217,12 @@ def fast_router(router: Router) -> bool:
     return router.uses_embeddings and bool(getattr(router.embedder_in_use(), "fast", False))
 
 
-def is_judge(source: str | None) -> bool:
-    return source is not None and source.startswith(JUDGE_SOURCE_PREFIX)
-
-
 def _served_row(ledger: Ledger, request_id: str, with_judge: bool = True) -> dict[str, Any] | None:
     """The request's routing columns and how many learnable feedback rows it has (this one included)."""
     cols = [requests.c[k] for k in ("router", "chosen_model", "status", "cost_usd", "embedding", "embedder_id")]
     counted = feedback.c.request_id == request_id
     if not with_judge:  # judge rows do not take a request's one update away from a later client score
-        counted = counted & sa.or_(feedback.c.source.is_(None),
-                                   sa.not_(feedback.c.source.startswith(JUDGE_SOURCE_PREFIX, autoescape=True)))
+        counted = counted & sa.or_(feedback.c.source.is_(None), sa.not_(judged()))
     n_feedback = sa.select(sa.func.count()).where(counted).scalar_subquery()
     with ledger.engine.connect() as conn:
         hit = conn.execute(sa.select(*cols, n_feedback.label("n_feedback"))

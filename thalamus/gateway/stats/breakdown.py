@@ -13,14 +13,13 @@ SQL on raw rows (``requests`` and ``feedback``), filtered like every stats call,
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from thalamus.gateway.config.judge import JUDGE_SOURCE_PREFIX as JUDGE_PREFIX
-from thalamus.gateway.stats.sql import Filters, floor_div
+from thalamus.gateway.stats.aggregates import score_summary
+from thalamus.gateway.stats.sql import Filters, floor_div, judged
 from thalamus.ledger import feedback, requests
 
 MAX_ERROR_ROWS = 50
@@ -39,8 +38,7 @@ def status_class(status: int | None) -> str:
 
 
 def _source() -> sa.ColumnElement[str]:
-    judged = feedback.c.source.startswith(JUDGE_PREFIX, autoescape=True)
-    return sa.case((judged, "judge"), else_="client")
+    return sa.case((judged(), "judge"), else_="client")
 
 
 def _feedback_query(by_model: bool) -> sa.Select[Any]:
@@ -72,10 +70,7 @@ def feedback_by_model(engine: Engine, f: Filters) -> dict[str, dict[str, dict[st
 
 
 def _summary(n: int, scored: int, s: float, sq: float) -> dict[str, Any]:
-    mean = s / n if n else None
-    var = max(sq / n - (mean or 0.0) ** 2, 0.0) * n / (n - 1) if n > 1 else None
-    return {"feedback_n": n, "requests_scored": scored, "score_mean": mean,
-            "score_se": math.sqrt(var / n) if var is not None else None}
+    return score_summary(n, s, sq) | {"requests_scored": scored}
 
 
 def feedback_series(engine: Engine, f: Filters, width: int) -> list[dict[str, Any]]:

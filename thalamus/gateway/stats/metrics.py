@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from thalamus.gateway.config.judge import JUDGE_SOURCE_PREFIX as JUDGE_PREFIX
+from thalamus.gateway.config.judge import is_judge_source
 from thalamus.gateway.stats.aggregates import grouped
 from thalamus.gateway.stats.sql import LATENCY_BOUNDS_MS, Filters
 from thalamus.ledger.row import LedgerRow
@@ -72,7 +72,7 @@ def busiest_keys(ledger: Any, limit: int = MAX_KEY_LABELS, days: float = 30) -> 
 
 def feedback_source(source: str | None) -> str:
     """The bounded ``source`` label of a feedback score: ``judge`` (the LLM judge) or ``client``."""
-    return "judge" if source is not None and source.startswith(JUDGE_PREFIX) else "client"
+    return "judge" if is_judge_source(source) else "client"
 
 
 def multiprocess_dir() -> str | None:

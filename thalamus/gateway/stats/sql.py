@@ -20,7 +20,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-from thalamus.ledger import requests
+from thalamus.gateway.config.judge import JUDGE_SOURCE_PREFIX
+from thalamus.ledger import feedback, requests
 
 # upper bounds (ms) of the latency buckets; one more bucket holds everything above the last
 LATENCY_BOUNDS_MS: tuple[float, ...] = (
@@ -144,6 +145,11 @@ class Filters:
     def as_dict(self) -> dict[str, Any]:
         return {"since": self.since, "until": self.until, "router": self.router, "key": self.key,
                 "model": self.model}
+
+
+def judged() -> ColumnElement[bool]:
+    """True for a feedback row of the LLM judge (config/judge.py ``is_judge_source``, in SQL)."""
+    return feedback.c.source.startswith(JUDGE_SOURCE_PREFIX, autoescape=True)
 
 
 def is_error() -> ColumnElement[int]:

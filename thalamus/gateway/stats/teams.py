@@ -16,9 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from thalamus.gateway.config.judge import JUDGE_SOURCE_PREFIX as JUDGE_PREFIX
 from thalamus.gateway.stats.aggregates import score_summary
-from thalamus.gateway.stats.sql import Filters, is_error, total
+from thalamus.gateway.stats.sql import Filters, is_error, judged, total
 from thalamus.ledger import feedback, requests
 from thalamus.ledger.schema import api_keys
 
@@ -28,10 +27,10 @@ _SOURCES = ("client", "judge")
 
 def _feedback_per_request(f: Filters) -> sa.Subquery:
     """Per scored request of the range: entries, score sum and sum of squares, per source."""
-    judged = feedback.c.source.startswith(JUDGE_PREFIX, autoescape=True)
+    judge = judged()
     score = feedback.c.score
     cols: list[Any] = [feedback.c.request_id.label("rid")]
-    for name, mine in (("client", sa.not_(judged)), ("judge", judged)):
+    for name, mine in (("client", sa.not_(judge)), ("judge", judge)):
         cols += [sa.func.sum(sa.case((mine, 1), else_=0)).label(f"{name}_n"),
                  sa.func.sum(sa.case((mine, score), else_=0.0)).label(f"{name}_s"),
                  sa.func.sum(sa.case((mine, score * score), else_=0.0)).label(f"{name}_sq")]
