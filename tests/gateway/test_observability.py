@@ -42,7 +42,9 @@ def traced(replay: ThreadedServer, artifact: Path, tmp_path_factory: pytest.Temp
     """A gateway whose spans go to an in-memory exporter; 'broken' falls back to 'weak'."""
     ledger = tmp_path_factory.mktemp("obs") / "ledger.sqlite"
     raw = base_config(replay.url, artifact, ledger, fallback={"backoff_s": 0.01, "models": ["weak"]},
-                      auth={"enabled": True, "keys": [{"id": "static", "key": "sk-static"}], "admin_key": ADMIN})
+                      auth={"enabled": True, "keys": [{"id": "static", "key": "sk-static"},
+                                                      {"id": "static-ads", "key": "sk-ads", "team": "ads"}],
+                            "admin_key": ADMIN})
     for entry in raw["backends"]:  # the replay's fault counters are per model string and session-wide
         if entry["name"] == "flaky":
             entry["model"] = "openai/mid-observability::503x1"
@@ -149,9 +151,10 @@ def test_access_log_has_one_json_line_per_request(traced: tuple[ThreadedServer, 
         ok = post(server, chat("auto"), key=made["key"])
         fell = post(server, chat("broken"))
         refused = post(server, chat("no-such-model"))
+        static = post(server, chat("weak"), key="sk-ads")  # a static key's team, from the config
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "thalamus.access"]
     by_id = {line["request_id"]: line for line in lines}
-    assert len(lines) == 3 and set(by_id) == {x.headers["x-thalamus-request-id"] for x in (ok, fell, refused)}
+    assert len(lines) == 4 and set(by_id) == {x.headers["x-thalamus-request-id"] for x in (ok, fell, refused, static)}
     first = by_id[ok.headers["x-thalamus-request-id"]]
     assert (first["key"], first["team"], first["requested_model"], first["status"], first["fallback"]) == (
         "obs-search", "search", "auto", 200, False)
@@ -162,6 +165,8 @@ def test_access_log_has_one_json_line_per_request(traced: tuple[ThreadedServer, 
         "weak", True, ["broken:503", "broken:503"], None)
     third = by_id[refused.headers["x-thalamus-request-id"]]
     assert (third["status"], third["error"], third["chosen_model"]) == (404, "model_not_found", None)
+    assert (by_id[static.headers["x-thalamus-request-id"]]["key"],
+            by_id[static.headers["x-thalamus-request-id"]]["team"]) == ("static-ads", "ads")
 
 
 def test_health_endpoints_in_litellms_shape(traced: tuple[ThreadedServer, InMemorySpanExporter, Path]) -> None:

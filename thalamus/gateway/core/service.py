@@ -96,7 +96,7 @@ class GatewayService:
         loaded = self.routers.get(row.router) if row.router is not None else None
         annotate(row, loaded.config.baseline_model() if loaded is not None else None, self._prices)
         self.affinity.remember(call)
-        team = self.team(row.api_key_id)
+        team = self.controls.team_of(row.api_key_id)
         if self.metrics is not None:
             self.metrics.observe(row, team)
         self.controls.observe(row)
@@ -106,11 +106,6 @@ class GatewayService:
         await self.writer.record(row)
         if self.judge is not None and row.status == 200 and call.answer and row.cache != "hit":
             self.judge.offer(row.id, call.question or "", call.answer)  # never waits: a full queue drops
-
-    def team(self, key_id: str | None) -> str | None:
-        """The team of a virtual key (None for static keys, no key, or a key without one)."""
-        record = self.controls.record(key_id)
-        return record.team if record is not None else None
 
     def _prices(self, model: str) -> BackendConfig | None:
         backend = self.backends.get(model)

@@ -148,13 +148,21 @@ class TeamControls:
         """The reader behind a request: the admin key, or the key ``key_id`` (None: auth off, all rows)."""
         if self.is_admin(token) or key_id is None:
             return ADMIN
-        record = self.record(key_id)
-        role, team = (record.role, record.team) if record is not None else self._static.get(key_id, ("key", None))
+        role, team = self._role_team(key_id)
         if role != "team_admin" or team is None:
             return principal_of(key_id, role, team, frozenset())
         static = frozenset(k for k, (_, t) in self._static.items() if t == team)
         stored = await asyncio.to_thread(self.store.team_ids, team) if self.enabled else frozenset()
         return principal_of(key_id, role, team, static | stored)
+
+    def _role_team(self, key_id: str) -> tuple[str, str | None]:
+        """A key's role and team: the virtual key's record, else the static key's config."""
+        record = self.record(key_id)
+        return (record.role, record.team) if record is not None else self._static.get(key_id, ("key", None))
+
+    def team_of(self, key_id: str | None) -> str | None:
+        """The team a request of this key counts under (limits, metrics, access log, traces)."""
+        return self._role_team(key_id)[1] if key_id is not None else None
 
     def static_teams(self) -> dict[str, str]:
         """The team of each static key that has one (the config's; virtual keys' teams are in ``api_keys``)."""
@@ -181,7 +189,7 @@ class TeamControls:
         record = self.record(key_id)
         out = [Subject(record.id, f"key {record.id!r}", record.rpm, record.tpm, record.budget_day_usd,
                        record.budget_month_usd)] if record is not None else []
-        team_id = record.team if record is not None else self._static.get(key_id, ("key", None))[1]
+        team_id = self.team_of(key_id)
         team = self._teams.get(team_id) if team_id is not None else None
         if team is not None:
             out.append(Subject(team_slot(team.id), f"team {team.id!r}", team.rpm, team.tpm, team.budget_day_usd,
