@@ -81,6 +81,9 @@ def test_readyz_degraded_while_the_database_is_locked_then_back(make_gateway: Ga
             time.sleep(0.05)
         assert ready.status_code == 503 and ready.json()["status"] == "ledger degraded"
         assert ready.json()["ledger"]["alive"] is True
+        litellm_shape = client.get("/health/readiness")  # the same state, in LiteLLM's shape
+        assert litellm_shape.status_code == 503 and litellm_shape.json()["status"] == "unhealthy"
+        assert litellm_shape.json()["db"] == "degraded"
         locker.execute("ROLLBACK")
         assert _wait_ready(gw.url).status_code == 200
     locker.close()

@@ -191,15 +191,25 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """200 when the ledger takes writes. Router names and counters only for an authenticated caller (or
     with auth off); the database error is named by its type, never by its message (it may name the host)."""
+    found = await readiness_state(request)
+    if found is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    status, inside = found
+    return JSONResponse({"status": status} | inside, status_code=200 if status == "ready" else 503)
+
+
+async def readiness_state(request: Request) -> tuple[str, dict[str, Any]] | None:
+    """The ledger's state (``ready``, ``ledger degraded``, ``ledger unavailable``) and what an authenticated
+    caller (or anyone with auth off) may also see: the ledger's details, router names and the backend count;
+    None while the gateway starts. ``/readyz`` and ``/health/readiness`` format it."""
     service: GatewayService | None = getattr(request.app.state, "service", None)
     if service is None:
-        return JSONResponse({"status": "starting"}, status_code=503)
+        return None
     status, details = await ledger_state(request.app.state.ledger, service,
                                           getattr(request.app.state, "health_executor", None))
-    body: dict[str, Any] = {"status": status}
-    if not service.keys.enabled or service.keys.identify(request.headers.get("authorization")) is not None:
-        body |= details | {"routers": sorted(service.routers), "backends": len(service.backends)}
-    return JSONResponse(body, status_code=200 if status == "ready" else 503)
+    if service.keys.enabled and service.keys.identify(request.headers.get("authorization")) is None:
+        return status, {}
+    return status, details | {"routers": sorted(service.routers), "backends": len(service.backends)}
 
 
 async def ledger_state(ledger: Ledger, service: GatewayService,

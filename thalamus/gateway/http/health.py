@@ -16,6 +16,7 @@ dashboards written for a LiteLLM proxy work against the gateway unchanged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -24,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from thalamus.gateway.core.service import GatewayService
-from thalamus.gateway.http.api import ledger_state
+from thalamus.gateway.http.api import readiness_state
 from thalamus.gateway.upstream.base import Backend
 from thalamus.gateway.upstream.checks import UpstreamError
 from thalamus.gateway.wire.protocol import RequestError
@@ -34,6 +35,7 @@ DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S = 10.0, 60.0
 _DB = {"ready": "connected", "ledger degraded": "degraded", "ledger unavailable": "disconnected"}
 
 
+@functools.cache
 def _version() -> str:
     try:
         return version("thalamus")
@@ -46,16 +48,13 @@ async def liveness() -> JSONResponse:
 
 
 async def readiness(request: Request) -> JSONResponse:
-    service: GatewayService | None = getattr(request.app.state, "service", None)
-    if service is None:
+    found = await readiness_state(request)
+    if found is None:
         return JSONResponse({"status": "unhealthy", "db": "starting", "thalamus_version": _version()},
                             status_code=503)
-    state, details = await ledger_state(request.app.state.ledger, service,
-                                        getattr(request.app.state, "health_executor", None))
-    body: dict[str, Any] = {"status": "healthy" if state == "ready" else "unhealthy", "db": _DB.get(state, state),
-                            "ledger": state, "thalamus_version": _version(), "last_updated": time.time()}
-    if not service.keys.enabled or service.keys.identify(request.headers.get("authorization")) is not None:
-        body |= details | {"routers": sorted(service.routers), "backends": len(service.backends)}
+    state, inside = found
+    body = {"status": "healthy" if state == "ready" else "unhealthy", "db": _DB.get(state, state),
+            "ledger": state, "thalamus_version": _version(), "last_updated": time.time()} | inside
     return JSONResponse(body, status_code=200 if state == "ready" else 503)
 
 
