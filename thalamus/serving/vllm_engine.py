@@ -159,6 +159,8 @@ class VllmEngine:
                     await self._watch(client)
                 except RuntimeError as exc:
                     self.last_error = str(exc)
+                except Exception as exc:  # e.g. Popen's OSError: retried too (cancellation still ends the loop)
+                    self.last_error = f"vLLM for model '{self.name}' failed: {type(exc).__name__}: {exc}"
                 await asyncio.to_thread(self.stop)
                 self.restarts += 1
                 await asyncio.sleep(1.0)  # a model that cannot start is retried, not spun on
