@@ -14,7 +14,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -50,7 +49,6 @@ class ServingState:
     pool: ModelPool
     metrics: ServingMetrics
     vllm: VllmEngines
-    client: httpx.AsyncClient  # to the vLLM engines
 
 
 def _state(request: Request) -> ServingState:
@@ -93,8 +91,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 async def chat_completions(body: ChatRequest, request: Request) -> Response:
     state = _state(request)
     if body.model in state.vllm:
-        return await forward_chat(request, body.model, state.vllm, state.metrics, state.config.queue_timeout_s,
-                                  state.client)
+        return await forward_chat(request, body.model, state.vllm, state.metrics, state.config.queue_timeout_s)
     label = body.model if body.model in state.pool.specs else "unknown"
     lease = AsyncExitStack()
     handed_over = False

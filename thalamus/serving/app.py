@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -40,16 +39,15 @@ def create_app(config: ServingConfig, cache_dir: Path | None = None) -> FastAPI:
         metrics = ServingMetrics()
         pool = ModelPool(config, metrics, cache_dir)
         vllm = VllmEngines(config, cache_dir)
-        async with httpx.AsyncClient() as client:
-            try:
-                await vllm.start()
-                pool.reserved = vllm.reserved_bytes()
-                pool.publish()
-                app.state.serving = ServingState(config, pool, metrics, vllm, client)
-                yield
-            finally:
-                await vllm.close()
-                await pool.close()
+        try:
+            await vllm.start()
+            pool.reserved = vllm.reserved_bytes()
+            pool.publish()
+            app.state.serving = ServingState(config, pool, metrics, vllm)
+            yield
+        finally:
+            await vllm.close()
+            await pool.close()
 
     app = FastAPI(title="Thalamus local model server", lifespan=lifespan)
     app.include_router(router)

@@ -188,7 +188,11 @@ class VllmEngines:
         self.cache_dir = cache_dir
         self.engines: dict[str, VllmEngine] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._client: httpx.AsyncClient | None = None
+        # both made by start(), only when there are engines: the proxy's client for forwarded requests, and
+        # one of their own for the health checks, so that requests holding every pooled connection (long
+        # streams) cannot make a check time out and restart a busy engine
+        self.client: httpx.AsyncClient | None = None
+        self._health: httpx.AsyncClient | None = None
 
     def __contains__(self, name: object) -> bool:
         return name in self.engines
@@ -222,8 +226,8 @@ class VllmEngines:
             raise ConfigError(f"vLLM engines need {self.reserved_bytes()} bytes (weights + KV cache; {sizes}) "
                               f"but memory_budget is {self.config.memory_budget}; raise it or lower "
                               "vllm.kv_cache_space")
-        self._client = client = httpx.AsyncClient()
-        self._tasks = [asyncio.create_task(e.supervise(client)) for e in self.engines.values()]
+        self.client, self._health = httpx.AsyncClient(), httpx.AsyncClient()
+        self._tasks = [asyncio.create_task(e.supervise(self._health)) for e in self.engines.values()]
 
     async def url_of(self, name: str, timeout_s: float) -> str:
         """The base URL of a ready engine, waiting up to ``timeout_s`` for a (re)start."""
@@ -237,8 +241,9 @@ class VllmEngines:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._client is not None:
-            await self._client.aclose()
+        for client in (self.client, self._health):
+            if client is not None:
+                await client.aclose()
 
 
 def vllm_entry(engine: VllmEngine) -> dict[str, object]:

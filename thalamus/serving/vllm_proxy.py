@@ -22,8 +22,9 @@ _TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)  # deco
 
 
 async def forward_chat(request: Request, name: str, engines: VllmEngines, metrics: ServingMetrics,
-                       wait_s: float, client: httpx.AsyncClient) -> Response:
-    """POST the request's body to engine ``name``'s /v1/chat/completions; stream the answer back."""
+                       wait_s: float) -> Response:
+    """POST the request's body to engine ``name``'s /v1/chat/completions (through the engines' client);
+    stream the answer back."""
     try:
         url = await engines.url_of(name, wait_s)
     except TimeoutError:
@@ -31,6 +32,8 @@ async def forward_chat(request: Request, name: str, engines: VllmEngines, metric
         why = engines.engines[name].last_error or "it is still starting"
         raise BusyError(f"vLLM engine of model '{name}' is not ready after {wait_s:g} s ({why}); retry later",
                         code="engine_starting") from None
+    client = engines.client
+    assert client is not None  # created by engines.start() with the engines
     upstream = client.build_request("POST", f"{url}/v1/chat/completions", content=await request.body(),
                                     headers={"content-type": "application/json"}, timeout=_TIMEOUT)
     try:
