@@ -8,11 +8,18 @@ exits at once, or answers chats, so the supervisor's restarts run for real in a 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from thalamus.serving.app import create_app
 from thalamus.serving.config import ServingConfig
-from thalamus.serving.vllm_engine import VllmEngines
+from thalamus.serving.vllm_engine import VllmEngine, VllmEngines
 
 
 def _vllm_config(folder: Path, python: str, **vllm: Any) -> ServingConfig:
@@ -46,5 +53,84 @@ def test_supervisor_survives_a_python_that_cannot_run(tmp_path: Path) -> None:
         assert "PermissionError" in (engine.last_error or "") and engine.restarts >= 1
         assert not engine.ready.is_set() and not any(task.done() for task in engines._tasks)
         await engines.close()  # no exception: the supervisor was still running and was cancelled
+
+    asyncio.run(run())
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@asynccontextmanager
+async def proxied(folder: Path, handler: Handler, ready: bool) -> AsyncIterator[httpx.AsyncClient]:
+    """A server (in process) with torch model "t" and vLLM model "v" whose engine is no process: its
+    requests go to ``handler`` (an httpx mock transport); ``ready`` says whether it counts as started."""
+    config = ServingConfig.from_dict({"memory_budget": "4GiB", "queue_timeout_s": 0.3, "max_prompt_chars": 50,
+                                      "models": [{"name": "t", "source": "smollm2"}]})
+    spec = _vllm_config(folder, sys.executable).models[0]
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        engines: VllmEngines = app.state.serving.vllm
+        assert engines.client is None  # no vLLM model in the config: no client either
+        engine = VllmEngine(spec, folder, "float32", folder / "v.log", 0, url="http://vllm.invalid")
+        if ready:
+            engine.ready.set()
+        engines.engines["v"] = engine
+        engines.client = httpx.AsyncClient(transport=httpx.MockTransport(handler))  # closed by the lifespan
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve") as http:
+            yield http
+
+
+def _chat(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "Hi"}], **extra}
+
+
+def test_vllm_body_is_forwarded_unchanged_after_the_prompt_size_check(tmp_path: Path) -> None:
+    """A vLLM model's body goes on as sent, fields the torch schema refuses included (``n: 2``), but
+    ``max_prompt_chars`` holds for it too (413 before forwarding); torch models keep their schema."""
+    sent: list[bytes] = []
+
+    def vllm(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        return httpx.Response(200, json={"object": "chat.completion", "choices": []})
+
+    async def run() -> None:
+        async with proxied(tmp_path, vllm, True) as client:
+            raw = json.dumps(_chat("v", n=2, temperature=5, top_k=3)).encode()
+            response = await client.post("/v1/chat/completions", content=raw,
+                                         headers={"content-type": "application/json"})
+            assert response.status_code == 200 and response.json()["object"] == "chat.completion"
+            assert sent == [raw]
+
+            long_parts = [{"type": "text", "text": "x" * 60}]
+            response = await client.post("/v1/chat/completions",
+                                         json=_chat("v", messages=[{"role": "user", "content": long_parts}]))
+            assert response.status_code == 413 and response.json()["error"]["code"] == "prompt_too_large"
+            assert len(sent) == 1  # refused here, never forwarded
+
+            response = await client.post("/v1/chat/completions", json=_chat("t", n=2))
+            assert response.status_code == 400 and response.json()["error"]["param"] == "n"
+            response = await client.post("/v1/chat/completions",
+                                         json=_chat("t", messages=[{"role": "user", "content": "x" * 60}]))
+            assert response.status_code == 413
+            response = await client.post("/v1/chat/completions", json={"messages": []})
+            assert response.status_code == 400 and response.json()["error"]["param"] == "model"
+
+    asyncio.run(run())
+
+
+def test_vllm_engine_not_ready_is_503_with_retry_after_and_a_failing_one_502(tmp_path: Path) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def run() -> None:
+        async with proxied(tmp_path, refuse, False) as starting:
+            response = await starting.post("/v1/chat/completions", json=_chat("v"))
+            assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+            assert response.json()["error"]["code"] == "engine_starting"
+        async with proxied(tmp_path, refuse, True) as failing:
+            response = await failing.post("/v1/chat/completions", json=_chat("v"))
+            assert response.status_code == 502
+            error = response.json()["error"]
+            assert error["code"] == "engine_failed" and "ConnectError" in error["message"]
 
     asyncio.run(run())

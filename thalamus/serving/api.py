@@ -3,6 +3,8 @@
 Nothing slow runs on the event loop: chat-template rendering and tokenizing run in a worker thread (the
 Rust tokenizer releases the GIL), and a prompt over ``max_prompt_chars`` is refused with a 413 before any
 of that. A client that leaves cancels its job, streamed or not, so the generation thread stops early.
+A chat for an ``engine: vllm`` model is checked against ``max_prompt_chars`` only and forwarded as it
+came; the torch engine's request schema (:class:`ChatRequest`) applies to torch models.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from thalamus.openai_wire import SSE_DONE, sse
@@ -31,6 +35,7 @@ from thalamus.serving.protocol import (
     chunk_body,
     completion_body,
     new_id,
+    raw_prompt_chars,
     usage,
 )
 from thalamus.serving.vllm_engine import VllmEngines, vllm_entry
@@ -88,15 +93,22 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatRequest, request: Request) -> Response:
+async def chat_completions(raw: Annotated[Any, Body()], request: Request) -> Response:
     state = _state(request)
-    if body.model in state.vllm:
-        return await forward_chat(request, body.model, state.vllm, state.metrics, state.config.queue_timeout_s)
+    name = raw.get("model") if isinstance(raw, dict) else None
+    if isinstance(name, str) and name in state.vllm:  # vLLM validates the body itself: it goes on unchanged
+        try:
+            _check_size(state, raw_prompt_chars(raw.get("messages")))
+        except ServingError as exc:
+            state.metrics.requests.labels(name, str(exc.status)).inc()
+            raise
+        return await forward_chat(request, name, state.vllm, state.metrics, state.config.queue_timeout_s)
+    body = _chat_request(raw)
     label = body.model if body.model in state.pool.specs else "unknown"
     lease = AsyncExitStack()
     handed_over = False
     try:
-        _check_size(state, body)
+        _check_size(state, body.prompt_chars())
         model = await lease.enter_async_context(state.pool.lease(body.model))
         job, sink = await _submit(state, model, body)
         if not body.stream:
@@ -152,8 +164,17 @@ def _prompt_ids(model: LoadedModel, body: ChatRequest) -> list[int]:
     return list(tokenizer(text)["input_ids"])
 
 
-def _check_size(state: ServingState, body: ChatRequest) -> None:
-    chars, limit = body.prompt_chars(), state.config.max_prompt_chars
+def _chat_request(raw: Any) -> ChatRequest:
+    """A torch model's body, validated as FastAPI validates a ``ChatRequest`` parameter (same errors)."""
+    try:
+        return ChatRequest.model_validate(raw, from_attributes=True)
+    except ValidationError as exc:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()],
+                                     body=raw) from None
+
+
+def _check_size(state: ServingState, chars: int) -> None:
+    limit = state.config.max_prompt_chars
     if chars > limit:
         raise ServingError(413, f"The messages hold {chars} characters; this server accepts at most {limit} "
                                 "(max_prompt_chars in its serving config)", param="messages",

@@ -140,6 +140,23 @@ class ChatRequest(BaseModel):
         return sum(len(m.text()) + len(m.role) for m in self.messages)
 
 
+def raw_prompt_chars(messages: Any) -> int:
+    """:meth:`ChatRequest.prompt_chars` of a body that is not validated here (a vLLM model's, forwarded as
+    it is): roles plus text, skipping whatever is malformed (vLLM rejects that itself)."""
+    total = 0
+    for message in messages if isinstance(messages, list) else []:
+        if not isinstance(message, dict):
+            continue
+        role, content = message.get("role"), message.get("content")
+        total += len(role) if isinstance(role, str) else 0
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(str(part.get("text", ""))) for part in content
+                         if isinstance(part, dict) and part.get("type") == "text")
+    return total
+
+
 def new_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
