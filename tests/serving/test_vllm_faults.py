@@ -1,8 +1,9 @@
 """``engine: vllm`` failure handling without vLLM: the supervisor, the proxy's 503/502, restarts.
 
-The fast tests run in process (no engine process is started); the slow ones start a stub api_server
-(``tests/serving/vllm_stub``, put on PYTHONPATH, run by this interpreter) that never answers /health,
-exits at once, or answers chats, so the supervisor's restarts run for real in a few seconds.
+The fast tests run in process (no engine process is started); the slow ones run a stub api_server
+(tests/serving/vllm_stub_server.py, behind a ``vllm.entrypoints.openai.api_server`` module made on
+PYTHONPATH, started by this interpreter as ``vllm.python``) that exits at once, never answers, answers
+chats, or fails its health checks, so the supervisor's restarts run for real in a few seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from thalamus.serving.app import create_app
 from thalamus.serving.config import ServingConfig
@@ -132,5 +134,86 @@ def test_vllm_engine_not_ready_is_503_with_retry_after_and_a_failing_one_502(tmp
             assert response.status_code == 502
             error = response.json()["error"]
             assert error["code"] == "engine_failed" and "ConnectError" in error["message"]
+
+    asyncio.run(run())
+
+
+STUB_SERVER = Path(__file__).with_name("vllm_stub_server.py")
+
+
+@pytest.fixture
+def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Puts the stub api_server on the engines' PYTHONPATH; call it with the mode their next act reads."""
+    module = tmp_path / "stubpath" / "vllm" / "entrypoints" / "openai" / "api_server.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("from vllm_stub_server import main\n\nmain()\n")
+    mode = tmp_path / "mode"
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'stubpath'}:{STUB_SERVER.parent}")
+    monkeypatch.setenv("THALAMUS_VLLM_STUB_MODE", str(mode))
+
+    def set_mode(value: str) -> None:
+        mode.write_text(value)
+
+    return set_mode
+
+
+@pytest.mark.slow  # starts processes (a few seconds)
+def test_engine_that_exits_is_restarted_then_serves_and_is_restarted_after_failed_health_checks(
+        tmp_path: Path, stub: Callable[[str], None]) -> None:
+    stub("exit")
+    model = tmp_path / "model"
+    model.mkdir()
+    app = create_app(_vllm_config(model, sys.executable, health_interval_s=0.2, start_timeout_s=20))
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://serve") as client:
+            engine: VllmEngine = app.state.serving.vllm.engines["v"]
+            await _until(lambda: engine.restarts >= 1, 15)  # each start exits at once; retried every second
+            assert "exited with code 3 while starting" in (engine.last_error or "") and engine.stats.loads == 0
+            response = await client.post("/v1/chat/completions", json=_chat("v"))
+            assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+            error = response.json()["error"]
+            assert error["code"] == "engine_starting" and "exited with code 3" in error["message"]
+
+            stub("serve")
+            await _until(engine.ready.is_set, 15)
+            response = await client.post("/v1/chat/completions", json=_chat("v", n=2))
+            assert response.status_code == 200, response.text
+            assert [c["message"]["content"] for c in response.json()["choices"]] == ["stub v", "stub v"]
+            first, restarts = engine.proc, engine.restarts
+            assert first is not None and engine.last_error is None and engine.stats.loads == 1
+
+            stub("unhealthy")  # the running engine fails its checks: stopped and started again
+            await _until(lambda: engine.restarts > restarts, 10)
+            assert first.poll() is not None and "failed 3 health checks" in (engine.last_error or "")
+            stub("serve")
+            await _until(lambda: engine.ready.is_set() and engine.stats.loads == 2, 15)
+            assert (await client.post("/v1/chat/completions", json=_chat("v"))).status_code == 200
+            last = engine.proc
+            assert last is not None and last.pid != first.pid
+        assert last.poll() is not None  # stopped with the server
+
+    asyncio.run(run())
+
+
+@pytest.mark.slow  # starts a process (about 2 s)
+def test_engine_that_never_answers_is_stopped_after_its_start_timeout(tmp_path: Path,
+                                                                      stub: Callable[[str], None]) -> None:
+    stub("silent")
+    model = tmp_path / "model"
+    model.mkdir()
+
+    async def run() -> None:
+        engines = VllmEngines(_vllm_config(model, sys.executable, start_timeout_s=1))
+        await engines.start()
+        engine = engines.engines["v"]
+        await _until(lambda: engine.proc is not None, 5)
+        silent = engine.proc
+        assert silent is not None
+        await _until(lambda: engine.restarts >= 1, 10)
+        assert "did not answer /health within 1 s" in (engine.last_error or "") and not engine.ready.is_set()
+        assert silent.poll() is not None  # killed, not left behind
+        await engines.close()
 
     asyncio.run(run())
