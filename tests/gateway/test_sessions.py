@@ -117,6 +117,35 @@ def test_a_failing_database_routes_the_turn_as_new(tmp_path: object) -> None:
     assert "k" in store._pending
 
 
+def test_an_unwritten_entry_is_trusted_only_when_current(tmp_path: object) -> None:
+    """While the database is down an entry waiting for the flush answers lookups the cache no longer does,
+    under the cache's rule: not past the TTL, and for an explicit id only for the turn right after it."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/empty.sqlite")  # no sessions table: reads fail
+    store = SessionStore(AffinityConfig(ttl_s=60), engine)
+    store.put(entry("k", turn=3))
+    store.put(entry("old", at=time.time() - 120))
+    store._cache.clear()  # evicted; both still wait for the flush
+    assert asyncio.run(store.get("k", 4)).model == "strong"  # type: ignore[union-attr]
+    assert asyncio.run(store.get("k")) is not None
+    assert asyncio.run(store.get("k", 6)) is None  # a wrong turn: not trusted, and the table is away
+    assert asyncio.run(store.get("old")) is None  # idle past the TTL
+    assert sorted(store._pending) == ["k", "old"]
+
+
+def test_an_unwritten_entry_newer_than_the_table_row_stays_the_answer(tmp_path: object) -> None:
+    """A wrong-turn entry waiting for the flush sends the lookup to the table; a row there older than the
+    entry does not replace it (a client that sends only its new turn asks with turn 0 every time)."""
+    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.sqlite")
+    store = SessionStore(AffinityConfig(), ledger.engine)
+    store.put(entry("k", "strong", at=time.time() - 5))
+    store.flush()
+    store.put(entry("k", "weak", turn=1))
+    store._cache.clear()
+    assert asyncio.run(store.get("k", 0)).model == "weak"  # type: ignore[union-attr]
+    assert store.reads == 1
+    ledger.close()
+
+
 def test_a_turn_recorded_during_a_flush_is_neither_lost_nor_hidden(tmp_path: object) -> None:
     """The flusher writes in a worker thread while the event loop records turns: an entry put during the
     write is written by the next flush (the old swap could drop it), and a lookup during the write still

@@ -2,11 +2,12 @@
 
 The ledger database's ``sessions`` table (migration 12) is the shared truth, so a conversation whose
 turns land on different replicas keeps its model; a small LRU cache in this process answers most lookups.
-A cached entry is trusted only when it can be current: a history key names one prefix of one
-conversation (a later turn has another key), and an explicit id's entry is trusted when it recorded the
-turn just before the asking one; anything else is read from the table. Writes are batched off the request
-path (every ``flush_ms``, upserts); entries idle for ``ttl_s`` are ignored and pruned, and the table is cut
-to the newest ``max_sessions`` rows every ``prune_every_s``.
+A cached entry, or one still waiting to be written, is trusted only when it can be current: a history key
+names one prefix of one conversation (a later turn has another key), and an explicit id's entry is trusted
+when it recorded the turn just before the asking one; anything else is read from the table (whose row
+may be older than an entry still waiting to be written: then that entry is the answer). Writes are
+batched off the request path (every ``flush_ms``, upserts); entries idle for ``ttl_s`` are ignored and
+pruned, and the table is cut to the newest ``max_sessions`` rows every ``prune_every_s``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class SessionStore:
     def cached(self, key: str, turn: int | None) -> SessionEntry | None:
         """A cached entry that is current (see the module docstring), else None."""
         entry = self._cache.get(key)
-        if entry is None or not self._fresh(entry) or (turn is not None and entry.turn != turn - 1):
+        if entry is None or not self._current(entry, turn):
             return None
         self._cache.move_to_end(key)
         self.cache_hits += 1
@@ -68,8 +69,8 @@ class SessionStore:
         hit = self.cached(key, turn)
         if hit is not None:
             return hit
-        pending = self._pending.get(key)
-        if pending is not None:
+        pending = self._pending.get(key)  # not yet written (the cache may have evicted it): the same rule
+        if pending is not None and self._current(pending, turn):
             return pending
         try:
             entry = await asyncio.to_thread(self._read, key)
@@ -77,6 +78,8 @@ class SessionStore:
             log.warning("session affinity: reading a session failed (%s: %s)", type(exc).__name__, exc)
             return None
         self.reads += 1
+        if pending is not None and (entry is None or entry.updated_at < pending.updated_at):
+            entry = pending  # the table has not got this process's newer turn yet
         if entry is None or not self._fresh(entry):
             return None
         self._remember(entry)
@@ -89,6 +92,11 @@ class SessionStore:
 
     def _fresh(self, entry: SessionEntry) -> bool:
         return time.time() - entry.updated_at <= self.config.ttl_s
+
+    def _current(self, entry: SessionEntry, turn: int | None) -> bool:
+        """An entry of this process (cached, or waiting for the flush) trusted without reading the table:
+        not idle past the TTL, and for an explicit id (``turn``) the answer to the turn just before."""
+        return self._fresh(entry) and (turn is None or entry.turn == turn - 1)
 
     # -- writes -----------------------------------------------------------------------------
     def put(self, entry: SessionEntry) -> None:
