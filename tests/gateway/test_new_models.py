@@ -200,3 +200,37 @@ def test_config_check_names_the_mismatch_and_the_fix(known_only: Path, dataset: 
                                                for m in MODELS], "routers": {"r": {"artifact": str(known_only)}}}))
     result = runner.invoke(app, ["config", "check", str(ok)])
     assert result.exit_code == 0 and "strong (tier:high)" in " ".join(result.output.split()), result.output
+
+
+def test_a_candidate_is_checked_and_takes_on_new_backends_when_set(replay: ThreadedServer, known_only: Path,
+                                                                   dataset: RoutingDataset, tmp_path: Path) -> None:
+    """Rollout runs the start-up check when a candidate is set: one it refuses (a router without profiles
+    under thompson exploration) is a 400 then, not a failed promotion later; a cluster candidate takes on
+    the backends it was not trained on at once, so its shadow decides as it will serve once promoted."""
+    config = _config(replay.url, known_only, f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    config["admin"] = {"enabled": True, "key": "admin-secret"}
+    gw = ThreadedServer(create_app(config_from_dict(config))).start()
+    try:
+        admin = {"Authorization": "Bearer admin-secret"}
+        best_single = tmp_path / "best-single"
+        BestSingleRouter().fit(dataset.select_models(["mid", "weak"])).save(best_single)
+        r = httpx.post(gw.url + "/admin/routers/best/candidate", headers=admin, timeout=30,
+                       json={"artifact": str(best_single), "mode": "shadow"})
+        assert r.status_code == 400 and "thompson" in r.json()["error"]["message"], r.text
+        assert "best" not in _loop(gw).rollout.candidates
+        other = tmp_path / "cluster-3"
+        ClusterRouter(groups="kmeans", n_clusters=3, embedder="hashing").fit(
+            dataset.select_models(["mid", "weak"])).save(other)
+        r = httpx.post(gw.url + "/admin/routers/best/candidate", headers=admin, timeout=30,
+                       json={"artifact": str(other), "mode": "shadow"})
+        assert r.status_code == 200, r.text
+        assert set(_loop(gw).rollout.candidates["best"].router.models_) == set(MODELS)  # strong taken on
+        _send(gw.url, dataset, 4)
+        r = httpx.post(gw.url + "/admin/routers/best/promote", headers=admin, timeout=30)
+        assert r.status_code == 200, r.text
+        served = gw.server.config.app.state.service.routers["best"]  # type: ignore[union-attr]
+        assert served.version == r.json()["version"] and set(served.servable) == set(MODELS)
+        assert _profile(gw).source == "pooled"  # strong's profile, from its backend config, in the new store
+        _send(gw.url, dataset, 4)
+    finally:
+        gw.stop()

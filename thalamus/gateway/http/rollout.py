@@ -67,14 +67,11 @@ async def reload_router(request: Request) -> JSONResponse:
     loaded = _router(service, name)
     directory = Path(str((await _body(request)).get("artifact") or loaded.config.artifact))
     try:
-        router, version = await asyncio.to_thread(load_checked, directory, loaded)
+        router, version = await asyncio.to_thread(load_checked, directory, loaded, service.learning.config)
     except (ConfigError, DataError, OSError, ValueError) as exc:
         raise _bad(exc, "artifact") from None
     old = loaded.version
-    try:  # a profile router takes on the backends it was not trained on (learning/adopt.py)
-        service.learning.swap(loaded, router, version, set(service.backends))
-    except ConfigError as exc:
-        raise _bad(exc, "artifact") from None
+    service.learning.swap(loaded, router, version, set(service.backends))
     return JSONResponse({"router": name, "previous_version": old, "version": version, "artifact": str(directory)})
 
 

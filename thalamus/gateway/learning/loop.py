@@ -30,7 +30,6 @@ import sqlalchemy as sa
 
 from thalamus.gateway.config import GatewayConfig, RouterConfig
 from thalamus.gateway.config.judge import is_judge_source
-from thalamus.gateway.learning.adopt import adopt, plan_backends
 from thalamus.gateway.learning.artifacts import LoadedRouter, checkpoint
 from thalamus.gateway.learning.pool_aware import adjust as pool_adjust
 from thalamus.gateway.learning.pool_state import PoolTracker
@@ -66,7 +65,7 @@ class LearningLoop:
         self.max_pending = max_pending
         self.updates: dict[str, int] = dict.fromkeys(config.routers, 0)
         self._pending_lock = threading.Lock()
-        self.rollout = Rollout()
+        self.rollout = Rollout(config)
         self.backend_names = tuple(b.name for b in config.backends)
         self.learn_from_judge = config.judge.learn if config.judge is not None else True
         self.pool = pool  # pool-aware routing (learning/pool_aware.py)
@@ -117,9 +116,8 @@ class LearningLoop:
         return explorer.explore(decision) if explorer is not None else decision
 
     def swap(self, loaded: LoadedRouter, router: Router, version: str, backends: set[str]) -> None:
-        """Serve ``router`` from now on (hot reload, promotion); decisions in flight keep the old one. A profile
-        router takes on the backends it was not trained on first, as at start-up."""
-        adopt(router, plan_backends(loaded.name, loaded.config, router, self.config), self.config)
+        """Serve ``router`` from now on (hot reload, promotion); decisions in flight keep the old one. ``router``
+        comes from rollout.load_checked, which checked it and had it take on new backends as at start-up."""
         with self.locks[loaded.name]:
             loaded.router, loaded.version = router, version
             loaded.servable = tuple(m for m in router.models_ if m in backends)

@@ -27,6 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from thalamus.errors import ConfigError
+from thalamus.gateway.config import GatewayConfig
+from thalamus.gateway.learning.adopt import adopt, plan_backends
 from thalamus.gateway.learning.artifacts import LoadedRouter, load_artifact
 from thalamus.router.base import Router, artifact_version
 from thalamus.router.explore import deterministic_probabilities
@@ -54,21 +56,26 @@ def restrict_knob(knob: Knob, models: list[str]) -> Knob:
     return Knob(knob.kind, knob.value, knob.strong, knob.max_cost, allowed, knob.excluded)
 
 
-def load_checked(directory: Path, loaded: LoadedRouter) -> tuple[Router, str]:
-    """Load an artifact that can serve in place of ``loaded``'s: at least one of its models is servable."""
+def load_checked(directory: Path, loaded: LoadedRouter, config: GatewayConfig) -> tuple[Router, str]:
+    """Load an artifact that can serve in place of ``loaded``'s: at least one of its models is servable, and
+    the start-up check against the configured backends passes (learning/adopt.py), a profile router taking on
+    the backends it was not trained on. For a hot reload and a candidate alike: a refused artifact is refused
+    here, a candidate is shadowed or canaried as it would serve, and its promotion cannot fail."""
     if not Path(directory).is_dir():
         raise ConfigError(f"artifact {directory} is not a directory")
     router = load_artifact(Path(directory))
     if not set(router.models_) & set(loaded.servable):
         raise ConfigError(f"artifact {directory}: none of its models {router.models_} is a backend of "
                           f"router {loaded.name!r} ({list(loaded.servable)})")
+    adopt(router, plan_backends(loaded.name, loaded.config, router, config), config)
     return router, artifact_version(directory)
 
 
 class Rollout:
     """Candidates per router and the swaps; thread-safe (the routing threads read it)."""
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, config: GatewayConfig, seed: int | None = None) -> None:
+        self.config = config  # the backends a candidate is checked against (load_checked)
         self.candidates: dict[str, Candidate] = {}
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -78,7 +85,7 @@ class Rollout:
             raise ConfigError(f"mode must be 'shadow' or 'canary', got {mode!r}")
         if mode == "canary" and not 0.0 < share <= 1.0:
             raise ConfigError(f"share: a canary share must be in (0, 1], got {share}")
-        router, version = load_checked(directory, loaded)
+        router, version = load_checked(directory, loaded, self.config)
         candidate = Candidate(router, version, Path(directory), mode, share if mode == "canary" else 0.0)
         with self._lock:
             self.candidates[loaded.name] = candidate
