@@ -10,7 +10,8 @@ and sum). As with the key usage counters (tenancy/usage.py), the request path on
 replica's additions are applied at once, and every ``profile_sync_ms`` they are written with atomic
 increments (``ON CONFLICT DO UPDATE SET weight = weight + excluded.weight``) and the totals, other
 replicas' additions included, are read back in the same transaction. A gateway loads the totals at start,
-so a restart loses nothing synced; a failed sync keeps the additions for the next one.
+so a restart loses nothing synced; a failed sync keeps the additions for the next one, and a hot reload or
+promotion keeps the replaced store's until the next sync has written them.
 """
 
 from __future__ import annotations
@@ -121,6 +122,16 @@ class ProfileStore:
         return {(r.model, int(r.grp)): (float(r.weight), float(r.total), float(r.cost_weight), float(r.cost_total))
                 for r in found}
 
+    def carry(self, old: ProfileStore) -> None:
+        """Start from ``old``'s totals (the same artifact version, loaded again): what it synced, is syncing and
+        has pending. Its pending additions are written by the retired store's sync, and read back by this one."""
+        with old._lock:
+            totals = {slot: old._total(slot) for slot in {*old._synced, *old._syncing, *old._pending}}
+            observed = old.observed
+        with self._lock:
+            self._synced, self.observed = totals, observed
+            self._apply(list(self._base))
+
     def set_synced(self, totals: dict[Slot, Stat]) -> None:
         """The database's totals, which now hold what the sync took."""
         with self._lock:
@@ -134,22 +145,49 @@ class ProfileSync:
     def __init__(self, engine: Engine, routers: dict[str, LoadedRouter]) -> None:
         self.engine = engine
         self.stores: dict[str, ProfileStore] = {}
+        self.retired: list[ProfileStore] = []  # replaced stores whose additions the next sync still writes
+        self._retired_lock = threading.Lock()
         self.interval_s = float("inf")
         for loaded in routers.values():
             self.rebind(loaded)
         self._task: asyncio.Task[None] | None = None
 
     def rebind(self, loaded: LoadedRouter) -> None:
-        """A store for ``loaded``'s current artifact (at start, and after a hot reload or promotion)."""
-        router = loaded.router
+        """A store for ``loaded``'s current artifact (at start, and after a hot reload or promotion). The store it
+        replaces is retired: the next sync writes its unsynced additions. The same version again (a reload of
+        the same artifact) starts from the old store's totals."""
+        router, key = loaded.router, f"{loaded.name}@{loaded.version}"
+        old = self.stores.get(loaded.name)
         if not loaded.config.learn_online or not isinstance(router, ProfileRouter):
             self.stores.pop(loaded.name, None)
-            return
-        self.stores[loaded.name] = ProfileStore(f"{loaded.name}@{loaded.version}", router)
-        self.interval_s = min([self.interval_s, loaded.config.profile_sync_ms / 1000])
+        elif old is not None and old.router is router and old.key == key:
+            return  # already bound
+        else:
+            store = ProfileStore(key, router)
+            if old is not None and old.key == key:
+                store.carry(old)
+            self.stores[loaded.name] = store
+            self.interval_s = min([self.interval_s, loaded.config.profile_sync_ms / 1000])
+        if old is not None:
+            with self._retired_lock:
+                self.retired.append(old)
 
     def sync_once(self) -> None:
-        """Write every store's additions and read the totals back (a worker thread)."""
+        """Write every store's additions and read the totals back (a worker thread). Retired stores first, so
+        a current store of the same version reads back what they wrote."""
+        with self._retired_lock:
+            retired, self.retired = self.retired, []
+        for store in retired:
+            taken = store.take()
+            if not taken:
+                continue
+            try:
+                store.sync(self.engine, taken)
+            except Exception:
+                store.give_back(taken)
+                with self._retired_lock:
+                    self.retired.append(store)
+                log.exception("profile statistics of %s (replaced): sync failed; the additions are kept", store.key)
         for store in list(self.stores.values()):
             taken = store.take()
             try:
@@ -170,7 +208,7 @@ class ProfileSync:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s if self.stores else IDLE_INTERVAL_S)
-            if self.stores:
+            if self.stores or self.retired:
                 await asyncio.to_thread(self.sync_once)
 
     async def close(self) -> None:
@@ -179,5 +217,5 @@ class ProfileSync:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.stores:
+        if self.stores or self.retired:
             await asyncio.to_thread(self.sync_once)
