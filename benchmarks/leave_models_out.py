@@ -3,7 +3,7 @@
 Per dataset: a cluster router is trained on the train split without k models (the known-only router),
 and with every model (the full-information router). The k held-out models are then onboarded into a
 copy of the known-only router (pooled prior, router/profiles.py) from N probes of the train split,
-stratified over the router's groups (training/onboard.choose_probes) and graded offline through the
+stratified over the router's groups (training/probes.choose_probes) and graded offline through the
 same functions as ``thalamus onboard``: ``recorded`` (training/graders.recorded_scores: the dataset's
 recorded quality) and ``agreement`` (graders.agreement_scores on the recorded answers, for datasets that
 record answer texts). Each router then routes the test split among its models.
@@ -35,12 +35,11 @@ from thalamus.datasets.registry import load_dataset
 from thalamus.datasets.schema import RoutingDataset, hash_fraction
 from thalamus.eval.metrics import best_single, cost_saving, operating_point, upper_hull
 from thalamus.eval.sweep import predict, sweep_lambda
-from thalamus.gateway.learning.onboard import assignments, choose_probes
 from thalamus.router.cluster import ClusterRouter
 from thalamus.router.embedders import get_embedder
 from thalamus.router.policy import Knob, choose
 from thalamus.training.graders import agreement_scores, recorded_scores
-from thalamus.training.probes import ProbeSet
+from thalamus.training.probes import ProbeSet, assignments, choose_probes
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {"llmrouter_dcrouter": 2, "routerdc_7model": 2, "routerbench_subset": 3}  # k held out

@@ -6,7 +6,8 @@ prompts a gateway stored (``ledger.store_prompts: true``): the team's own traffi
 
 Which prompts: ``n`` of them stratified over the router's groups (each prompt's most likely group), as
 even a share per group as the source allows, in a seeded random order, so a few probes already touch
-every group and the profile's per-group estimates all narrow together.
+every group and the profile's per-group estimates all narrow together (``choose_probes``); each probe's
+answer counts for its hard group (``assignments``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import pandas as pd
 
 from thalamus.datasets.registry import is_path_like, load_dataset
 from thalamus.datasets.schema import RoutingDataset
-from thalamus.errors import DataError
+from thalamus.errors import ConfigError, DataError
+from thalamus.router.cluster import ClusterRouter
 
 LEDGER_PREFIX = "ledger:"
+POOL_PER_PROBE = 20  # candidate prompts embedded per probe wanted (a large source is subsampled first)
 
 
 @dataclass
@@ -102,3 +105,29 @@ def stratified(groups: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
                 out.append(int(by_group[g][depth]))
         depth += 1
     return np.asarray(out, dtype=np.int64)
+
+
+def choose_probes(router: ClusterRouter, probes: ProbeSet, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of ``probes``, their P(group | prompt)): ``n`` prompts stratified over the router's groups."""
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    pool = np.arange(len(probes.texts))
+    if len(pool) > POOL_PER_PROBE * n:
+        pool = np.sort(rng.choice(pool, POOL_PER_PROBE * n, replace=False))
+    probs = router.group_probabilities(router.features([probes.texts[i] for i in pool]))
+    pick = stratified(probs.argmax(axis=1), n, seed)
+    return pool[pick], probs[pick]
+
+
+def assignments(router: ClusterRouter, probs: np.ndarray, tasks: list[str] | None = None) -> np.ndarray:
+    """One-hot group of each probe: its task where the probe set's task labels are the router's groups,
+    else its most likely group. The trained profiles are means over hard groups, so a new model's must
+    be too: soft weights would blur a model that is strong in one group and weak in another toward its
+    overall mean, and route it where it is weak."""
+    groups = probs.argmax(axis=1)
+    names = list(router.group_names_)
+    if tasks is not None and all(t in names for t in tasks):
+        groups = np.array([names.index(t) for t in tasks], dtype=np.int64)
+    one_hot: np.ndarray = np.eye(len(names))[groups]
+    return one_hot

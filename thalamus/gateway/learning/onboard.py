@@ -34,11 +34,10 @@ from thalamus.gateway.wire.protocol import content_text, estimate_prompt_tokens,
 from thalamus.router.base import Router, artifact_version
 from thalamus.router.cluster import ClusterRouter
 from thalamus.training.graders import GRADERS, agreement_scores, recorded_scores, reference_scores
-from thalamus.training.probes import ProbeSet, stratified
+from thalamus.training.probes import ProbeSet, assignments, choose_probes
 
 ANSWERS_FILE = "answers.jsonl"
 ONBOARD_FILE = "onboard.json"
-POOL_PER_PROBE = 20  # candidate prompts embedded per probe wanted (a large source is subsampled first)
 Progress = Callable[[int, float], None]  # (answers done, USD spent so far)
 
 
@@ -63,32 +62,6 @@ def load_cluster(router_dir: str | Path) -> ClusterRouter:
         raise ConfigError(f"{router_dir}: onboarding needs a cluster router (models as per-group profiles); "
                           f"this artifact is {router.name!r}: train one with `thalamus train cluster`")
     return router
-
-
-def choose_probes(router: ClusterRouter, probes: ProbeSet, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of ``probes``, their P(group | prompt)): ``n`` prompts stratified over the router's groups."""
-    if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
-    rng = np.random.default_rng(seed)
-    pool = np.arange(len(probes.texts))
-    if len(pool) > POOL_PER_PROBE * n:
-        pool = np.sort(rng.choice(pool, POOL_PER_PROBE * n, replace=False))
-    probs = router.group_probabilities(router.features([probes.texts[i] for i in pool]))
-    pick = stratified(probs.argmax(axis=1), n, seed)
-    return pool[pick], probs[pick]
-
-
-def assignments(router: ClusterRouter, probs: np.ndarray, tasks: list[str] | None = None) -> np.ndarray:
-    """One-hot group of each probe: its task where the probe set's task labels are the router's groups,
-    else its most likely group. The trained profiles are means over hard groups, so a new model's must
-    be too: soft weights would blur a model that is strong in one group and weak in another toward its
-    overall mean, and route it where it is weak."""
-    groups = probs.argmax(axis=1)
-    names = list(router.group_names_)
-    if tasks is not None and all(t in names for t in tasks):
-        groups = np.array([names.index(t) for t in tasks], dtype=np.int64)
-    one_hot: np.ndarray = np.eye(len(names))[groups]
-    return one_hot
 
 
 # -- sending --------------------------------------------------------------------------------------
