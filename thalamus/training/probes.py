@@ -43,30 +43,39 @@ def load_probes(source: str, data_dir: Path | None = None) -> ProbeSet:
     if source.startswith(LEDGER_PREFIX):
         return _ledger_probes(source[len(LEDGER_PREFIX):])
     path = Path(source)
-    if is_path_like(source) and path.suffix.lower() in (".csv", ".jsonl") and _plain_file(path):
-        return _plain_probes(path)
+    if is_path_like(source) and path.suffix.lower() in (".csv", ".jsonl"):
+        plain = _plain_probes(path)
+        if plain is not None:
+            return plain
     dataset = load_dataset(source, data_dir)
     return ProbeSet(dataset.name, dataset.texts, dataset)
 
 
-def _read_plain(path: Path) -> pd.DataFrame:
+def _read_plain(path: Path, head: bool = False) -> pd.DataFrame:
+    """The probe file as a frame; with ``head``, only its header (CSV) or first record (JSONL)."""
     if not path.is_file():
         raise DataError(f"{path}: probe file not found")
     try:
-        return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_json(path, lines=True)
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path, nrows=0 if head else None)
+        return pd.read_json(path, lines=True, nrows=1 if head else None)
     except ValueError as exc:
         raise DataError(f"{path}: cannot read the probe file ({exc})") from exc
 
 
-def _plain_file(path: Path) -> bool:
-    """A prompts-only file: a ``text`` column and no per-model outcome columns."""
-    frame = _read_plain(path)
-    outcome = [c for c in frame.columns if str(c).startswith(("q::", "quality")) or str(c) == "model"]
-    return "text" in frame.columns and not outcome
+def _outcome_columns(frame: pd.DataFrame) -> list[str]:
+    return [str(c) for c in frame.columns if str(c).startswith(("q::", "quality")) or str(c) == "model"]
 
 
-def _plain_probes(path: Path) -> ProbeSet:
+def _plain_probes(path: Path) -> ProbeSet | None:
+    """The probes of a prompts-only file (a ``text`` column and no per-model outcome columns), read once;
+    None for a routing-dataset file, told by its header or first record where they show outcome columns
+    (so that load_dataset is the only one to read it)."""
+    if _outcome_columns(_read_plain(path, head=True)):
+        return None
     frame = _read_plain(path)
+    if "text" not in frame.columns or _outcome_columns(frame):
+        return None
     texts = frame["text"]
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if bad:
