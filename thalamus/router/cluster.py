@@ -151,7 +151,7 @@ class ClusterRouter(Router):
     def group_prior(self) -> GroupPrior:
         """What the training data says about the groups (difficulty, spread between models)."""
         self.check_fitted()
-        known = [j for j, m in enumerate(self.models_) if self.profile(m).source == "trained"]
+        known = [self.models_.index(m) for m in self.trained_models()]
         stats = self._stats_prior()  # format-1 artifacts have no fitted variances: its defaults stand in
         return GroupPrior(self.group_quality_[:, known], stats.noise_var, stats.resid_var, stats.offset_var)
 
@@ -164,12 +164,16 @@ class ClusterRouter(Router):
         if found is None:
             j = self.models_.index(model)
             found = trained_profile(model, self.group_quality_[:, j], self._counts()[:, j],
-                                    self._stats_prior(), self.group_cost_[:, j])
+                                    self._stats_prior().noise_var, self.group_cost_[:, j])
             self._profiles[model] = found
         return found
 
     def profiles(self) -> list[ModelProfile]:
         return [self.profile(m) for m in self.models_]
+
+    def trained_models(self) -> list[str]:
+        """The models the router was trained on (their profiles come from the training data)."""
+        return [m for m in self.models_ if self.profile(m).source == "trained"]
 
     def _counts(self) -> np.ndarray:
         count = getattr(self, "group_count_", None)  # absent in format-1 artifacts
@@ -190,7 +194,7 @@ class ClusterRouter(Router):
             raise ConfigError(f"cluster router already has model {name!r}; use observe() to update its profile")
         self.profiles()  # materialise the trained profiles before the tables grow
         group_prior = self.group_prior()
-        known = [m for m in self.models_ if self.profile(m).source == "trained"]
+        known = self.trained_models()
         if cost is None:
             like = prior.partition(":")[2] if prior and prior.startswith("like:") else None
             cost = self.profile(like).cost() if like in self.models_ else self.group_cost_.mean(axis=1)

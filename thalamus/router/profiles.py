@@ -186,18 +186,17 @@ def fit_group_prior(quality: np.ndarray, groups: np.ndarray, means: np.ndarray) 
     return GroupPrior(means, noise, max(resid_var, MIN_VAR), max(offset_var, MIN_VAR))
 
 
-def prior_base(prior: GroupPrior, models: list[str], spec: str | None) -> tuple[np.ndarray, str, int | None]:
-    """(base per group, source label, index of the model it copies) for ``prior``: None/"pooled",
-    "like:MODEL", "tier:NAME" (top, high, mid, low, bottom) or "tier:Q" with Q in [0, 1]."""
+def prior_base(prior: GroupPrior, models: list[str], spec: str | None) -> tuple[np.ndarray, str]:
+    """(base per group, source label) for ``prior``: None/"pooled", "like:MODEL", "tier:NAME" (top, high,
+    mid, low, bottom) or "tier:Q" with Q in [0, 1]."""
     if spec is None or spec in ("", "pooled"):
-        return prior.means.mean(axis=1), "pooled", None
+        return prior.means.mean(axis=1), "pooled"
     kind, _, value = spec.partition(":")
     if kind == "like":
         if value not in models:
             raise ConfigError(f"prior 'like: {value}': the router knows no model {value!r}; its models are "
                               f"{', '.join(models)}")
-        j = models.index(value)
-        return prior.means[:, j].copy(), f"like:{value}", j
+        return prior.means[:, models.index(value)].copy(), f"like:{value}"
     if kind == "tier":
         q = TIERS.get(value)
         if q is None:
@@ -207,21 +206,21 @@ def prior_base(prior: GroupPrior, models: list[str], spec: str | None) -> tuple[
                 q = -1.0
         if not 0.0 <= q <= 1.0:
             raise ConfigError(f"prior 'tier: {value}': a tier is one of {', '.join(TIERS)} or a quantile in [0, 1]")
-        return np.quantile(prior.means, q, axis=1), f"tier:{value}", None
+        return np.quantile(prior.means, q, axis=1), f"tier:{value}"
     raise ConfigError(f"prior {spec!r}: expected 'pooled', 'like:MODEL' or 'tier:NAME'")
 
 
 def new_profile(name: str, prior: GroupPrior, models: list[str], spec: str | None,
                 cost: np.ndarray) -> ModelProfile:
     """The profile of a model the router was not trained on, before any graded answer."""
-    base, source, _ = prior_base(prior, models, spec)
+    base, source = prior_base(prior, models, spec)
     per_group, offset = prior.strengths()
     return ModelProfile(name, source, base, per_group, offset, prior.noise_var.copy(), cost)
 
 
-def trained_profile(name: str, mean: np.ndarray, count: np.ndarray, prior: GroupPrior,
+def trained_profile(name: str, mean: np.ndarray, count: np.ndarray, noise_var: np.ndarray,
                     cost: np.ndarray) -> ModelProfile:
     """The profile of a model the router was trained on: its group means, as many pseudo-answers as it
     had training answers (so feedback moves it as one more answer would)."""
     counts = np.maximum(count, 1.0)
-    return ModelProfile(name, "trained", mean, counts, float(counts.sum()), prior.noise_var.copy(), cost)
+    return ModelProfile(name, "trained", mean, counts, float(counts.sum()), noise_var.copy(), cost)

@@ -72,7 +72,7 @@ def peer_models(router: ClusterRouter, probes: ProbeSet, model: str) -> list[str
         raise DataError(f"grader 'agreement': probe set {probes.name!r} records no answers of the router's "
                         "models, so there is nothing to agree with; probe with a dataset that has recorded "
                         "responses (routerbench_subset), or use --grader judge")
-    peers = [m for m in router.models_ if m != model and m in ds.models and router.profile(m).source == "trained"]
+    peers = [m for m in router.trained_models() if m != model and m in ds.models]
     if len(peers) < 2:
         raise DataError(f"grader 'agreement': probe set {probes.name!r} records answers of {len(peers)} of the "
                         "router's models; agreement needs at least two besides the new one")
