@@ -1,4 +1,5 @@
-"""A key-table read racing an admin change on the same replica: the change must not be undone.
+"""A key-table read racing an admin change on the same replica: the change must not be undone; and the strict
+limits' fallback while the database is away.
 
 The background sync reads the whole key table; when a key is created (or revoked) on this replica while that
 read is in flight, the read's snapshot predates the change. Installing it as is answered the new key 401
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from thalamus.gateway.config import AuthConfig
 from thalamus.gateway.tenancy.controls import TeamControls
 from thalamus.gateway.tenancy.keys import KeyRecord, KeyStore
+from thalamus.gateway.wire.protocol import RequestError
 from thalamus.ledger.schema import migrate
 
 
@@ -91,3 +93,36 @@ def test_a_key_revoked_during_a_sync_read_stays_revoked(tmp_path: Path) -> None:
         await tc.close()
 
     asyncio.run(main())
+
+
+def test_strict_limits_fall_back_to_this_replicas_counters_while_the_database_is_away(tmp_path: Path) -> None:
+    """``auth.strict_limits`` claims each limited request in the database; when that claim fails (the database
+    is away) the request is admitted and counted in memory, and the key's rpm still holds on this replica."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    migrate(engine)
+    tc = TeamControls(AuthConfig(enabled=True, admin_key="admin", sync_ms=60_000, strict_limits=True), engine)
+
+    async def main() -> tuple[int, int]:
+        await tc.start()
+        record, _ = tc.store.create(KeyRecord(id="strict", rpm=2))
+        await tc.reload()
+        claims = 0
+
+        def away(*_: object) -> None:
+            nonlocal claims
+            claims += 1
+            raise sa.exc.OperationalError("claim", {}, Exception("database is away"))
+
+        tc.usage.claim = away  # type: ignore[method-assign]
+        await tc.admit(record.id)
+        await tc.admit(record.id)  # both admitted: counted in memory
+        refused = 0
+        try:
+            await tc.admit(record.id)
+        except RequestError as exc:
+            refused = exc.status
+        await tc.close()
+        return claims, refused
+
+    claims, refused = asyncio.run(main())
+    assert claims == 2 and refused == 429  # the third request was refused from memory, without a claim
