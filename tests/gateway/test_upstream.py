@@ -50,9 +50,24 @@ def test_retry_after_is_read_from_both_backends(replay: ThreadedServer, provider
     assert upstream_error(config("429"), stream).retry_after is None
 
 
+def embeddings_error(config: BackendConfig) -> UpstreamError:
+    async def call() -> Any:
+        backend = make_backend(config)
+        try:
+            return await backend.post_json("/embeddings", {"model": "b", "input": ["ping"]})
+        finally:
+            await backend.aclose()
+
+    with pytest.raises(UpstreamError) as info:
+        asyncio.run(call())
+    return info.value
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/embeddings"])
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_connect_timeout_is_its_own(provider: str) -> None:
-    """A listener whose backlog is full drops new SYNs, so connecting hangs: connect_timeout ends it."""
+def test_connect_timeout_is_its_own(provider: str, path: str) -> None:
+    """A listener whose backlog is full drops new SYNs, so connecting hangs: connect_timeout ends it, on chat
+    and on the other endpoints (litellm's embeddings call once took only the first-byte timeout)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
@@ -68,7 +83,7 @@ def test_connect_timeout_is_its_own(provider: str) -> None:
         config = BackendConfig(name="b", provider=provider, model="openai/strong", timeout=5,
                                connect_timeout=0.3, api_base=f"http://127.0.0.1:{port}/v1")
         start = time.monotonic()
-        error = upstream_error(config, stream=False)
+        error = upstream_error(config, stream=False) if path == "/chat/completions" else embeddings_error(config)
         assert time.monotonic() - start < 3.0 and error.kind == "retry" and error.status in (502, 504)
     finally:
         for s in fillers:

@@ -171,16 +171,11 @@ class LiteLLMBackend:
 
         return httpx.Timeout(self._read_s(), connect=self.config.connect_s)
 
-    def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
-        kwargs = {k: v for k, v in body.items() if k in TRANSLATED}
-        extra = {k: v for k, v in body.items() if k not in TRANSLATED and k != "model"}
-        if extra:  # fields litellm would drop or act on itself travel verbatim in the body
-            kwargs["extra_body"] = extra
-        kwargs.update(model=self.config.model, timeout=self._timeout(), num_retries=0, max_retries=0)
-        if "tools" in kwargs:
-            # litellm 1.106 routes any request with tools through its MCP bridge, which imports the
-            # optional 'mcp' package and may execute MCP tools itself; a proxy must only forward them
-            kwargs["_skip_mcp_handler"] = True
+    def _target(self) -> dict[str, Any]:
+        """Where and how every litellm call of this backend goes: model, timeouts, no retries of litellm's
+        own, api_base, forwarded headers and the key (chat and the other endpoints alike)."""
+        kwargs: dict[str, Any] = {"model": self.config.model, "timeout": self._timeout(), "num_retries": 0,
+                                  "max_retries": 0}
         if self.config.api_base:
             kwargs["api_base"] = self.config.api_base
         if forwarded := upstream_headers():  # server.forward_headers (gateway/upstream/headers.py)
@@ -191,6 +186,17 @@ class LiteLLMBackend:
         elif self.config.api_base and self.config.model and self.config.model.startswith("openai/"):
             kwargs["api_key"] = "not-needed"  # OpenAI-compatible servers often need no key
         return kwargs
+
+    def _kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {k: v for k, v in body.items() if k in TRANSLATED}
+        extra = {k: v for k, v in body.items() if k not in TRANSLATED and k != "model"}
+        if extra:  # fields litellm would drop or act on itself travel verbatim in the body
+            kwargs["extra_body"] = extra
+        if "tools" in kwargs:
+            # litellm 1.106 routes any request with tools through its MCP bridge, which imports the
+            # optional 'mcp' package and may execute MCP tools itself; a proxy must only forward them
+            kwargs["_skip_mcp_handler"] = True
+        return kwargs | self._target()
 
     def _error(self, exc: Exception, started: bool) -> UpstreamError:
         if isinstance(exc, UpstreamError):
@@ -260,16 +266,7 @@ class LiteLLMBackend:
         return path in _OTHER_ENDPOINTS
 
     def _plain_kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
-        cfg = self.config
-        kwargs: dict[str, Any] = {k: v for k, v in body.items() if k != "model"}
-        kwargs.update(model=cfg.model, timeout=cfg.first_byte_s, num_retries=0, max_retries=0)
-        if cfg.api_base:
-            kwargs["api_base"] = cfg.api_base
-        key = cfg.api_key()
-        kwargs["api_key"] = key or ("not-needed" if cfg.api_base else None)
-        if extra := upstream_headers():
-            kwargs["extra_headers"] = extra
-        return kwargs
+        return {k: v for k, v in body.items() if k != "model"} | self._target()
 
     async def _call_other(self, path: str, body: dict[str, Any]) -> Any:
         if path not in _OTHER_ENDPOINTS:
