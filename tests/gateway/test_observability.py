@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
 from gwhelpers import base_config, row_for
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -25,8 +28,9 @@ from thalamus.errors import ConfigError
 from thalamus.gateway.app import create_app
 from thalamus.gateway.config import config_from_dict
 from thalamus.gateway.replay.threaded import ThreadedServer
-from thalamus.gateway.stats.metrics import OTHER, GatewayMetrics
+from thalamus.gateway.stats.metrics import OTHER, GatewayMetrics, busiest_keys
 from thalamus.gateway.stats.tracing import exporter_name, provider_from_env, tracer_for
+from thalamus.ledger import Ledger
 from thalamus.ledger.row import LedgerRow
 
 ADMIN = "sk-admin-obs"
@@ -214,6 +218,20 @@ def test_metrics_key_team_labels_and_feedback_histogram(
     counts = {(s.labels["model"], s.labels["source"]): s.value
               for s in families["thalamus_feedback_score"].samples if s.name.endswith("_count")}
     assert counts[("weak", "client")] == 1
+
+
+def test_the_label_seed_is_the_busiest_keys_and_a_database_failure_starts_without_one(tmp_path: Path) -> None:
+    """A restarted gateway seeds its key labels with the busiest keys of the ledger; a ledger it cannot read
+    gives no seed instead of a failed start."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    now = time.time()
+    rows = [LedgerRow(id=f"r{i}", created_at=now - 60, api_key_id=key, status=200)
+            for i, key in enumerate(["quiet", "busy", "busy", "busy", "mid", "mid", None])]
+    ledger.insert_rows(rows)
+    assert busiest_keys(ledger, limit=2) == ["busy", "mid"]
+    unreadable = SimpleNamespace(engine=sa.create_engine(f"sqlite:///{tmp_path / 'no-such-dir' / 'l.sqlite'}"))
+    assert busiest_keys(unreadable) == []
+    ledger.close()
 
 
 def test_key_labels_are_bounded() -> None:
