@@ -37,56 +37,49 @@ def status_class(status: int | None) -> str:
     return _CLASSES.get(int(status), f"http_{int(status)}")
 
 
+SOURCES = ("client", "judge")
+
+
 def _source() -> sa.ColumnElement[str]:
     return sa.case((judged(), "judge"), else_="client")
 
 
-def _feedback_query(by_model: bool) -> sa.Select[Any]:
+def _feedback_rows(conn: sa.Connection, f: Filters, width: int | None) -> list[Any]:
+    """Feedback per (answering model, source), and per time bucket of ``width`` seconds on the request's
+    start when given: entries, distinct requests scored, score sum and sum of squares. A request has one
+    model and one bucket, so every coarser total (per model, per source) is a sum of these rows."""
     source = _source().label("source")
     score = feedback.c.score
-    keys: list[Any] = [source, requests.c.chosen_model.label("model")] if by_model else [source]
-    return (sa.select(*keys, sa.func.count().label("n"), sa.func.count(sa.distinct(feedback.c.request_id))
-                      .label("scored"), sa.func.sum(score).label("s"), sa.func.sum(score * score).label("sq"))
-            .select_from(feedback.join(requests, requests.c.id == feedback.c.request_id)).group_by(*keys))
-
-
-def feedback_by_source(engine: Engine, f: Filters) -> dict[str, dict[str, Any]]:
-    """Per source (``client``, ``judge``): entries, distinct requests scored, mean score and its std error."""
-    out = {name: _summary(0, 0, 0.0, 0.0) for name in ("client", "judge")}
-    with engine.connect() as conn:
-        for r in conn.execute(_feedback_query(False).where(*f.where())):
-            out[str(r.source)] = _summary(int(r.n), int(r.scored), float(r.s or 0), float(r.sq or 0))
-    return out
-
-
-def feedback_by_model(engine: Engine, f: Filters) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per model that answered, per source: the same summary (the models table's feedback columns)."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    with engine.connect() as conn:
-        for r in conn.execute(_feedback_query(True).where(*f.where())):
-            per = out.setdefault(str(r.model), {name: _summary(0, 0, 0.0, 0.0) for name in ("client", "judge")})
-            per[str(r.source)] = _summary(int(r.n), int(r.scored), float(r.s or 0), float(r.sq or 0))
-    return out
+    keys: list[Any] = [requests.c.chosen_model.label("model"), source]
+    if width is not None:  # "ts", not "t": Row.t is the row's tuple
+        keys.insert(0, (floor_div(requests.c.created_at, width) * width).label("ts"))
+    query = (sa.select(*keys, sa.func.count().label("n"), sa.func.count(sa.distinct(feedback.c.request_id))
+                       .label("scored"), sa.func.sum(score).label("s"), sa.func.sum(score * score).label("sq"))
+             .select_from(feedback.join(requests, requests.c.id == feedback.c.request_id))
+             .where(*f.where()).group_by(*keys))
+    if width is not None:
+        query = query.order_by(keys[0])
+    return list(conn.execute(query))
 
 
 def _summary(n: int, scored: int, s: float, sq: float) -> dict[str, Any]:
     return score_summary(n, s, sq) | {"requests_scored": scored}
 
 
-def feedback_series(engine: Engine, f: Filters, width: int) -> list[dict[str, Any]]:
-    """Per time bucket (``width`` seconds, on the request's start), answering model and source: the feedback
-    summary; the page's quality-by-model chart draws client and judge apart from it."""
-    source = _source().label("source")
-    t = (floor_div(requests.c.created_at, width) * width).label("ts")  # not "t": Row.t is the row's tuple
-    score = feedback.c.score
-    keys: list[Any] = [t, requests.c.chosen_model.label("model"), source]
-    query = (sa.select(*keys, sa.func.count().label("n"), sa.func.count(sa.distinct(feedback.c.request_id))
-                       .label("scored"), sa.func.sum(score).label("s"), sa.func.sum(score * score).label("sq"))
-             .select_from(feedback.join(requests, requests.c.id == feedback.c.request_id))
-             .where(*f.where()).group_by(*keys).order_by(t))
-    with engine.connect() as conn:
-        return [{"t": float(r.ts), "model": r.model, "source": str(r.source)}
-                | _summary(int(r.n), int(r.scored), float(r.s or 0), float(r.sq or 0)) for r in conn.execute(query)]
+def feedback_summaries(rows: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+    """Per source (``client``, ``judge``), and per model that answered and source: entries, distinct requests
+    scored, mean score and its standard error (the models table's feedback columns)."""
+    by_source: dict[str, list[Any]] = {name: [0, 0, 0.0, 0.0] for name in SOURCES}
+    by_model: dict[str, dict[str, list[Any]]] = {}
+    for r in rows:
+        per = by_model.setdefault(str(r.model), {name: [0, 0, 0.0, 0.0] for name in SOURCES})
+        for sums in (by_source[str(r.source)], per[str(r.source)]):
+            sums[0] += int(r.n)
+            sums[1] += int(r.scored)
+            sums[2] += float(r.s or 0)
+            sums[3] += float(r.sq or 0)
+    return ({name: _summary(*v) for name, v in by_source.items()},
+            {model: {name: _summary(*v) for name, v in per.items()} for model, per in by_model.items()})
 
 
 def errors_by_class(engine: Engine, f: Filters) -> list[dict[str, Any]]:
@@ -110,9 +103,13 @@ def time_span(engine: Engine, f: Filters) -> dict[str, float | None]:
 
 
 def breakdown(engine: Engine, f: Filters, width: int | None = None) -> dict[str, Any]:
-    """The dashboard's breakdown call: feedback per source (and per model; per time bucket when ``width``
-    is given), errors per class, the data's span."""
-    series = feedback_series(engine, f, width) if width is not None else None
-    return {"feedback": feedback_by_source(engine, f), "feedback_by_model": feedback_by_model(engine, f),
-            "feedback_series": series, "errors": errors_by_class(engine, f),
-            "span": time_span(engine, f), "filters": f.as_dict()}
+    """The dashboard's breakdown call: feedback per source and per model (one query; per time bucket too
+    when ``width`` is given), errors per class, the data's span."""
+    with engine.connect() as conn:
+        rows = _feedback_rows(conn, f, width)
+    by_source, by_model = feedback_summaries(rows)
+    series = [{"t": float(r.ts), "model": r.model, "source": str(r.source)}
+              | _summary(int(r.n), int(r.scored), float(r.s or 0), float(r.sq or 0)) for r in rows] \
+        if width is not None else None
+    return {"feedback": by_source, "feedback_by_model": by_model, "feedback_series": series,
+            "errors": errors_by_class(engine, f), "span": time_span(engine, f), "filters": f.as_dict()}
