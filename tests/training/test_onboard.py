@@ -111,6 +111,9 @@ def test_judge_grader(router_dir: Path, dataset: RoutingDataset, replay: Threade
                      config(replay, judge=True))
     assert result.graded >= 6  # the replay judge grades every answer it finds recorded
     assert Router.load(tmp_path / "j").profile(NEW).n_observed == result.graded  # type: ignore[attr-defined]
+    asked = [b for b in replay.server.config.app.state.replay.requests  # type: ignore[union-attr]
+             if "Grade the answer" in json.dumps(b.get("messages"))]
+    assert len(asked) >= 12 and all(b.get("temperature") == 0.0 for b in asked)  # as the gateway's judge asks
 
 
 def test_reference_grader_with_a_probe_file(router_dir: Path, dataset: RoutingDataset, replay: ThreadedServer,

@@ -166,9 +166,7 @@ class Judge:
         except UpstreamError as exc:
             timeout = (exc.code or "").endswith("timeout")
             return JudgeReply("timeout" if timeout else "failed", error=exc.code)
-        choices = response.get("choices") or []
-        message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
-        text = p.content_text((message or {}).get("content")) if isinstance(message, dict) else ""
+        text = p.answer_text(response)
         usage = response.get("usage")
         return JudgeReply("answered", text, usage if isinstance(usage, dict) else None)
 

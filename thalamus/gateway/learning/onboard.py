@@ -30,7 +30,7 @@ from thalamus.gateway.learning.judge_score import judge_messages, parse_score
 from thalamus.gateway.upstream.backends import make_backend
 from thalamus.gateway.upstream.base import Backend
 from thalamus.gateway.upstream.checks import UpstreamError
-from thalamus.gateway.wire.protocol import content_text, estimate_prompt_tokens, estimate_tokens, token_count
+from thalamus.gateway.wire.protocol import answer_text, estimate_prompt_tokens, estimate_tokens, token_count
 from thalamus.router.base import Router, artifact_version
 from thalamus.router.cluster import ClusterRouter
 from thalamus.training.graders import GRADERS, agreement_scores, recorded_scores, reference_scores
@@ -94,9 +94,10 @@ def price(backend: Backend, usage: Any, messages: list[dict[str, Any]], answer: 
 
 
 async def ask(backend: Backend, messages: list[dict[str, Any]], max_tokens: int | None,
-              retries: int) -> dict[str, Any]:
-    """One completion with retries on retryable upstream errors (backoff, or the upstream's Retry-After)."""
-    body: dict[str, Any] = {"model": backend.name, "messages": messages}
+              retries: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One completion (``extra``: more body fields) with retries on retryable upstream errors (backoff, or the
+    upstream's Retry-After)."""
+    body: dict[str, Any] = {"model": backend.name, "messages": messages, **(extra or {})}
     if max_tokens:
         body["max_tokens"] = max_tokens
     for attempt in range(retries + 1):
@@ -107,12 +108,6 @@ async def ask(backend: Backend, messages: list[dict[str, Any]], max_tokens: int 
                 raise
             await asyncio.sleep(min(exc.retry_after or 0.2 * 2**attempt, 10.0))
     raise AssertionError("unreachable")
-
-
-def answer_text(response: dict[str, Any]) -> str:
-    choices = response.get("choices") or []
-    message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
-    return content_text((message or {}).get("content")) if isinstance(message, dict) else ""
 
 
 async def _probe_one(backend: Backend, text: str, row: int, max_tokens: int | None) -> dict[str, Any]:
@@ -177,10 +172,11 @@ async def judge_scores(config: GatewayConfig, texts: list[str], answers: list[st
         if answer is None:
             return float("nan")
         async with gate:
-            try:
-                reply = await ask(backend, judge_messages(judge, question, answer), judge.max_tokens,
-                                  backend.config.max_retries)
-            except UpstreamError:
+            try:  # as the gateway's judge asks: its temperature, within its timeout
+                async with asyncio.timeout(judge.timeout_s):
+                    reply = await ask(backend, judge_messages(judge, question, answer), judge.max_tokens,
+                                      backend.config.max_retries, {"temperature": judge.temperature})
+            except (UpstreamError, TimeoutError):
                 return float("nan")
         score = parse_score(answer_text(reply), judge.scale)
         return float("nan") if score is None else score

@@ -167,6 +167,13 @@ def _check_parts(parts: list[Any], path: str) -> None:
                                param=f"{path}[{j}].{field}")
 
 
+def answer_text(response: dict[str, Any]) -> str:
+    """The text of a chat completion's first choice ("" when it has none)."""
+    choices = response.get("choices") or []
+    message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+    return content_text((message or {}).get("content")) if isinstance(message, dict) else ""
+
+
 def content_text(content: Any) -> str:
     """Text of a message's content: a string, or the text parts of a list of parts."""
     if isinstance(content, str):
